@@ -1,0 +1,32 @@
+"""reludoctor: find dead ReLU units in trained models.
+
+Importing this package does not import torch: ``scan`` and ``Report`` load lazily.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["scan", "Report", "ReludoctorError", "__version__"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from reludoctor.errors import ReludoctorError
+    from reludoctor.report import Report
+    from reludoctor.engine import scan
+
+
+def __getattr__(name: str) -> Any:
+    if name == "scan":
+        from reludoctor.engine import scan
+
+        return scan
+    if name == "Report":
+        from reludoctor.report import Report
+
+        return Report
+    if name == "ReludoctorError":
+        from reludoctor.errors import ReludoctorError
+
+        return ReludoctorError
+    raise AttributeError(f"module 'reludoctor' has no attribute {name!r}")

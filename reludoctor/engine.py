@@ -1,0 +1,194 @@
+"""scan(): load -> calibration data -> instrument -> run -> statistics -> findings -> Report."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from reludoctor import __version__
+from reludoctor.data import Calibration, load_calibration
+from reludoctor.errors import NoSitesError, UsageError
+from reludoctor.loaders.model import LoadedModel
+from reludoctor.observers import BatchContext
+from reludoctor.report import CalibrationInfo, ModelInfo, Report, Thresholds
+from reludoctor.rules import evaluate
+from reludoctor.runner import Progress, resolve_device, run
+from reludoctor.stats import site_stats, summarise
+
+METHODS = ("auto", "export", "dispatch")
+
+
+class ReludoctorWarning(UserWarning):
+    """Something the user should know about a scan that still completed."""
+
+
+def load_model(model: Any, *, arch: str | None, arch_kwargs: Any, unsafe_pickle: bool) -> LoadedModel:
+    from reludoctor.loaders import torch as torch_loader
+
+    if isinstance(model, (str, Path)):
+        return torch_loader.load_path(Path(model), arch=arch, arch_kwargs=arch_kwargs,
+                                      unsafe_pickle=unsafe_pickle)
+    if arch:
+        raise UsageError("arch is only for state_dict files, not in-memory models")
+    return torch_loader.from_object(model)
+
+
+def _export(module: Any, calibration: Calibration, device: Any) -> Any:
+    import torch
+    from torch.export import Dim
+
+    example = tuple(torch.as_tensor(a).to(device) for a in calibration.example(2))
+    if example[0].shape[0] < 2:  # a batch of 1 would be specialised as a constant
+        example = tuple(torch.cat([t, t]) for t in example)
+    batch = Dim("batch")
+    return torch.export.export(module, example, dynamic_shapes=tuple({0: batch} for _ in example),
+                               strict=False)
+
+
+@contextlib.contextmanager
+def _preserved(module: Any, device: Any, set_mode: bool) -> Iterator[None]:
+    """Eval mode and the target device during the scan; training flags and device restored.
+
+    Exported programs have no train/eval switch (their graph is fixed): ``set_mode`` is False.
+    """
+    import torch
+
+    modes = [(m, m.training) for m in module.modules()] if set_mode else []
+    params = list(module.parameters()) if hasattr(module, "parameters") else []
+    original = params[0].device if params else None
+    try:
+        if set_mode and isinstance(module, torch.nn.Module):
+            module.eval()
+            if original is not None and original != device:
+                module.to(device)
+        yield
+    finally:
+        if original is not None and original != device:
+            module.to(original)
+        for submodule, training in modes:
+            submodule.train(training)
+
+
+def scan(
+    model: Any,
+    data: Any = None,
+    *,
+    batch_size: int = 32,
+    device: str = "auto",
+    limit: int | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    unit_axis: int | None = None,
+    near_dead: float = 1e-3,
+    dormant_tau: float = 0.025,
+    method: str = "auto",
+    arch: str | None = None,
+    arch_kwargs: str | dict | None = None,
+    unsafe_pickle: bool = False,
+    progress: Progress | None = None,
+    on_warning: Callable[[str], None] | None = None,
+) -> Report:
+    """Observe every ReLU-family call site of ``model`` over ``data`` and return a Report.
+
+    ``model``: a file path (torch.export .pt2, TorchScript, state_dict with ``arch``), an
+    ``nn.Module``, ``ExportedProgram`` or ``ScriptModule``. ``data``: a path (.npy, .npz,
+    .pt), an array or tensor, a dict keyed by input name, an iterable of batches, or None
+    for synthetic standard-normal inputs (flagged in the report).
+    """
+    if batch_size < 1:
+        raise UsageError(f"--batch-size {batch_size} must be at least 1")
+    if not 0 < near_dead <= 1:
+        raise UsageError(f"--near-dead {near_dead} must be in (0, 1]")
+    if dormant_tau < 0:
+        raise UsageError(f"--dormant-tau {dormant_tau} must be >= 0")
+    if method not in METHODS:
+        raise UsageError(f"--method {method!r} is not one of {', '.join(METHODS)}")
+    notes: list[str] = []
+
+    def warn(message: str) -> None:
+        notes.append(message)
+        if on_warning is not None:
+            on_warning(message)
+        else:
+            warnings.warn(message, ReludoctorWarning, stacklevel=3)
+
+    loaded = load_model(model, arch=arch, arch_kwargs=arch_kwargs, unsafe_pickle=unsafe_pickle)
+    calibration = load_calibration(data, loaded.inputs, limit=limit, input_shape=input_shape)
+    target = resolve_device(device)
+    if calibration.synthetic:
+        warn(f"no calibration data: using {calibration.samples} synthetic standard-normal samples; "
+             "dead units on real data may differ (pass --data)")
+    if loaded.fixed_batch is not None and loaded.fixed_batch != batch_size:
+        warn(f"the model was exported with a fixed batch of {loaded.fixed_batch}: running in "
+             f"batches of {loaded.fixed_batch}, the last one padded")
+        batch_size = loaded.fixed_batch
+
+    context = BatchContext()
+    used_method, sites, samples = _observe(loaded, calibration, method, target, batch_size,
+                                           context, unit_axis, progress, warn)
+    stats = []
+    for spec, observer in sites:
+        if not observer.observed:
+            warn(f"site {spec.name} never executed on the calibration data")
+            continue
+        stats.append(site_stats(
+            name=spec.name, op=spec.op, module=spec.module, unit_axis=spec.unit_axis,
+            shape=observer.shape or (), lower=spec.lower, upper=spec.upper,
+            counts=observer.state(), near_dead=near_dead, dormant_tau=dormant_tau,
+        ))
+    if not stats:
+        raise NoSitesError(f"{loaded.path or 'model'}: no ReLU-family activation ran",
+                           "reludoctor observes relu, relu6, hardtanh and clamp(min=0)")
+    calibration_info = CalibrationInfo(calibration.source, samples, calibration.synthetic, batch_size)
+    return Report(
+        tool={"name": "reludoctor", "version": __version__},
+        model=ModelInfo(loaded.path, loaded.format, loaded.sha256, used_method,
+                        tuple(spec.name for spec in loaded.inputs)),
+        calibration=calibration_info,
+        device=str(target),
+        thresholds=Thresholds(near_dead, dormant_tau, unit_axis),
+        summary=summarise(stats, samples),
+        sites=tuple(stats),
+        findings=evaluate(stats, calibration_info),
+        warnings=tuple(notes),
+    )
+
+
+def _observe(loaded: LoadedModel, calibration: Calibration, method: str, device: Any,
+             batch_size: int, context: BatchContext, unit_axis: int | None,
+             progress: Progress | None, warn: Callable[[str], None]) -> tuple[str, list, int]:
+    from reludoctor.instrument.torch_dispatch import DispatchInstrument
+    from reludoctor.instrument.torch_export import instrument_graph_module
+
+    if method == "export" and loaded.format == "torchscript":
+        raise UsageError("--method export cannot trace a TorchScript archive",
+                         "use --method dispatch (the default for TorchScript)")
+    module = loaded.module
+    with _preserved(module, device, set_mode=loaded.exported is None):
+        graph_module = None
+        if method != "dispatch":
+            if loaded.exported is not None:
+                graph_module = module
+            elif loaded.format != "torchscript":
+                try:
+                    graph_module = _export(module, calibration, device).module()
+                except Exception as exc:  # export fails in many ways (control flow, ops)
+                    if method == "export":
+                        raise UsageError(f"torch.export could not capture the model: "
+                                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                                         "use --method dispatch") from exc
+                    warn("torch.export could not capture the model "
+                         f"({type(exc).__name__}); observing with TorchDispatchMode instead")
+        if graph_module is not None:
+            graph_module.to(device)
+            sites = instrument_graph_module(graph_module, context, unit_axis)
+            samples = run(graph_module, calibration, batch_size=batch_size, device=device,
+                          batch=context, fixed_batch=loaded.fixed_batch, progress=progress)
+            return "export", sites, samples
+        instrument = DispatchInstrument(module, context, unit_axis)
+        with instrument.active():
+            samples = run(module, calibration, batch_size=batch_size, device=device, batch=context,
+                          fixed_batch=loaded.fixed_batch, before_forward=instrument.start_forward,
+                          progress=progress)
+        return "dispatch", instrument.sites(), samples

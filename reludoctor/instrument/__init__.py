@@ -1,0 +1,1 @@
+"""Instrumentation: one observer per ReLU-family call site of a PyTorch model."""

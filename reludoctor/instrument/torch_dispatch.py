@@ -1,0 +1,130 @@
+"""Observe ReLU-family ATen calls of any PyTorch callable with a TorchDispatchMode.
+
+For models that torch.export cannot capture (data-dependent control flow) and for TorchScript.
+The mode sees every ATen call, also inside TorchScript; module forward hooks give the module
+path of each call (for TorchScript, whose submodules run without Python hooks, sites are
+named by op and occurrence). Inside ``__torch_dispatch__`` the mode is not active, so the
+observer's own ops are not seen again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+from reludoctor.instrument.sites import (
+    PASS_THROUGH_OPS,
+    SiteSpec,
+    base_name,
+    choose_unit_axis,
+    classify,
+    op_base_name,
+    producer_kind,
+    unique_names,
+)
+from reludoctor.observers import BatchContext, TorchUnitObserver
+
+
+class _ModuleStack:
+    """Module paths currently executing, via global forward (pre-)hooks, always removed."""
+
+    def __init__(self, model: Any):
+        self._names = {id(m): name for name, m in getattr(model, "named_modules", lambda: [])()}
+        self.stack: list[tuple[str, str]] = []
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        from torch.nn.modules.module import (
+            register_module_forward_hook,
+            register_module_forward_pre_hook,
+        )
+
+        def push(module: Any, _args: Any) -> None:
+            if id(module) in self._names:
+                cls = type(module)
+                self.stack.append((self._names[id(module)], f"{cls.__module__}.{cls.__qualname__}"))
+
+        def pop(module: Any, _args: Any, _out: Any) -> None:
+            if id(module) in self._names and self.stack:
+                self.stack.pop()
+
+        handles = [register_module_forward_pre_hook(push), register_module_forward_hook(pop)]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+            self.stack.clear()
+
+    def current(self) -> tuple[str, str]:
+        return self.stack[-1] if self.stack else ("", "")
+
+
+class DispatchInstrument:
+    """Creates an observer for each call site the first time it executes."""
+
+    def __init__(self, model: Any, batch: BatchContext, unit_axis: int | None = None):
+        self.batch = batch
+        self.unit_axis = unit_axis
+        self.modules = _ModuleStack(model)
+        self._keys: list[tuple[str, int]] = []  # (base name, occurrence) in first-execution order
+        self._specs: dict[tuple[str, int], tuple[Any, str, int]] = {}
+        self._observers: dict[tuple[str, int], TorchUnitObserver] = {}
+        self._occurrences: dict[str, int] = {}
+
+    def observe(self, func: Any, args: tuple, kwargs: dict, producers: Any) -> None:
+        activation = classify(func, args, kwargs)
+        if activation is None or not args or not hasattr(args[0], "ndim"):
+            return
+        path, module_type = self.modules.current()
+        base = base_name(path, module_type, activation.op)
+        occurrence = self._occurrences.get(base, 0)
+        self._occurrences[base] = occurrence + 1
+        key = (base, occurrence)
+        observer = self._observers.get(key)
+        if observer is None:
+            pre = args[0]
+            axis = choose_unit_axis(pre.ndim, producers.get(pre), self.unit_axis)
+            observer = TorchUnitObserver(axis, activation.lower, activation.upper, self.batch)
+            self._observers[key] = observer
+            self._specs[key] = (activation, path, axis)
+            self._keys.append(key)
+        observer(args[0])
+
+    def start_forward(self) -> None:
+        self._occurrences.clear()
+
+    def sites(self) -> list[tuple[SiteSpec, TorchUnitObserver]]:
+        names = unique_names([base for base, _ in self._keys])
+        out = []
+        for key, name in zip(self._keys, names):
+            activation, path, axis = self._specs[key]
+            spec = SiteSpec(name, activation.op, path, activation.lower, activation.upper, axis,
+                            activation.inplace)
+            out.append((spec, self._observers[key]))
+        return out
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils.weak import WeakIdKeyDictionary
+
+        instrument = self
+        producers = WeakIdKeyDictionary()  # 3-D tensors -> "conv" | "linear" (unit axis choice)
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+                kwargs = kwargs or {}
+                instrument.observe(func, args, kwargs, producers)
+                out = func(*args, **kwargs)
+                if getattr(out, "ndim", None) == 3:
+                    name = op_base_name(func)
+                    kind = producer_kind(name)
+                    if kind is None and name.rstrip("_") in PASS_THROUGH_OPS and args:
+                        kind = producers.get(args[0]) if hasattr(args[0], "ndim") else None
+                    if kind is not None:
+                        producers[out] = kind
+                return out
+
+        with self.modules.active(), _Mode():
+            yield

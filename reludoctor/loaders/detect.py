@@ -1,0 +1,84 @@
+"""Recognise a model file from its content, not its extension."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zipfile
+from pathlib import Path
+
+from reludoctor.errors import ModelLoadError
+
+TORCH_EXPORT = "torch-export"
+TORCHSCRIPT = "torchscript"
+TORCH_SAVE = "torch-save"  # a torch.save pickle: a state_dict, or a whole pickled module
+SAFETENSORS = "safetensors"
+ONNX = "onnx"
+
+
+def _zip_kind(path: Path) -> str | None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return None
+    tails = {name.split("/", 1)[1] if "/" in name else name for name in names}
+    if "archive_format" in tails or any(t.startswith("models/") and t.endswith(".json") for t in tails):
+        return TORCH_EXPORT
+    if any(t.startswith("code/") for t in tails) and "constants.pkl" in tails:
+        return TORCHSCRIPT
+    if "data.pkl" in tails:
+        return TORCH_SAVE
+    return "zip"
+
+
+def _is_safetensors(head: bytes, size: int) -> bool:
+    if len(head) < 10:
+        return False
+    (header_len,) = struct.unpack("<Q", head[:8])
+    return 0 < header_len <= size - 8 and head[8:9] == b"{"
+
+
+def _looks_like_onnx(head: bytes) -> bool:
+    # ModelProto starts with field 1 (ir_version, varint) -> tag byte 0x08, in practice.
+    return len(head) > 2 and head[0] == 0x08 and 0 < head[1] < 32
+
+
+def detect_format(path: Path) -> str:
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file", "check the model path")
+    if path.is_dir():
+        raise ModelLoadError(f"{path}: is a directory, not a model file", "pass the model file")
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            head = handle.read(4096)
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read ({exc.strerror})", "check file permissions") from exc
+    if size == 0:
+        raise ModelLoadError(f"{path}: empty file", "the model file is truncated")
+    if head[:4] == b"PK\x03\x04":
+        kind = _zip_kind(path)
+        if kind in (TORCH_EXPORT, TORCHSCRIPT, TORCH_SAVE):
+            return kind
+        raise ModelLoadError(
+            f"{path}: a zip archive that is not a PyTorch model (or is truncated)",
+            "expected torch.export.save, torch.jit.save or torch.save output",
+        )
+    if _is_safetensors(head, size):
+        try:
+            (header_len,) = struct.unpack("<Q", head[:8])
+            with path.open("rb") as handle:
+                handle.seek(8)
+                json.loads(handle.read(header_len))
+        except (ValueError, OSError) as exc:
+            raise ModelLoadError(f"{path}: corrupt safetensors header", "re-save the file") from exc
+        return SAFETENSORS
+    if head[:1] == b"\x80":  # legacy (non-zip) torch.save pickle
+        return TORCH_SAVE
+    if path.suffix.lower() == ".onnx" or _looks_like_onnx(head):
+        return ONNX
+    raise ModelLoadError(
+        f"{path}: not a recognised model file",
+        "supported: torch.export .pt2, TorchScript, state_dict (.pt/.pth/.safetensors), ONNX",
+    )

@@ -1,0 +1,24 @@
+"""What every loader returns: the model, how it was stored, and what it expects as input."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    shape: tuple[int | None, ...] | None  # None entries are dynamic (the batch, usually)
+    dtype: str | None  # numpy dtype name, e.g. "float32", "int64"
+
+
+@dataclass
+class LoadedModel:
+    format: str  # torch-export | torchscript | state-dict | module | pickled-module
+    module: Any  # callable: nn.Module, ScriptModule or the exported program's module
+    exported: Any = None  # torch.export.ExportedProgram when the model is one
+    inputs: list[InputSpec] = field(default_factory=list)
+    fixed_batch: int | None = None  # batch size a fixed-shape export was traced with
+    path: str | None = None
+    sha256: str | None = None

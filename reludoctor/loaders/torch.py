@@ -1,0 +1,229 @@
+"""PyTorch models: torch.export programs, TorchScript, state_dicts with --arch, in-memory modules.
+
+Untrusted content never executes by default: ``torch.load`` runs with ``weights_only=True``;
+a whole pickled module loads only with ``unsafe_pickle=True`` (the CLI's ``--unsafe-pickle``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+import pickle
+import sys
+from pathlib import Path
+from typing import Any
+
+from reludoctor.errors import ModelLoadError, UnsafeModelError, UsageError
+from reludoctor.loaders import detect
+from reludoctor.loaders.model import InputSpec, LoadedModel
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _exported_inputs(program: Any) -> tuple[list[InputSpec], int | None]:
+    user_inputs = set(program.graph_signature.user_inputs)
+    specs = []
+    for node in program.graph.nodes:
+        if node.op != "placeholder" or node.name not in user_inputs:
+            continue
+        value = node.meta.get("val")
+        shape = None
+        dtype = None
+        if value is not None and hasattr(value, "shape"):
+            shape = tuple(d if isinstance(d, int) else None for d in value.shape)
+            dtype = _dtype_name(value.dtype)
+        specs.append(InputSpec(node.name, shape, dtype))
+    fixed = None
+    if specs and specs[0].shape and specs[0].shape[0] is not None:
+        fixed = specs[0].shape[0]
+    return specs, fixed
+
+
+def _signature_inputs(forward: Any) -> list[InputSpec]:
+    try:
+        params = inspect.signature(forward).parameters.values()
+    except (TypeError, ValueError):
+        return [InputSpec("input", None, None)]
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return [InputSpec(name, None, None) for name in names] or [InputSpec("input", None, None)]
+
+
+def from_object(model: Any) -> LoadedModel:
+    """Wrap an in-memory ExportedProgram, ScriptModule or nn.Module."""
+    import torch
+
+    if isinstance(model, torch.export.ExportedProgram):
+        inputs, fixed = _exported_inputs(model)
+        return LoadedModel("torch-export", model.module(), exported=model, inputs=inputs,
+                           fixed_batch=fixed)
+    if isinstance(model, torch.jit.ScriptModule):
+        args = model.forward.schema.arguments[1:]
+        return LoadedModel("torchscript", model, inputs=[InputSpec(a.name, None, None) for a in args])
+    if isinstance(model, torch.nn.Module):
+        return LoadedModel("module", model, inputs=_signature_inputs(model.forward))
+    raise UsageError(
+        f"cannot scan an object of type {type(model).__name__}",
+        "pass a path, an nn.Module, an ExportedProgram or a ScriptModule",
+    )
+
+
+def _build_arch(arch: str, arch_kwargs: str | dict | None) -> Any:
+    import torch
+
+    if ":" not in arch:
+        raise UsageError(f"--arch {arch!r} is not of the form package.module:factory",
+                         "e.g. --arch torchvision.models:resnet18")
+    module_name, _, attribute = arch.partition(":")
+    if isinstance(arch_kwargs, str):
+        try:
+            kwargs = json.loads(arch_kwargs)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--arch-kwargs is not valid JSON: {exc.msg}",
+                             'e.g. --arch-kwargs \'{"num_classes": 10}\'') from exc
+    else:
+        kwargs = arch_kwargs or {}
+    if not isinstance(kwargs, dict):
+        raise UsageError("--arch-kwargs must be a JSON object", 'e.g. {"num_classes": 10}')
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # like `python -m`: local modules are importable
+    try:
+        factory: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            factory = getattr(factory, part)
+    except (ImportError, AttributeError) as exc:
+        raise ModelLoadError(f"--arch {arch}: cannot import ({exc})",
+                             "check the module path and that the package is installed") from exc
+    try:
+        model = factory(**kwargs)
+    except TypeError as exc:
+        raise UsageError(f"--arch {arch}: factory rejected --arch-kwargs ({exc})") from exc
+    if not isinstance(model, torch.nn.Module):
+        raise ModelLoadError(f"--arch {arch} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _unwrap_state_dict(obj: Any) -> dict | None:
+    import torch
+
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model", "module"):
+            inner = obj.get(key)
+            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                return inner
+    return None
+
+
+def _load_state_dict_into(model: Any, state: dict, path: Path, arch: str) -> None:
+    result = None
+    try:
+        result = model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[1:3]) or first[0]
+        raise ModelLoadError(f"{path}: state_dict does not fit --arch {arch}: {detail}",
+                             "check --arch and --arch-kwargs") from exc
+    del result
+
+
+def load_path(
+    path: Path,
+    *,
+    arch: str | None = None,
+    arch_kwargs: str | dict | None = None,
+    unsafe_pickle: bool = False,
+    kind: str | None = None,
+) -> LoadedModel:
+    import torch
+
+    kind = kind or detect.detect_format(path)
+    digest = sha256_of(path)
+
+    if kind == detect.TORCH_EXPORT:
+        try:
+            program = torch.export.load(str(path))
+        except Exception as exc:  # corrupt archives fail in many ways inside torch
+            raise ModelLoadError(f"{path}: cannot load torch.export program ({type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else ''})",
+                                 "re-export with torch.export.save") from exc
+        loaded = from_object(program)
+    elif kind == detect.TORCHSCRIPT:
+        try:
+            module = torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:
+            raise ModelLoadError(f"{path}: cannot load TorchScript archive ({type(exc).__name__})",
+                                 "re-save with torch.jit.save") from exc
+        loaded = from_object(module)
+    elif kind in (detect.TORCH_SAVE, detect.SAFETENSORS):
+        loaded = _load_weights_file(path, kind, arch, arch_kwargs, unsafe_pickle)
+    elif kind == detect.ONNX:
+        raise ModelLoadError(f"{path}: ONNX models are not supported by this build yet",
+                             "scan the PyTorch model instead")
+    else:  # pragma: no cover - detect_format only returns the kinds above
+        raise ModelLoadError(f"{path}: unsupported model format {kind}")
+    if kind != detect.TORCH_SAVE and kind != detect.SAFETENSORS and arch:
+        raise UsageError(f"--arch is only for state_dict files; {path} is a {loaded.format} model")
+    loaded.path = str(path)
+    loaded.sha256 = digest
+    return loaded
+
+
+def _load_weights_file(path: Path, kind: str, arch: str | None, arch_kwargs: Any,
+                       unsafe_pickle: bool) -> LoadedModel:
+    import torch
+
+    if kind == detect.SAFETENSORS:
+        try:
+            from safetensors.torch import load_file
+        except ImportError as exc:
+            raise ModelLoadError(f"{path}: reading .safetensors needs the safetensors package",
+                                 "pip install safetensors") from exc
+        try:
+            obj: Any = load_file(str(path), device="cpu")
+        except Exception as exc:
+            raise ModelLoadError(f"{path}: corrupt safetensors file ({exc})") from exc
+    else:
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=not unsafe_pickle)
+        except pickle.UnpicklingError as exc:
+            if unsafe_pickle:
+                raise ModelLoadError(f"{path}: cannot unpickle ({exc})") from exc
+            raise UnsafeModelError(
+                f"{path}: contains pickled Python objects (a whole nn.Module?) and loading it "
+                "would execute code from the file",
+                "re-run with --unsafe-pickle only if you trust its source, or save a state_dict "
+                "or a torch.export program instead",
+            ) from exc
+        except Exception as exc:
+            raise ModelLoadError(f"{path}: cannot read torch.save file ({type(exc).__name__})",
+                                 "the file may be truncated or corrupt") from exc
+
+    if isinstance(obj, torch.nn.Module):  # only reachable with unsafe_pickle
+        loaded = from_object(obj)
+        loaded.format = "pickled-module"
+        return loaded
+    state = _unwrap_state_dict(obj)
+    if state is None:
+        raise ModelLoadError(f"{path}: holds a {type(obj).__name__}, not a state_dict of tensors",
+                             "save model.state_dict() or a torch.export program")
+    if not arch:
+        raise UsageError(f"{path}: a state_dict holds weights only",
+                         "name the architecture with --arch package.module:factory")
+    model = _build_arch(arch, arch_kwargs)
+    _load_state_dict_into(model, state, path, arch)
+    loaded = from_object(model)
+    loaded.format = "state-dict"
+    return loaded
