@@ -12,7 +12,7 @@ from reludoctor.data import Calibration, load_calibration
 from reludoctor.errors import NoSitesError, UsageError
 from reludoctor.loaders.model import LoadedModel
 from reludoctor.observers import BatchContext
-from reludoctor.report import CalibrationInfo, ModelInfo, Report, Thresholds
+from reludoctor.report import CalibrationInfo, ModelInfo, Report, Thresholds, UnobservedSite
 from reludoctor.rules import evaluate
 from reludoctor.runner import Progress, resolve_device, run
 from reludoctor.stats import site_stats, summarise
@@ -25,13 +25,30 @@ class ReludoctorWarning(UserWarning):
 
 
 def load_model(model: Any, *, arch: str | None, arch_kwargs: Any, unsafe_pickle: bool) -> LoadedModel:
-    from reludoctor.loaders import torch as torch_loader
+    """Route a path (by its content) or an in-memory model to the PyTorch or ONNX loader."""
+    from reludoctor.loaders import detect
 
     if isinstance(model, (str, Path)):
-        return torch_loader.load_path(Path(model), arch=arch, arch_kwargs=arch_kwargs,
-                                      unsafe_pickle=unsafe_pickle)
+        path = Path(model)
+        kind = detect.detect_format(path)
+        if kind == detect.ONNX:
+            if arch:
+                raise UsageError("--arch is only for state_dict files, not ONNX models")
+            from reludoctor.loaders import onnx as onnx_loader
+
+            return onnx_loader.load_path(path)
+        from reludoctor.loaders import torch as torch_loader
+
+        return torch_loader.load_path(path, arch=arch, arch_kwargs=arch_kwargs,
+                                      unsafe_pickle=unsafe_pickle, kind=kind)
     if arch:
         raise UsageError("arch is only for state_dict files, not in-memory models")
+    if type(model).__name__ == "ModelProto":  # onnx.ModelProto, without importing onnx here
+        from reludoctor.loaders import onnx as onnx_loader
+
+        return onnx_loader.from_object(model)
+    from reludoctor.loaders import torch as torch_loader
+
     return torch_loader.from_object(model)
 
 
@@ -125,18 +142,20 @@ def scan(
         batch_size = loaded.fixed_batch
 
     context = BatchContext()
-    used_method, sites, samples = _observe(loaded, calibration, method, target, batch_size,
-                                           context, unit_axis, progress, warn)
+    used_method, sites, samples, unobserved = _observe(loaded, calibration, method, target,
+                                                       batch_size, context, unit_axis, progress, warn)
     stats = []
     for spec, observer in sites:
         if not observer.observed:
-            warn(f"site {spec.name} never executed on the calibration data")
+            unobserved.append(UnobservedSite(spec.name, spec.op, "never executed on the calibration data"))
             continue
         stats.append(site_stats(
             name=spec.name, op=spec.op, module=spec.module, unit_axis=spec.unit_axis,
             shape=observer.shape or (), lower=spec.lower, upper=spec.upper,
             counts=observer.state(), near_dead=near_dead, dormant_tau=dormant_tau,
         ))
+    for site in unobserved:
+        warn(f"site {site.name} ({site.op}) was not observed: {site.reason}")
     if not stats:
         raise NoSitesError(f"{loaded.path or 'model'}: no ReLU-family activation ran",
                            "reludoctor observes relu, relu6, hardtanh and clamp(min=0)")
@@ -148,8 +167,9 @@ def scan(
         calibration=calibration_info,
         device=str(target),
         thresholds=Thresholds(near_dead, dormant_tau, unit_axis),
-        summary=summarise(stats, samples),
+        summary=summarise(stats, samples, len(unobserved)),
         sites=tuple(stats),
+        unobserved_sites=tuple(unobserved),
         findings=evaluate(stats, calibration_info),
         warnings=tuple(notes),
     )
@@ -157,7 +177,21 @@ def scan(
 
 def _observe(loaded: LoadedModel, calibration: Calibration, method: str, device: Any,
              batch_size: int, context: BatchContext, unit_axis: int | None,
-             progress: Progress | None, warn: Callable[[str], None]) -> tuple[str, list, int]:
+             progress: Progress | None, warn: Callable[[str], None],
+             ) -> tuple[str, list, int, list[UnobservedSite]]:
+    """Run the calibration data through the instrumented model.
+
+    Returns (method, [(SiteSpec, observer)], samples, sites that could not be observed).
+    Observers expose ``observed``, ``shape`` and ``state() -> UnitCounts``.
+    """
+    if loaded.format == "onnx":
+        from reludoctor.instrument.onnx_graph import observe_onnx
+
+        sites, samples, unobserved = observe_onnx(
+            loaded, calibration, device=device, batch_size=batch_size, unit_axis=unit_axis,
+            progress=progress, warn=warn)
+        return "onnxruntime", sites, samples, unobserved
+
     from reludoctor.instrument.torch_dispatch import DispatchInstrument
     from reludoctor.instrument.torch_export import instrument_graph_module
 
@@ -185,10 +219,10 @@ def _observe(loaded: LoadedModel, calibration: Calibration, method: str, device:
             sites = instrument_graph_module(graph_module, context, unit_axis)
             samples = run(graph_module, calibration, batch_size=batch_size, device=device,
                           batch=context, fixed_batch=loaded.fixed_batch, progress=progress)
-            return "export", sites, samples
+            return "export", sites, samples, []
         instrument = DispatchInstrument(module, context, unit_axis)
         with instrument.active():
             samples = run(module, calibration, batch_size=batch_size, device=device, batch=context,
                           fixed_batch=loaded.fixed_batch, before_forward=instrument.start_forward,
                           progress=progress)
-        return "dispatch", instrument.sites(), samples
+        return "dispatch", instrument.sites(), samples, []

@@ -50,6 +50,15 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class UnobservedSite:
+    """A ReLU-family site the scan could not measure, and why (never a silent omission)."""
+
+    name: str
+    op: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     path: str | None
     format: str
@@ -85,7 +94,8 @@ class Summary:
     dormant_units: int
     saturated_units: int
     fully_dead_sites: tuple[str, ...]
-    firing_rate_bound_95: float  # 0 firings in N samples: rate < 3/N at 95% confidence
+    firing_rate_bound_95: float
+    unobserved_sites: int  # 0 firings in N samples: rate < 3/N at 95% confidence
 
 
 @dataclass(frozen=True)
@@ -98,6 +108,7 @@ class Report:
     summary: Summary
     sites: tuple[SiteStats, ...]
     findings: tuple[Finding, ...] = ()
+    unobserved_sites: tuple[UnobservedSite, ...] = ()
     warnings: tuple[str, ...] = ()
     schema_version: int = field(default=SCHEMA_VERSION)
 

@@ -67,7 +67,8 @@ def site_stats(
     )
 
 
-def summarise(sites: tuple[SiteStats, ...] | list[SiteStats], samples: int) -> Summary:
+def summarise(sites: tuple[SiteStats, ...] | list[SiteStats], samples: int,
+              unobserved: int = 0) -> Summary:
     units = sum(s.units for s in sites)
     dead = sum(len(s.dead_units) for s in sites)
     worst = max(sites, key=lambda s: s.dead_ratio, default=None)  # first of equals wins
@@ -83,4 +84,5 @@ def summarise(sites: tuple[SiteStats, ...] | list[SiteStats], samples: int) -> S
         saturated_units=sum(len(s.saturated_units or ()) for s in sites),
         fully_dead_sites=tuple(s.name for s in sites if s.units and s.dead_ratio == 1.0),
         firing_rate_bound_95=3.0 / samples if samples else 1.0,
+        unobserved_sites=unobserved,
     )

@@ -169,9 +169,6 @@ def load_path(
         loaded = from_object(module)
     elif kind in (detect.TORCH_SAVE, detect.SAFETENSORS):
         loaded = _load_weights_file(path, kind, arch, arch_kwargs, unsafe_pickle)
-    elif kind == detect.ONNX:
-        raise ModelLoadError(f"{path}: ONNX models are not supported by this build yet",
-                             "scan the PyTorch model instead")
     else:  # pragma: no cover - detect_format only returns the kinds above
         raise ModelLoadError(f"{path}: unsupported model format {kind}")
     if kind != detect.TORCH_SAVE and kind != detect.SAFETENSORS and arch:

@@ -75,6 +75,11 @@ def _summary_lines(report: Report) -> list[Text]:
     if s.worst_site and s.worst_site_dead_ratio > 0:
         lines.append(Text.assemble(("worst site: ", "bold"), s.worst_site,
                                    f" ({s.worst_site_dead_ratio:.1%} dead)"))
+    if report.unobserved_sites:
+        names = ", ".join(f"{u.name} ({u.reason})" for u in report.unobserved_sites[:3])
+        more = len(report.unobserved_sites) - 3
+        lines.append(Text.assemble((f"not observed: {s.unobserved_sites} sites: ", "bold yellow"),
+                                   names + (f", ... {more} more" if more > 0 else "")))
     if s.fully_dead_sites:
         lines.append(Text.assemble(("fully dead sites: ", "bold red"), ", ".join(s.fully_dead_sites)))
     lines.append(Text(
