@@ -76,7 +76,7 @@ def scan(
     model: str = typer.Argument(..., help="Model file: .pt2 (torch.export), TorchScript, or a state_dict with --arch."),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Calibration data: .npy, .npz (one array per input) or .pt. Without it: synthetic inputs."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Write the JSON report to PATH ('-' for stdout)."),
-    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Samples per forward pass."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Samples per forward pass (default 32; a fixed-batch model's own size)."),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Use at most N samples (synthetic: generate N, default 256)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (auto: CUDA when available)."),
     input_shape: Optional[str] = typer.Option(None, "--input-shape", help="Sample shape without batch for synthetic data, e.g. 3,224,224."),

@@ -18,6 +18,7 @@ from reludoctor.runner import Progress, resolve_device, run
 from reludoctor.stats import site_stats, summarise
 
 METHODS = ("auto", "export", "dispatch")
+DEFAULT_BATCH_SIZE = 32
 
 
 class ReludoctorWarning(UserWarning):
@@ -92,7 +93,7 @@ def scan(
     model: Any,
     data: Any = None,
     *,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     device: str = "auto",
     limit: int | None = None,
     input_shape: tuple[int, ...] | None = None,
@@ -113,7 +114,7 @@ def scan(
     .pt), an array or tensor, a dict keyed by input name, an iterable of batches, or None
     for synthetic standard-normal inputs (flagged in the report).
     """
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise UsageError(f"--batch-size {batch_size} must be at least 1")
     if not 0 < near_dead <= 1:
         raise UsageError(f"--near-dead {near_dead} must be in (0, 1]")
@@ -136,10 +137,13 @@ def scan(
     if calibration.synthetic:
         warn(f"no calibration data: using {calibration.samples} synthetic standard-normal samples; "
              "dead units on real data may differ (pass --data)")
-    if loaded.fixed_batch is not None and loaded.fixed_batch != batch_size:
-        warn(f"the model was exported with a fixed batch of {loaded.fixed_batch}: running in "
-             f"batches of {loaded.fixed_batch}, the last one padded")
+    if loaded.fixed_batch is not None:
+        if batch_size is not None and batch_size != loaded.fixed_batch:
+            warn(f"the model was exported with a fixed batch of {loaded.fixed_batch}: running in "
+                 f"batches of {loaded.fixed_batch} instead of {batch_size}, the last one padded")
         batch_size = loaded.fixed_batch
+    elif batch_size is None:
+        batch_size = DEFAULT_BATCH_SIZE
 
     context = BatchContext()
     used_method, sites, samples, unobserved = _observe(loaded, calibration, method, target,

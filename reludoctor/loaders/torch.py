@@ -12,6 +12,7 @@ import inspect
 import json
 import pickle
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +163,9 @@ def load_path(
         loaded = from_object(program)
     elif kind == detect.TORCHSCRIPT:
         try:
-            module = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():  # torch 2.9+ deprecates TorchScript loudly
+                warnings.filterwarnings("ignore", category=FutureWarning)
+                module = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:
             raise ModelLoadError(f"{path}: cannot load TorchScript archive ({type(exc).__name__})",
                                  "re-save with torch.jit.save") from exc

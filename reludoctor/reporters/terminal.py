@@ -6,6 +6,7 @@ from collections import defaultdict
 
 from rich import box
 from rich.console import Console
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
@@ -106,11 +107,11 @@ def render(report: Report, console: Console) -> None:
         console.print(line)
     if report.findings:
         console.print(Text("findings", style="bold underline"))
-        for line in _finding_lines(report):
-            console.print(line)
+        for indent, line in _finding_lines(report):
+            console.print(Padding(line, (0, 0, 0, indent), expand=False))
 
 
-def _finding_lines(report: Report) -> list[Text]:
+def _finding_lines(report: Report) -> list[tuple[int, Text]]:
     """Grouped by severity then rule; a few sites per rule, the suggestion once."""
     by_rule = defaultdict(list)
     for finding in report.findings:
@@ -121,12 +122,12 @@ def _finding_lines(report: Report) -> list[Text]:
             if level != severity:
                 continue
             where = f" ({len(findings)} sites)" if len(findings) > 1 else ""
-            lines.append(Text.assemble((f"{severity:<7} ", SEVERITY_STYLE[severity]),
-                                       (f"{rule}{where}", "bold")))
+            lines.append((0, Text.assemble((f"{severity:<7} ", SEVERITY_STYLE[severity]),
+                                           (f"{rule}{where}", "bold"))))
             for finding in findings[:FINDINGS_PER_RULE]:
-                lines.append(Text(f"  - {finding.message}"))
+                lines.append((4, Text(f"- {finding.message}")))
             if len(findings) > FINDINGS_PER_RULE:
-                lines.append(Text(f"  ... {len(findings) - FINDINGS_PER_RULE} more (see --json)",
-                                  style="dim"))
-            lines.append(Text(f"  fix: {findings[0].suggestion}", style="green"))
+                lines.append((4, Text(f"... {len(findings) - FINDINGS_PER_RULE} more (see --json)",
+                                      style="dim")))
+            lines.append((4, Text(f"fix: {findings[0].suggestion}", style="green")))
     return lines
