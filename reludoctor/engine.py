@@ -229,4 +229,9 @@ def _observe(loaded: LoadedModel, calibration: Calibration, method: str, device:
             samples = run(module, calibration, batch_size=batch_size, device=device, batch=context,
                           fixed_batch=loaded.fixed_batch, before_forward=instrument.start_forward,
                           progress=progress)
-        return "dispatch", instrument.sites(), samples, []
+        static = None
+        if loaded.format == "torchscript":
+            from reludoctor.instrument.torchscript_names import static_call_sites
+
+            static = static_call_sites(module)
+        return "dispatch", instrument.sites(static), samples, []

@@ -2,8 +2,8 @@
 
 For models that torch.export cannot capture (data-dependent control flow) and for TorchScript.
 The mode sees every ATen call, also inside TorchScript; module forward hooks give the module
-path of each call (for TorchScript, whose submodules run without Python hooks, sites are
-named by op and occurrence). Inside ``__torch_dispatch__`` the mode is not active, so the
+path of each call (TorchScript submodules run without Python hooks: their paths come from
+``torchscript_names``). Inside ``__torch_dispatch__`` the mode is not active, so the
 observer's own ops are not seen again.
 """
 
@@ -94,11 +94,21 @@ class DispatchInstrument:
     def start_forward(self) -> None:
         self._occurrences.clear()
 
-    def sites(self) -> list[tuple[SiteSpec, TorchUnitObserver]]:
-        names = unique_names([base for base, _ in self._keys])
+    def sites(self, static: list[tuple[str, str, str]] | None = None,
+              ) -> list[tuple[SiteSpec, TorchUnitObserver]]:
+        """Sites in first-execution order. ``static`` (module path, module type, op) per call,
+        from a TorchScript archive's graphs, names them when it lists the same ops."""
+        from reludoctor.instrument.torchscript_names import matches
+
+        bases = [base for base, _ in self._keys]
+        paths = [self._specs[key][1] for key in self._keys]
+        if matches(static, [self._specs[key][0].op for key in self._keys]):
+            bases = [base_name(path, kind, op) for path, kind, op in static]
+            paths = [path for path, _, _ in static]
+        names = unique_names(bases)
         out = []
-        for key, name in zip(self._keys, names):
-            activation, path, axis = self._specs[key]
+        for key, name, path in zip(self._keys, names, paths):
+            activation, _, axis = self._specs[key]
             spec = SiteSpec(name, activation.op, path, activation.lower, activation.upper, axis,
                             activation.inplace)
             out.append((spec, self._observers[key]))
