@@ -64,6 +64,8 @@ def _check_outputs(json_out: Optional[str], inputs: list[Optional[str]]) -> None
     if json_out in (None, "-"):
         return
     target = Path(json_out).resolve()
+    if target.is_dir():
+        raise UsageError(f"--json {json_out} is a directory", "give a file path")
     for given in inputs:
         if given and Path(given).resolve() == target:
             raise UsageError(f"--json {json_out} would overwrite an input file", "choose another path")
@@ -107,7 +109,7 @@ def _scan(model, data, json_out, batch_size, limit, device, input_shape, unit_ax
     from reludoctor.reporters import json as json_format
     from reludoctor.reporters import terminal
 
-    if fail_over is not None and not 0 <= fail_over <= 1:
+    if fail_over is not None and not 0 <= fail_over <= 1:  # also refuses NaN
         raise UsageError(f"--fail-over {fail_over} must be a ratio between 0 and 1")
     _check_outputs(json_out, [model, data])
     err = _stderr()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -116,10 +117,10 @@ def scan(
     """
     if batch_size is not None and batch_size < 1:
         raise UsageError(f"--batch-size {batch_size} must be at least 1")
-    if not 0 < near_dead <= 1:
+    if not 0 < near_dead <= 1:  # also refuses NaN
         raise UsageError(f"--near-dead {near_dead} must be in (0, 1]")
-    if dormant_tau < 0:
-        raise UsageError(f"--dormant-tau {dormant_tau} must be >= 0")
+    if not (math.isfinite(dormant_tau) and dormant_tau >= 0):
+        raise UsageError(f"--dormant-tau {dormant_tau} must be a finite number >= 0")
     if method not in METHODS:
         raise UsageError(f"--method {method!r} is not one of {', '.join(METHODS)}")
     notes: list[str] = []

@@ -32,7 +32,7 @@ class SiteStats:
     activation_rate: tuple[float, ...]
     max_preactivation: tuple[float, ...]
     near_dead_units: tuple[int, ...]  # alive, but firing rate below the near-dead threshold
-    dormant_units: tuple[int, ...]  # tau-dormant (includes dead units, as in Sokar et al.)
+    dormant_units: tuple[int, ...]  # tau-dormant (with lower bound 0, dead units are dormant too)
     dormant_score: tuple[float, ...]  # unit mean |output| / layer mean of that
     saturated_units: tuple[int, ...] | None  # bounded activations only
     min_preactivation: tuple[float, ...] | None  # bounded activations only

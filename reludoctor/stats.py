@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from reludoctor.errors import DataError
 from reludoctor.observers import HIST_EDGES, UnitCounts
 from reludoctor.report import Histogram, SiteStats, Summary
 
@@ -35,6 +36,9 @@ def site_stats(
     near = (~dead) & (rate < near_dead)
     mean_abs = counts.abs_output_sum / positions
     layer_mean = float(mean_abs.mean()) if mean_abs.size else 0.0
+    if not np.isfinite(layer_mean):
+        raise DataError(f"activations at {name} overflow to infinity on the calibration data",
+                        "check the data's scale (normalisation) and the model's weights")
     score = mean_abs / layer_mean if layer_mean > 0 else np.zeros_like(mean_abs)
     dormant = score <= dormant_tau
     saturated = None

@@ -6,19 +6,35 @@ a whole pickled module loads only with ``unsafe_pickle=True`` (the CLI's ``--uns
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import inspect
 import json
+import logging
 import pickle
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from reludoctor.errors import ModelLoadError, UnsafeModelError, UsageError
 from reludoctor.loaders import detect
 from reludoctor.loaders.model import InputSpec, LoadedModel
+
+
+@contextlib.contextmanager
+def _quiet_torch() -> Iterator[None]:
+    """Loading corrupt or old files makes torch warn and log tracebacks; our error says it all."""
+    logger = logging.getLogger("torch")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def sha256_of(path: Path) -> str:
@@ -97,8 +113,9 @@ def _build_arch(arch: str, arch_kwargs: str | dict | None) -> Any:
         kwargs = arch_kwargs or {}
     if not isinstance(kwargs, dict):
         raise UsageError("--arch-kwargs must be a JSON object", 'e.g. {"num_classes": 10}')
-    if "" not in sys.path and str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))  # like `python -m`: local modules are importable
+    added = "" not in sys.path and str(Path.cwd()) not in sys.path
+    if added:  # like `python -m`: modules in the current directory are importable
+        sys.path.insert(0, str(Path.cwd()))
     try:
         factory: Any = importlib.import_module(module_name)
         for part in attribute.split("."):
@@ -106,10 +123,17 @@ def _build_arch(arch: str, arch_kwargs: str | dict | None) -> Any:
     except (ImportError, AttributeError) as exc:
         raise ModelLoadError(f"--arch {arch}: cannot import ({exc})",
                              "check the module path and that the package is installed") from exc
+    finally:
+        if added:
+            sys.path.remove(str(Path.cwd()))
+    if not callable(factory):
+        raise UsageError(f"--arch {arch} is a {type(factory).__name__}, not a callable factory")
     try:
         model = factory(**kwargs)
     except TypeError as exc:
         raise UsageError(f"--arch {arch}: factory rejected --arch-kwargs ({exc})") from exc
+    except Exception as exc:  # the user's own code failed: bad input, not our crash
+        raise ModelLoadError(f"--arch {arch}: the factory raised {type(exc).__name__}: {exc}") from exc
     if not isinstance(model, torch.nn.Module):
         raise ModelLoadError(f"--arch {arch} returned {type(model).__name__}, not an nn.Module")
     return model
@@ -155,7 +179,8 @@ def load_path(
 
     if kind == detect.TORCH_EXPORT:
         try:
-            program = torch.export.load(str(path))
+            with _quiet_torch():
+                program = torch.export.load(str(path))
         except Exception as exc:  # corrupt archives fail in many ways inside torch
             raise ModelLoadError(f"{path}: cannot load torch.export program ({type(exc).__name__}: "
                                  f"{str(exc).splitlines()[0] if str(exc) else ''})",
@@ -163,8 +188,7 @@ def load_path(
         loaded = from_object(program)
     elif kind == detect.TORCHSCRIPT:
         try:
-            with warnings.catch_warnings():  # torch 2.9+ deprecates TorchScript loudly
-                warnings.filterwarnings("ignore", category=FutureWarning)
+            with _quiet_torch():  # torch 2.9+ deprecates TorchScript loudly
                 module = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:
             raise ModelLoadError(f"{path}: cannot load TorchScript archive ({type(exc).__name__})",
@@ -197,7 +221,8 @@ def _load_weights_file(path: Path, kind: str, arch: str | None, arch_kwargs: Any
             raise ModelLoadError(f"{path}: corrupt safetensors file ({exc})") from exc
     else:
         try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=not unsafe_pickle)
+            with _quiet_torch():
+                obj = torch.load(str(path), map_location="cpu", weights_only=not unsafe_pickle)
         except pickle.UnpicklingError as exc:
             if unsafe_pickle:
                 raise ModelLoadError(f"{path}: cannot unpickle ({exc})") from exc
