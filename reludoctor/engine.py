@@ -74,7 +74,7 @@ def _preserved(module: Any, device: Any, set_mode: bool) -> Iterator[None]:
     """
     import torch
 
-    modes = [(m, m.training) for m in module.modules()] if set_mode else []
+    modes = [(m, m.training) for m in module.modules() if hasattr(m, "training")] if set_mode else []
     params = list(module.parameters()) if hasattr(module, "parameters") else []
     original = params[0].device if params else None
     try:
@@ -135,6 +135,11 @@ def scan(
     loaded = load_model(model, arch=arch, arch_kwargs=arch_kwargs, unsafe_pickle=unsafe_pickle)
     calibration = load_calibration(data, loaded.inputs, limit=limit, input_shape=input_shape)
     target = resolve_device(device)
+    if loaded.format == "onnx" and device == "auto" and target.type == "cuda":
+        from reludoctor.instrument.onnx_graph import cuda_provider_available
+
+        if not cuda_provider_available():  # a CPU-only onnxruntime on a GPU machine
+            target = resolve_device("cpu")
     if calibration.synthetic:
         warn(f"no calibration data: using {calibration.samples} synthetic standard-normal samples; "
              "dead units on real data may differ (pass --data)")
@@ -227,9 +232,9 @@ def _observe(loaded: LoadedModel, calibration: Calibration, method: str, device:
             return "export", sites, samples, []
         instrument = DispatchInstrument(module, context, unit_axis)
         with instrument.active():
-            samples = run(module, calibration, batch_size=batch_size, device=device, batch=context,
-                          fixed_batch=loaded.fixed_batch, before_forward=instrument.start_forward,
-                          progress=progress)
+            samples = run(instrument.forward, calibration, batch_size=batch_size, device=device,
+                          batch=context, fixed_batch=loaded.fixed_batch,
+                          before_forward=instrument.start_forward, progress=progress)
         static = None
         if loaded.format == "torchscript":
             from reludoctor.instrument.torchscript_names import static_call_sites

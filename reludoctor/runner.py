@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from reludoctor.data import Calibration
-from reludoctor.errors import DataError, ObserverFailure, UsageError
+from reludoctor.errors import DataError, ObserverFailure, ReludoctorError, UsageError
 from reludoctor.observers import BatchContext
 
 Progress = Callable[[int, "int | None"], None]
@@ -85,7 +85,7 @@ def run(
                 before_forward()
             try:
                 forward(*tensors)
-            except ObserverFailure:
+            except (ObserverFailure, ReludoctorError):  # ours, not the model's
                 raise
             except Exception as exc:  # the model rejected the data: shape, dtype, guards
                 detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

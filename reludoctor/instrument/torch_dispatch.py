@@ -26,11 +26,23 @@ from reludoctor.observers import BatchContext, TorchUnitObserver
 
 
 class _ModuleStack:
-    """Module paths currently executing, via global forward (pre-)hooks, always removed."""
+    """Module paths currently executing, via global forward (pre-)hooks, always removed.
+
+    A path is the parent's path plus the attribute name under which the parent holds the
+    module, so an instance shared by two parents gets the name of the parent that called it.
+    """
 
     def __init__(self, model: Any):
         self._names = {id(m): name for name, m in getattr(model, "named_modules", lambda: [])()}
-        self.stack: list[tuple[str, str]] = []
+        self.stack: list[tuple[Any, str, str]] = []  # (module, path, type)
+
+    def _path(self, module: Any) -> str:
+        if self.stack:
+            parent, parent_path, _ = self.stack[-1]
+            for name, child in getattr(parent, "_modules", {}).items():
+                if child is module:
+                    return f"{parent_path}.{name}" if parent_path else name
+        return self._names[id(module)]
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
@@ -42,10 +54,10 @@ class _ModuleStack:
         def push(module: Any, _args: Any) -> None:
             if id(module) in self._names:
                 cls = type(module)
-                self.stack.append((self._names[id(module)], f"{cls.__module__}.{cls.__qualname__}"))
+                self.stack.append((module, self._path(module), f"{cls.__module__}.{cls.__qualname__}"))
 
         def pop(module: Any, _args: Any, _out: Any) -> None:
-            if id(module) in self._names and self.stack:
+            if self.stack and self.stack[-1][0] is module:
                 self.stack.pop()
 
         handles = [register_module_forward_pre_hook(push), register_module_forward_hook(pop)]
@@ -57,20 +69,72 @@ class _ModuleStack:
             self.stack.clear()
 
     def current(self) -> tuple[str, str]:
-        return self.stack[-1] if self.stack else ("", "")
+        return self.stack[-1][1:] if self.stack else ("", "")
+
+
+class _GraphNodes:
+    """For an exported program's flat graph module: runs it node by node (torch.fx.Interpreter)
+    so each call's module path comes from the node's recorded ``nn_module_stack``."""
+
+    def __init__(self, graph_module: Any):
+        import torch.fx
+
+        locator = self
+        self.node: Any = None
+
+        class _Interpreter(torch.fx.Interpreter):
+            def run_node(self, node: Any) -> Any:
+                locator.node = node
+                return super().run_node(node)
+
+        self._interpreter = _Interpreter(graph_module)
+
+    def run(self, *args: Any) -> Any:
+        return self._interpreter.run(*args)
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            self.node = None
+
+    def current(self) -> tuple[str, str]:
+        stack = (self.node.meta.get("nn_module_stack") or {}) if self.node is not None else {}
+        if not stack:
+            return "", ""
+        path, module_type = list(stack.values())[-1]
+        return str(path), str(module_type)
+
+
+def _has_module_stacks(model: Any) -> bool:
+    import torch.fx
+
+    return isinstance(model, torch.fx.GraphModule) and any(
+        node.meta.get("nn_module_stack") for node in model.graph.nodes)
 
 
 class DispatchInstrument:
-    """Creates an observer for each call site the first time it executes."""
+    """Creates an observer for each call site the first time it executes.
+
+    A site is keyed by its base name, the pre-activation's shape and its occurrence in the
+    forward pass, so calls from two branches of one module stay two sites.
+    """
 
     def __init__(self, model: Any, batch: BatchContext, unit_axis: int | None = None):
         self.batch = batch
         self.unit_axis = unit_axis
-        self.modules = _ModuleStack(model)
-        self._keys: list[tuple[str, int]] = []  # (base name, occurrence) in first-execution order
-        self._specs: dict[tuple[str, int], tuple[Any, str, int]] = {}
-        self._observers: dict[tuple[str, int], TorchUnitObserver] = {}
-        self._occurrences: dict[str, int] = {}
+        self.modules: _ModuleStack | _GraphNodes
+        if _has_module_stacks(model):
+            self.modules = _GraphNodes(model)
+            self.forward = self.modules.run
+        else:
+            self.modules = _ModuleStack(model)
+            self.forward = model
+        self._keys: list[tuple] = []  # (base name, shape, occurrence) in first-execution order
+        self._specs: dict[tuple, tuple[Any, str, int]] = {}
+        self._observers: dict[tuple, TorchUnitObserver] = {}
+        self._occurrences: dict[tuple, int] = {}
 
     def observe(self, func: Any, args: tuple, kwargs: dict, producers: Any) -> None:
         activation = classify(func, args, kwargs)
@@ -78,9 +142,10 @@ class DispatchInstrument:
             return
         path, module_type = self.modules.current()
         base = base_name(path, module_type, activation.op)
-        occurrence = self._occurrences.get(base, 0)
-        self._occurrences[base] = occurrence + 1
-        key = (base, occurrence)
+        shaped = (base, tuple(args[0].shape[1:]))
+        occurrence = self._occurrences.get(shaped, 0)
+        self._occurrences[shaped] = occurrence + 1
+        key = (*shaped, occurrence)
         observer = self._observers.get(key)
         if observer is None:
             pre = args[0]
@@ -100,7 +165,7 @@ class DispatchInstrument:
         from a TorchScript archive's graphs, names them when it lists the same ops."""
         from reludoctor.instrument.torchscript_names import matches
 
-        bases = [base for base, _ in self._keys]
+        bases = [key[0] for key in self._keys]
         paths = [self._specs[key][1] for key in self._keys]
         if matches(static, [self._specs[key][0].op for key in self._keys]):
             bases = [base_name(path, kind, op) for path, kind, op in static]
@@ -130,8 +195,9 @@ class DispatchInstrument:
                 if getattr(out, "ndim", None) == 3:
                     name = op_base_name(func)
                     kind = producer_kind(name)
-                    if kind is None and name.rstrip("_") in PASS_THROUGH_OPS and args:
-                        kind = producers.get(args[0]) if hasattr(args[0], "ndim") else None
+                    if kind is None and name.rstrip("_") in PASS_THROUGH_OPS:
+                        kind = next((producers[a] for a in args
+                                     if hasattr(a, "ndim") and a in producers), None)
                     if kind is not None:
                         producers[out] = kind
                 return out
