@@ -39,9 +39,48 @@ def _is_safetensors(head: bytes, size: int) -> bool:
     return 0 < header_len <= size - 8 and head[8:9] == b"{"
 
 
-def _looks_like_onnx(head: bytes) -> bool:
-    # ModelProto starts with field 1 (ir_version, varint) -> tag byte 0x08, in practice.
-    return len(head) > 2 and head[0] == 0x08 and 0 < head[1] < 32
+# ModelProto fields -> protobuf wire type (0 varint, 2 length-delimited).
+_ONNX_MODEL_FIELDS = {1: 0, 2: 2, 3: 2, 4: 2, 5: 0, 6: 2, 7: 2, 8: 2, 14: 2, 20: 2, 25: 2}
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int] | None:
+    value = shift = 0
+    while pos < len(data) and shift < 64:
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        pos += 1
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+    return None
+
+
+def _looks_like_onnx(head: bytes, size: int | None = None) -> bool:
+    """The first protobuf fields read as an ONNX ModelProto (exporters write ir_version first).
+
+    Only the file's head is walked: up to four fields, each a known ModelProto field with its
+    wire type, lengths within the file.
+    """
+    if len(head) > 2 and head[0] == 0x08 and 0 < head[1] < 32:
+        return True
+    size = len(head) if size is None else size
+    pos, fields = 0, 0
+    while pos < len(head) and fields < 4:
+        tag = _varint(head, pos)
+        if tag is None:
+            return fields >= 2
+        number, wire = tag[0] >> 3, tag[0] & 7
+        if _ONNX_MODEL_FIELDS.get(number) != wire:
+            return False
+        pos = tag[1]
+        value = _varint(head, pos)
+        if value is None:
+            return fields >= 2
+        pos = value[1] + (value[0] if wire == 2 else 0)
+        if pos > size:
+            return False
+        fields += 1
+    return fields >= 2
 
 
 def detect_format(path: Path) -> str:
@@ -76,7 +115,7 @@ def detect_format(path: Path) -> str:
         return SAFETENSORS
     if head[:1] == b"\x80":  # legacy (non-zip) torch.save pickle
         return TORCH_SAVE
-    if path.suffix.lower() == ".onnx" or _looks_like_onnx(head):
+    if path.suffix.lower() == ".onnx" or _looks_like_onnx(head, size):
         return ONNX
     raise ModelLoadError(
         f"{path}: not a recognised model file",

@@ -1,0 +1,184 @@
+"""ONNX models: a ``.onnx`` file (with external data beside it) or an in-memory ModelProto.
+
+External data is read only after every tensor's ``location`` has been checked to stay inside
+the model's folder (no absolute paths, no ``..`` escapes, no symlinks leading out): the file is
+parsed with ``load_external_data=False`` first, the locations are checked, then the data is
+loaded. Nothing in an ONNX file executes code; custom-op libraries are never registered.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+from reludoctor.errors import ModelLoadError
+from reludoctor.loaders.model import InputSpec, LoadedModel
+from reludoctor.loaders.torch import sha256_of  # plain hashlib: does not import torch
+
+MIN_OPSET = 7  # the in-graph statistics use ops (Cast, HardSigmoid, pools) of opset 7 and up
+DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+def _graphs(graph: Any) -> Iterator[Any]:
+    """The graph and every subgraph (If branches, Loop and Scan bodies), depth first."""
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("g"):
+                yield from _graphs(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _graphs(subgraph)
+
+
+def _tensors(model: Any) -> Iterator[Any]:
+    """Every TensorProto that can hold data: initializers and tensor attributes, everywhere."""
+    for graph in _graphs(model.graph):
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield sparse.values
+            yield sparse.indices
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    yield attribute.t
+                yield from attribute.tensors
+                if attribute.HasField("sparse_tensor"):
+                    yield attribute.sparse_tensor.values
+                    yield attribute.sparse_tensor.indices
+    for function in model.functions:
+        for node in function.node:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    yield attribute.t
+                yield from attribute.tensors
+
+
+def _external(tensor: Any) -> bool:
+    from onnx import TensorProto
+
+    return tensor.HasField("data_location") and tensor.data_location == TensorProto.EXTERNAL
+
+
+def _check_external_locations(model: Any, path: Path) -> bool:
+    """Refuse external data outside the model's folder; True when the model has any."""
+    folder = path.parent
+    real_folder = Path(os.path.realpath(folder))
+    found = False
+    for tensor in _tensors(model):
+        if not _external(tensor):
+            continue
+        found = True
+        entries = {entry.key: entry.value for entry in tensor.external_data}
+        location = entries.get("location", "")
+        shown = repr(location) if location else "(none)"
+        if not location or "\x00" in location:
+            raise ModelLoadError(f"{path}: tensor '{tensor.name}' has external data without a valid "
+                                 f"location {shown}", "re-export the model")
+        if os.path.isabs(location) or location.startswith(("/", "\\")) or ":" in location[:3]:
+            raise ModelLoadError(
+                f"{path}: tensor '{tensor.name}' refers to external data at the absolute path "
+                f"{location!r}; refused", "external data must lie in the model's folder")
+        parts = location.replace("\\", "/").split("/")
+        target = Path(os.path.realpath(folder / location))
+        if ".." in parts or not target.is_relative_to(real_folder):
+            raise ModelLoadError(
+                f"{path}: tensor '{tensor.name}' refers to external data {location!r}, which leaves "
+                f"the model's folder; refused", "external data must lie in the model's folder")
+        if not target.is_file():
+            raise ModelLoadError(f"{path}: external data file {location!r} of tensor "
+                                 f"'{tensor.name}' is missing", "copy it next to the model file")
+    return found
+
+
+def _dtype_name(elem_type: int) -> str | None:
+    from onnx import TensorProto, helper
+
+    if elem_type == TensorProto.UNDEFINED:
+        return None
+    try:
+        import numpy as np
+
+        return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).name
+    except (KeyError, TypeError, ValueError):
+        return TensorProto.DataType.Name(elem_type).lower()
+
+
+def _inputs(model: Any) -> list[InputSpec]:
+    initializers = {t.name for t in model.graph.initializer}
+    specs = []
+    for value in model.graph.input:
+        if value.name in initializers:  # IR < 4 lists initializers as (overridable) inputs
+            continue
+        shape: tuple[int | None, ...] | None = None
+        dtype = None
+        if value.type.HasField("tensor_type"):
+            tensor_type = value.type.tensor_type
+            dtype = _dtype_name(tensor_type.elem_type)
+            if tensor_type.HasField("shape"):
+                shape = tuple(int(d.dim_value) if d.HasField("dim_value") else None
+                              for d in tensor_type.shape.dim)
+        specs.append(InputSpec(value.name, shape, dtype))
+    return specs
+
+
+def opset_of(model: Any) -> int | None:
+    for entry in model.opset_import:
+        if entry.domain in DEFAULT_DOMAINS:
+            return int(entry.version)
+    return None
+
+
+def _checked(model: Any, where: str) -> LoadedModel:
+    if not model.HasField("graph") or model.ir_version <= 0:
+        raise ModelLoadError(f"{where}: not an ONNX model (no graph or IR version)",
+                             "the file may be corrupt, truncated or of another format")
+    opset = opset_of(model)
+    if opset is None and model.ir_version >= 3:
+        raise ModelLoadError(f"{where}: the ONNX model declares no default-domain opset",
+                             "re-export the model")
+    if opset is not None and opset < MIN_OPSET:
+        raise ModelLoadError(f"{where}: ONNX opset {opset} is too old (reludoctor needs {MIN_OPSET}+)",
+                             "convert it with onnx.version_converter.convert_version")
+    inputs = _inputs(model)
+    if not inputs:
+        raise ModelLoadError(f"{where}: the ONNX graph has no inputs to feed")
+    fixed = inputs[0].shape[0] if inputs[0].shape else None
+    return LoadedModel("onnx", model, inputs=inputs, fixed_batch=fixed)
+
+
+def load_path(path: Path) -> LoadedModel:
+    """Parse a .onnx file, check its external data locations, then load that data."""
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
+
+    path = Path(path)
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read ({exc.strerror or exc})",
+                             "check the path and permissions") from exc
+    except Exception as exc:  # protobuf DecodeError and friends: corrupt or not ONNX
+        raise ModelLoadError(f"{path}: not a valid ONNX model ({type(exc).__name__})",
+                             "the file may be corrupt, truncated or of another format") from exc
+    loaded = _checked(model, str(path))
+    if _check_external_locations(model, path):
+        try:
+            load_external_data_for_model(model, str(path.parent))
+        except Exception as exc:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(f"{path}: cannot load its external data ({detail})",
+                                 "the data file may be truncated; re-export the model") from exc
+    loaded.path = str(path)
+    loaded.sha256 = sha256_of(path)
+    return loaded
+
+
+def from_object(model: Any) -> LoadedModel:
+    """Wrap an in-memory onnx.ModelProto (never modified: the scan instruments a copy)."""
+    for tensor in _tensors(model):
+        if _external(tensor):
+            raise ModelLoadError(
+                f"the in-memory ONNX model refers to external data (tensor '{tensor.name}')",
+                "pass the .onnx path instead, or load it with onnx.load(path)")
+    return _checked(model, "in-memory ONNX model")
