@@ -82,6 +82,10 @@ class TorchUnitObserver:
     a padded batch, so a fixed-batch model's remainder batch counts only real samples.
     """
 
+    _EXACT_F32 = 2 ** 24  # float32 counts integers exactly below this
+    _CHUNK_BYTES = 512 << 10  # CPU: bytes of activation reduced together, per thread
+    _INTS = {8: "int64", 4: "int32", 2: "int16"}  # integer views by element size
+
     def __init__(self, unit_axis: int, lower: float, upper: float | None, batch: BatchContext):
         self.unit_axis = unit_axis
         self.lower = lower
@@ -94,7 +98,10 @@ class TorchUnitObserver:
         self._max = None
         self._min = None
         self._abs_sum = None
-        self._hist = None
+        # Histogram as cumulative counts: values below each edge (float64, exact), and all
+        # values; state() differences them into the bins of bucketize(right=True).
+        self._below = None
+        self._hist_values = 0
         self._edges = None
 
     def __call__(self, x: torch.Tensor) -> None:
@@ -117,7 +124,6 @@ class TorchUnitObserver:
         if x.ndim == 1:  # [N]: one unit
             x = x.unsqueeze(1)
         axis = resolve_unit_axis(x.ndim, self.unit_axis)
-        inner = tuple(d for d in range(1, x.ndim) if d != axis)
         units = x.shape[axis]
         if self.shape is None:
             self.shape = tuple(x.shape[1:])
@@ -125,28 +131,123 @@ class TorchUnitObserver:
         elif units != self._positive.shape[0]:
             raise ValueError(f"unit count changed between batches ({self._positive.shape[0]} -> {units})")
 
-        # Reduce the inner (spatial/sequence) axes first, then the batch axis: ~8x faster
-        # than one reduction over (0, 2, 3) on CPU for the positive count.
-        per_sample_max = x.amax(dim=inner) if inner else x
-        torch.maximum(self._max, per_sample_max.amax(0).to(torch.float64), out=self._max)
+        reduced = None
+        if x.device.type == "cpu" and x.ndim > 2 and x.is_floating_point():
+            reduced = self._reduce_cpu(x, axis, units)
+        unit_max, unit_min, positive, out_sum = reduced or self._reduce(x, axis)
+        # The state promotes each to float64 / int64.
+        torch.maximum(self._max, unit_max, out=self._max)
+        if self._min is not None:
+            torch.minimum(self._min, unit_min, out=self._min)
+        self._positive += positive
+        self._abs_sum += out_sum  # float32 partial sums, kept in float64
+        self._histogram(x)
+        self._positions += x.numel() // units
+        self._samples += x.shape[0]
+
+    def _reduce(self, x: torch.Tensor, axis: int) -> tuple:
+        """Per unit: max, min (bounded only), positive count (int64), output sum (float32).
+
+        The general route. The inner (spatial/sequence) axes are reduced first, then the
+        batch axis: ~8x faster than one reduction over (0, 2, 3) on CPU.
+        """
+        import torch
+
+        inner = tuple(d for d in range(1, x.ndim) if d != axis)
         fired = x > self.lower
-        positive = fired.sum(dim=inner, dtype=torch.int32) if inner else fired.to(torch.int32)
-        self._positive += positive.sum(0, dtype=torch.int64)
         out = x.clamp(min=self.lower, max=self.upper)
         if self.lower < 0:
             out = out.abs()
-        out_sum = out.sum(dim=inner, dtype=torch.float32) if inner else out.to(torch.float32)
-        self._abs_sum += out_sum.sum(0).to(torch.float64)
-        if self._min is not None:
-            per_sample_min = x.amin(dim=inner) if inner else x
-            torch.minimum(self._min, per_sample_min.amin(0).to(torch.float64), out=self._min)
+        if inner:
+            per_max = x.amax(dim=inner)
+            per_min = x.amin(dim=inner) if self._min is not None else None
+            positive = fired.sum(dim=inner, dtype=torch.int32)
+            out_sum = out.sum(dim=inner, dtype=torch.float32)
+        else:  # [N, units]: the values are their own per-sample statistics
+            per_max, per_min = x, x
+            positive, out_sum = fired.to(torch.int32), out.to(torch.float32)
+        return (per_max.amax(0), None if per_min is None else per_min.amin(0),
+                positive.sum(0, dtype=torch.int64), out_sum.sum(0))
+
+    def _reduce_cpu(self, x: torch.Tensor, axis: int, units: int) -> tuple | None:
+        """_reduce for a floating CPU activation, 2-3x faster; None where it does not apply.
+
+        Chunk by chunk (about _CHUNK_BYTES per thread of batch rows), x is copied unit-major
+        ([unit, rows, positions]) into one reused buffer, so every reduction that follows
+        runs over long contiguous rows, one per unit, in cache:
+        - relu, clamp(min=0): the copy is the rectified output itself; its maximum is taken on
+          the integer view (the bits of non-negative floats order as their values) and is the
+          maximum of x for every unit that fired; units that never fired in the batch take
+          the maximum of x directly;
+        - lower == 0 < upper: x > 0 exactly where the clamped output is > 0, so the positive
+          count is the sum of its sign, taken in place, not of a mask;
+        - otherwise x > lower is written as 0/1 in x's dtype beside the output (a vectorised
+          kernel, unlike a bool mask).
+        Counts are float32 sums of ones, exact below 2**24 positions per chunk and unit. A
+        NaN anywhere sends the batch to _reduce (sign(NaN), NaN bits).
+        """
+        import torch
+
+        rows = x.shape[0]
+        positions = x.numel() // (rows * units)
+        ints = getattr(torch, self._INTS.get(x.element_size(), ""), None)
+        sample_bytes = max(1, positions * units * x.element_size())
+        step = min(rows, max(1, self._CHUNK_BYTES * torch.get_num_threads() // sample_bytes))
+        if ints is None or step * positions >= self._EXACT_F32:
+            return None
+        relu = self.lower == 0.0 and self.upper is None
+        sign_count = self.lower == 0.0 and (self.upper is None or self.upper > 0.0)
+        chunks = -(-rows // step)
+        by_unit = x.movedim(axis, 0)  # [units, rows, ...]: a view
+        sums = torch.empty((2, chunks, units), dtype=torch.float32)  # positive count, output sum
+        top = torch.empty((chunks, units), dtype=ints if relu else x.dtype)
+        bottom = torch.empty((chunks, units), dtype=x.dtype) if self._min is not None else None
+        work = torch.empty((1 if sign_count else 2, units * step * positions), dtype=x.dtype)
+        for index, start in enumerate(range(0, rows, step)):
+            source = by_unit[:, start:start + step]
+            size = source.numel()
+            out = work[-1, :size].view(source.shape)
+            flat = out.view(units, -1)
+            if relu:
+                torch.clamp_min(source, 0.0, out=out)
+                torch.amax(flat.view(ints), dim=1, out=top[index])
+            else:
+                out.copy_(source)
+                torch.amax(flat, dim=1, out=top[index])
+                if bottom is not None:
+                    torch.amin(flat, dim=1, out=bottom[index])
+                if not sign_count:
+                    torch.gt(flat, self.lower, out=work[0, :size].view(units, -1))
+                flat.clamp_(self.lower, self.upper)
+                if self.lower < 0:
+                    flat.abs_()
+            torch.sum(flat, dim=1, dtype=torch.float32, out=sums[1, index])
+            fired = flat.sign_() if sign_count else work[0, :size].view(units, -1)
+            torch.sum(fired, dim=1, dtype=torch.float32, out=sums[0, index])
+        out_sum = sums[1].sum(0)
+        if bool(out_sum.isnan().any()):
+            return None
+        positive = sums[0].sum(0, dtype=torch.int64)
+        if not relu:
+            return (top.amax(0), None if bottom is None else bottom.amin(0), positive, out_sum)
+        unit_max = top.amax(0).view(x.dtype)
+        silent = torch.nonzero(positive == 0).squeeze(1)
+        if silent.numel():
+            rest = tuple(d for d in range(x.ndim) if d != axis)
+            unit_max[silent] = x.index_select(axis, silent).amax(dim=rest)
+        return unit_max, None, positive, out_sum
+
+    def _histogram(self, x: torch.Tensor) -> None:
+        """Count a strided subsample of x below each edge (cheaper than bucketize + bincount)."""
+        import torch
+
         flat = x.reshape(-1)
-        step = max(1, flat.numel() // HIST_SAMPLE)
-        sample = flat[::step].to(torch.float32).contiguous()
-        bins = torch.bucketize(sample, self._edges, right=True)
-        self._hist += torch.bincount(bins, minlength=self._hist.shape[0])
-        self._positions += x.numel() // units
-        self._samples += x.shape[0]
+        sample = flat[:: max(1, flat.numel() // HIST_SAMPLE)].to(torch.float32).contiguous()
+        below = torch.empty((self._edges.shape[0], sample.shape[0]), dtype=torch.float32,
+                            device=x.device)
+        torch.lt(sample, self._edges, out=below)  # [edge, value]: value < edge
+        self._below += below.sum(1)  # exact: HIST_SAMPLE < 2**24
+        self._hist_values += sample.shape[0]
 
     def _allocate(self, units: int, device: torch.device) -> None:
         import torch
@@ -156,8 +257,8 @@ class TorchUnitObserver:
         if self.upper is not None:
             self._min = torch.full((units,), float("inf"), dtype=torch.float64, device=device)
         self._abs_sum = torch.zeros(units, dtype=torch.float64, device=device)
-        self._hist = torch.zeros(len(HIST_EDGES) + 1, dtype=torch.int64, device=device)
-        self._edges = torch.as_tensor(HIST_EDGES, dtype=torch.float32, device=device)
+        self._below = torch.zeros(len(HIST_EDGES), dtype=torch.float64, device=device)
+        self._edges = torch.as_tensor(HIST_EDGES, dtype=torch.float32, device=device)[:, None]
 
     @property
     def observed(self) -> bool:
@@ -167,6 +268,9 @@ class TorchUnitObserver:
         """Read the device state back to the host (the one synchronisation of a scan)."""
         if self._positive is None:
             raise RuntimeError("site was never executed")
+        below = self._below.cpu().numpy().astype(np.int64)
+        # bucketize(right=True) bins: bin i holds the values below edge i and not below i-1
+        hist = np.diff(below, prepend=0, append=self._hist_values)
         return UnitCounts(
             positions=self._positions,
             samples=self._samples,
@@ -174,7 +278,7 @@ class TorchUnitObserver:
             max=self._max.cpu().numpy(),
             min=None if self._min is None else self._min.cpu().numpy(),
             abs_output_sum=self._abs_sum.cpu().numpy(),
-            hist=self._hist.cpu().numpy(),
+            hist=hist,
         )
 
 
