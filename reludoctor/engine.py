@@ -107,6 +107,8 @@ def scan(
     unsafe_pickle: bool = False,
     progress: Progress | None = None,
     on_warning: Callable[[str], None] | None = None,
+    gradients: bool = False,
+    labels: Any = None,
 ) -> Report:
     """Observe every ReLU-family call site of ``model`` over ``data`` and return a Report.
 
@@ -114,6 +116,10 @@ def scan(
     ``nn.Module``, ``ExportedProgram`` or ``ScriptModule``. ``data``: a path (.npy, .npz,
     .pt), an array or tensor, a dict keyed by input name, an iterable of batches, or None
     for synthetic standard-normal inputs (flagged in the report).
+
+    ``gradients=True`` adds a second pass with autograd: gradient flow per site
+    (``SiteStats.gradient``, ``Report.gradients``); ``labels`` (a .npy path, array or tensor of
+    class indices, one per sample in order) makes its loss cross-entropy against them.
     """
     if batch_size is not None and batch_size < 1:
         raise UsageError(f"--batch-size {batch_size} must be at least 1")
@@ -123,6 +129,8 @@ def scan(
         raise UsageError(f"--dormant-tau {dormant_tau} must be a finite number >= 0")
     if method not in METHODS:
         raise UsageError(f"--method {method!r} is not one of {', '.join(METHODS)}")
+    if labels is not None and not gradients:
+        raise UsageError("--labels is only used by the gradient pass (--gradients)", "add --gradients")
     notes: list[str] = []
 
     def warn(message: str) -> None:
@@ -152,8 +160,10 @@ def scan(
         batch_size = DEFAULT_BATCH_SIZE
 
     context = BatchContext()
+    kept: dict[str, Any] = {}  # the export path's program and instrumented graph
     used_method, sites, samples, unobserved = _observe(loaded, calibration, method, target,
-                                                       batch_size, context, unit_axis, progress, warn)
+                                                       batch_size, context, unit_axis, progress, warn,
+                                                       keep=kept)
     stats = []
     for spec, observer in sites:
         if not observer.observed:
@@ -170,6 +180,8 @@ def scan(
         raise NoSitesError(f"{loaded.path or 'model'}: no ReLU-family activation ran",
                            "reludoctor observes relu, relu6, hardtanh and clamp(min=0)")
     calibration_info = CalibrationInfo(calibration.source, samples, calibration.synthetic, batch_size)
+    evidence, gradient_info, stats = _diagnose(loaded, used_method, kept, calibration, stats, target,
+                                               batch_size, unit_axis, limit, gradients, labels, warn)
     return Report(
         tool={"name": "reludoctor", "version": __version__},
         model=ModelInfo(loaded.path, loaded.format, loaded.sha256, used_method,
@@ -180,19 +192,50 @@ def scan(
         summary=summarise(stats, samples, len(unobserved)),
         sites=tuple(stats),
         unobserved_sites=tuple(unobserved),
-        findings=evaluate(stats, calibration_info),
+        findings=evaluate(stats, calibration_info, evidence=evidence, gradients=gradient_info),
         warnings=tuple(notes),
+        gradients=gradient_info,
     )
+
+
+def _diagnose(loaded: LoadedModel, method: str, kept: dict[str, Any], calibration: Calibration,
+              stats: list, device: Any, batch_size: int, unit_axis: int | None, limit: int | None,
+              gradients: bool, labels: Any, warn: Callable[[str], None]) -> tuple[dict, Any, list]:
+    """While the model is loaded: per-site producer evidence for the rules, and (when asked)
+    the gradient pass. Returns (evidence, GradientInfo, stats with their gradient filled in)."""
+    from dataclasses import replace
+
+    from reludoctor import evidence as producer_evidence
+    from reludoctor import gradients as gradient_flow
+    from reludoctor.report import GradientInfo, NOT_REQUESTED
+
+    names = [site.name for site in stats]
+    module = loaded.module
+    torch_model = loaded.format != "onnx"
+    mode = _preserved(module, device, set_mode=loaded.exported is None) if torch_model \
+        else contextlib.nullcontext()
+    with mode:
+        evidence = producer_evidence.collect(loaded, method, kept.get("graph_module"), calibration,
+                                             device, unit_axis, names)
+        if not gradients:
+            return evidence, GradientInfo(False, reason=NOT_REQUESTED), stats
+        info, per_site = gradient_flow.compute(
+            loaded, calibration, stats, method=method, program=kept.get("program"), device=device,
+            batch_size=batch_size, unit_axis=unit_axis, labels=labels, limit=limit,
+            evidence=evidence, warn=warn)
+    return evidence, info, [replace(site, gradient=per_site.get(site.name)) for site in stats]
 
 
 def _observe(loaded: LoadedModel, calibration: Calibration, method: str, device: Any,
              batch_size: int, context: BatchContext, unit_axis: int | None,
              progress: Progress | None, warn: Callable[[str], None],
+             keep: dict[str, Any] | None = None,
              ) -> tuple[str, list, int, list[UnobservedSite]]:
     """Run the calibration data through the instrumented model.
 
     Returns (method, [(SiteSpec, observer)], samples, sites that could not be observed).
-    Observers expose ``observed``, ``shape`` and ``state() -> UnitCounts``.
+    Observers expose ``observed``, ``shape`` and ``state() -> UnitCounts``. ``keep`` receives
+    the export path's ``program`` and instrumented ``graph_module`` (for evidence and gradients).
     """
     if loaded.format == "onnx":
         from reludoctor.instrument.onnx_graph import observe_onnx
@@ -211,12 +254,15 @@ def _observe(loaded: LoadedModel, calibration: Calibration, method: str, device:
     module = loaded.module
     with _preserved(module, device, set_mode=loaded.exported is None):
         graph_module = None
+        keep = keep if keep is not None else {}
         if method != "dispatch":
             if loaded.exported is not None:
                 graph_module = module
+                keep["program"] = loaded.exported
             elif loaded.format != "torchscript":
                 try:
-                    graph_module = _export(module, calibration, device).module()
+                    keep["program"] = _export(module, calibration, device)
+                    graph_module = keep["program"].module()
                 except Exception as exc:  # export fails in many ways (control flow, ops)
                     if method == "export":
                         raise UsageError(f"torch.export could not capture the model: "
@@ -227,6 +273,7 @@ def _observe(loaded: LoadedModel, calibration: Calibration, method: str, device:
         if graph_module is not None:
             graph_module.to(device)
             sites = instrument_graph_module(graph_module, context, unit_axis)
+            keep["graph_module"] = graph_module
             samples = run(graph_module, calibration, batch_size=batch_size, device=device,
                           batch=context, fixed_batch=loaded.fixed_batch, progress=progress)
             return "export", sites, samples, []
