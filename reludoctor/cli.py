@@ -1,6 +1,8 @@
 """The command line: parse options -> scan() -> reporters -> exit code. typer only.
 
-Exit codes: 0 ok, 1 a gate failed, 2 bad input or usage, 3 internal error.
+Commands: ``scan`` (a model), ``report`` (render a saved JSON report), ``diff`` (two reports).
+Exit codes: 0 ok, 1 a gate failed (or ``diff`` found something worse), 2 bad input or usage,
+3 internal error.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Find dead ReLU units in trained PyTorch models.",
+    help="Find dead ReLU units in trained PyTorch and ONNX models.",
 )
 
 
@@ -58,26 +60,160 @@ def _parse_shape(text: Optional[str]) -> Optional[tuple[int, ...]]:
     return shape
 
 
-def _check_outputs(json_out: Optional[str], inputs: list[Optional[str]]) -> None:
+OUTPUT_OPTIONS = {"json": "--json", "markdown": "--markdown", "junit": "--junit", "sarif": "--sarif",
+                  "html": "--html"}
+
+
+def _plan_outputs(outputs: dict[str, Optional[str]], stdout_format: Optional[str],
+                  inputs: list[Optional[str]]) -> tuple[list[tuple[str, str]], Optional[str]]:
+    """Check the outputs: ([(format, destination)], the format for stdout or None).
+
+    At most one output may be '-' (stdout), and then --format may not ask for another; no two
+    outputs may be the same file; none may overwrite an input; folders must exist.
+    """
+    from reludoctor.errors import UsageError
+    from reludoctor.reporters import STDOUT_FORMATS
+
+    allowed = [f.value for f in STDOUT_FORMATS]
+    if stdout_format is not None and stdout_format not in allowed:
+        raise UsageError(f"--format {stdout_format!r} is not one of {', '.join(allowed)}",
+                         "write the other formats with --junit, --sarif or --html PATH (or -)")
+    planned = [(fmt, dest) for fmt, dest in outputs.items() if dest is not None]
+    to_stdout = [fmt for fmt, dest in planned if dest == "-"]
+    if len(to_stdout) > 1:
+        raise UsageError(f"{' and '.join(OUTPUT_OPTIONS[f] + ' -' for f in to_stdout)}: only one output "
+                         "can go to stdout", "give the others a file path")
+    if to_stdout and stdout_format is not None:
+        raise UsageError(f"{OUTPUT_OPTIONS[to_stdout[0]]} - and --format {stdout_format} both want stdout",
+                         "drop --format, or write the other to a file")
+    seen: dict[Path, str] = {}
+    input_paths = {Path(p).resolve() for p in inputs if p}
+    for fmt, dest in planned:
+        if dest == "-":
+            continue
+        option = OUTPUT_OPTIONS[fmt]
+        target = Path(dest).resolve()
+        if target.is_dir():
+            raise UsageError(f"{option} {dest} is a directory", "give a file path")
+        if target in input_paths:
+            raise UsageError(f"{option} {dest} would overwrite an input file", "choose another path")
+        if target in seen:
+            raise UsageError(f"{seen[target]} and {option} both write {dest}", "give each output its own file")
+        if not target.parent.is_dir():
+            raise UsageError(f"{option} {dest}: folder {target.parent} does not exist")
+        seen[target] = option
+    if to_stdout:
+        return planned, None
+    return planned, stdout_format or "table"
+
+
+def _settings(config: Optional[str], fail_over: Optional[float], fail_on: Optional[list[str]],
+              fail_over_site: Optional[list[str]], baseline: Optional[str], top: Optional[int],
+              tolerance: Optional[float] = None):  # noqa: ANN202
+    """The settings file (found upwards from here, or --config) with the command line on top."""
+    from reludoctor.config import Overrides, fail_on_value, ratio, resolve, site_limit
     from reludoctor.errors import UsageError
 
-    if json_out in (None, "-"):
-        return
-    target = Path(json_out).resolve()
-    if target.is_dir():
-        raise UsageError(f"--json {json_out} is a directory", "give a file path")
-    for given in inputs:
-        if given and Path(given).resolve() == target:
-            raise UsageError(f"--json {json_out} would overwrite an input file", "choose another path")
-    if not target.parent.is_dir():
-        raise UsageError(f"--json {json_out}: folder {target.parent} does not exist")
+    if fail_over is not None:
+        ratio(fail_over, "--fail-over")
+    if top is not None and top < 1:
+        raise UsageError(f"--top {top} must be at least 1")
+    if tolerance is not None:
+        ratio(tolerance, "--tolerance")
+    tokens = [t for value in (fail_on or []) for t in value.split(",") if t.strip()]
+    return resolve(config, Overrides(
+        fail_over=fail_over,
+        fail_on=tuple(fail_on_value(t, "--fail-on") for t in tokens),
+        site_limits=tuple(site_limit(text) for text in (fail_over_site or [])),
+        baseline=baseline, top=top, tolerance=tolerance))
+
+
+def _judge(report, settings, baseline_report, warn):  # noqa: ANN001, ANN202
+    """Attach the baseline comparison and the gates' outcome to the report."""
+    from dataclasses import replace
+
+    from reludoctor import gates
+    from reludoctor.baseline import compare
+
+    if baseline_report is not None:
+        report = replace(report, baseline=compare(baseline_report, report, settings.baseline))
+    if settings.has_gates or report.baseline is not None:
+        for token in gates.unknown_fail_on(settings, report):
+            warn(f"--fail-on {token}: no finding has this rule id (known: "
+                 f"{', '.join(gates.KNOWN_RULES)}); it cannot fail")
+        report = replace(report, gates=gates.evaluate(report, settings))
+    return report
+
+
+def _write_outputs(report, planned: list[tuple[str, str]], stdout_format: Optional[str],  # noqa: ANN001
+                   top: Optional[int]) -> None:
+    """Every requested output (machine formats too when the report is clean), then stdout."""
+    from rich.console import Console
+
+    from reludoctor.errors import ReludoctorError, UsageError
+    from reludoctor.reporters import RenderOptions, emit, render
+    from reludoctor.reporters import terminal
+
+    options = RenderOptions(top=top)
+    rendered = []
+    for fmt, dest in planned:
+        try:
+            rendered.append((fmt, dest, render(fmt, report, options)))
+        except ImportError as exc:
+            if "matplotlib" in str(exc):
+                raise UsageError("the HTML report needs matplotlib", "pip install matplotlib") from exc
+            raise
+    for fmt, dest, text in rendered:
+        try:
+            emit(text, dest)
+        except OSError as exc:
+            raise ReludoctorError(f"cannot write {OUTPUT_OPTIONS[fmt]} {dest}: {exc.strerror or exc}") from exc
+    if stdout_format == "table":
+        terminal.print_report(report, Console(), options)
+    elif stdout_format is not None:
+        emit(render(stdout_format, report, options), "-")
+
+
+def _gate_exit(report, err) -> int:  # noqa: ANN001
+    from rich.markup import escape
+
+    from reludoctor import gates
+
+    if report.gates is None or report.gates.passed:
+        return EXIT_OK
+    for line in gates.summary_lines(report.gates):
+        head, _, rest = line.partition(": ")
+        err.print(f"[bold red]{escape(head)}:[/] {escape(rest)}", highlight=False)
+    return EXIT_GATE
+
+
+# Options shared by scan and report (typer reads these defaults; they are never mutated).
+JSON_OPTION = typer.Option(None, "--json", metavar="PATH", help="Write the JSON report to PATH ('-': stdout).")
+MARKDOWN_OPTION = typer.Option(None, "--markdown", metavar="PATH", help="Write a Markdown summary (CI job summary, PR comment) to PATH or -.")
+JUNIT_OPTION = typer.Option(None, "--junit", metavar="PATH", help="Write JUnit XML (one testcase per site, failing where a gate fails) to PATH or -.")
+SARIF_OPTION = typer.Option(None, "--sarif", metavar="PATH", help="Write SARIF 2.1.0 (findings for code scanning) to PATH or -.")
+HTML_OPTION = typer.Option(None, "--html", metavar="PATH", help="Write a self-contained HTML report with plots to PATH or -.")
+FORMAT_OPTION = typer.Option(None, "--format", metavar="table|json|markdown", help="What goes to stdout: table (default), json or markdown.")
+TOP_OPTION = typer.Option(None, "--top", metavar="N", help="Show only the N worst sites in the table (terminal, Markdown).")
+FAIL_OVER_OPTION = typer.Option(None, "--fail-over", metavar="RATIO", help="Exit 1 when any site's dead ratio exceeds RATIO (0-1).")
+FAIL_ON_OPTION = typer.Option(None, "--fail-on", metavar="SEVERITY|RULE", help="Exit 1 on a finding of this severity or worse (info, warning, error) or with this rule id (e.g. dead-site). Repeatable.")
+FAIL_OVER_SITE_OPTION = typer.Option(None, "--fail-over-site", metavar="PATTERN=RATIO", help="Per-site limit PATTERN=RATIO, a glob on site names (e.g. 'layer4.*=0.2'); overrides --fail-over for those sites. Repeatable.")
+BASELINE_OPTION = typer.Option(None, "--baseline", metavar="OLD.json", help="An older JSON report: fail only on what got worse (units newly dead); list still-dead, newly dead and revived units.")
+CONFIG_OPTION = typer.Option(None, "--config", metavar="FILE", help="Settings file (default: reludoctor.toml, or pyproject.toml with a tool.reludoctor table, searched upwards from here).")
+DEBUG_OPTION = typer.Option(False, "--debug", help="Show tracebacks of internal errors.")
 
 
 @app.command()
 def scan(
     model: str = typer.Argument(..., help="Model file: .pt2 (torch.export), TorchScript, or a state_dict with --arch."),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Calibration data: .npy, .npz (one array per input) or .pt. Without it: synthetic inputs."),
-    json_out: Optional[str] = typer.Option(None, "--json", help="Write the JSON report to PATH ('-' for stdout)."),
+    json_out: Optional[str] = JSON_OPTION,
+    markdown_out: Optional[str] = MARKDOWN_OPTION,
+    junit_out: Optional[str] = JUNIT_OPTION,
+    sarif_out: Optional[str] = SARIF_OPTION,
+    html_out: Optional[str] = HTML_OPTION,
+    stdout_format: Optional[str] = FORMAT_OPTION,
+    top: Optional[int] = TOP_OPTION,
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Samples per forward pass (default 32; a fixed-batch model's own size)."),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Use at most N samples (synthetic: generate N, default 256)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (auto: CUDA when available)."),
@@ -85,13 +221,17 @@ def scan(
     unit_axis: Optional[int] = typer.Option(None, "--unit-axis", help="Axis of the activation that holds units (default: 1 for [N,C,...] and [N,F], last for [N,T,F])."),
     near_dead: float = typer.Option(1e-3, "--near-dead", help="Alive units firing on fewer than this fraction of positions are near-dead."),
     dormant_tau: float = typer.Option(0.025, "--dormant-tau", help="tau of tau-dormant units (Sokar et al. 2023)."),
-    fail_over: Optional[float] = typer.Option(None, "--fail-over", help="Exit 1 when any site's dead ratio exceeds RATIO (0-1)."),
+    fail_over: Optional[float] = FAIL_OVER_OPTION,
+    fail_on: Optional[list[str]] = FAIL_ON_OPTION,
+    fail_over_site: Optional[list[str]] = FAIL_OVER_SITE_OPTION,
+    baseline: Optional[str] = BASELINE_OPTION,
+    config: Optional[str] = CONFIG_OPTION,
     arch: Optional[str] = typer.Option(None, "--arch", help="Architecture for a state_dict: package.module:factory."),
     arch_kwargs: Optional[str] = typer.Option(None, "--arch-kwargs", help="JSON keyword arguments for the --arch factory."),
     method: str = typer.Option("auto", "--method", help="How call sites are observed: auto, export (torch.export) or dispatch (TorchDispatchMode)."),
     unsafe_pickle: bool = typer.Option(False, "--unsafe-pickle", help="Allow loading a fully pickled nn.Module. This EXECUTES CODE from the file: only for files you trust."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks of internal errors."),
+    debug: bool = DEBUG_OPTION,
 ) -> None:
     """Scan MODEL for dead ReLU units over calibration data."""
     options = dict(locals())
@@ -99,19 +239,21 @@ def scan(
     raise typer.Exit(code)
 
 
-def _scan(model, data, json_out, batch_size, limit, device, input_shape, unit_axis, near_dead,  # noqa: ANN001
-          dormant_tau, fail_over, arch, arch_kwargs, method, unsafe_pickle, quiet, debug) -> int:
-    from rich.console import Console
+def _scan(model, data, json_out, markdown_out, junit_out, sarif_out, html_out, stdout_format,  # noqa: ANN001
+          top, batch_size, limit, device, input_shape, unit_axis, near_dead, dormant_tau, fail_over,
+          fail_on, fail_over_site, baseline, config, arch, arch_kwargs, method, unsafe_pickle, quiet,
+          debug) -> int:
+    from rich.markup import escape
 
+    from reludoctor.baseline import load_report
     from reludoctor.engine import scan as run_scan
-    from reludoctor.errors import UsageError
-    from reludoctor.reporters import emit
-    from reludoctor.reporters import json as json_format
-    from reludoctor.reporters import terminal
 
-    if fail_over is not None and not 0 <= fail_over <= 1:  # also refuses NaN
-        raise UsageError(f"--fail-over {fail_over} must be a ratio between 0 and 1")
-    _check_outputs(json_out, [model, data])
+    settings = _settings(config, fail_over, fail_on, fail_over_site, baseline, top)
+    outputs = {"json": json_out, "markdown": markdown_out, "junit": junit_out, "sarif": sarif_out,
+               "html": html_out}
+    planned, to_stdout = _plan_outputs(outputs, stdout_format,
+                                       [model, data, settings.baseline, settings.source])
+    baseline_report = load_report(settings.baseline, "baseline") if settings.baseline else None
     err = _stderr()
     progress_bar = None
     if not quiet and err.is_terminal:
@@ -130,7 +272,7 @@ def _scan(model, data, json_out, batch_size, limit, device, input_shape, unit_ax
         progress_bar.update(task, completed=done, total=total)
 
     def warn(message: str) -> None:
-        err.print(f"[bold yellow]warning:[/] {message}", highlight=False)
+        err.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False)
 
     try:
         if progress_bar is not None:
@@ -145,18 +287,102 @@ def _scan(model, data, json_out, batch_size, limit, device, input_shape, unit_ax
         if progress_bar is not None:
             progress_bar.stop()
 
+    report = _judge(report, settings, baseline_report, warn)
+    _write_outputs(report, planned, to_stdout, settings.top)
+    return _gate_exit(report, err)
+
+
+@app.command("report")
+def report_command(
+    saved: str = typer.Argument(..., help="A JSON report written by reludoctor scan --json."),
+    json_out: Optional[str] = JSON_OPTION,
+    markdown_out: Optional[str] = MARKDOWN_OPTION,
+    junit_out: Optional[str] = JUNIT_OPTION,
+    sarif_out: Optional[str] = SARIF_OPTION,
+    html_out: Optional[str] = HTML_OPTION,
+    stdout_format: Optional[str] = FORMAT_OPTION,
+    top: Optional[int] = TOP_OPTION,
+    fail_over: Optional[float] = FAIL_OVER_OPTION,
+    fail_on: Optional[list[str]] = FAIL_ON_OPTION,
+    fail_over_site: Optional[list[str]] = FAIL_OVER_SITE_OPTION,
+    baseline: Optional[str] = BASELINE_OPTION,
+    config: Optional[str] = CONFIG_OPTION,
+    debug: bool = DEBUG_OPTION,
+) -> None:
+    """Render a saved JSON report in any format without rescanning (gates re-evaluated when set)."""
+    options = dict(locals())
+    code = _guarded(debug, lambda: _report(**options))
+    raise typer.Exit(code)
+
+
+def _report(saved, json_out, markdown_out, junit_out, sarif_out, html_out, stdout_format, top,  # noqa: ANN001
+            fail_over, fail_on, fail_over_site, baseline, config, debug) -> int:
+    from dataclasses import replace
+
+    from rich.markup import escape
+
+    from reludoctor.baseline import load_report
+
+    settings = _settings(config, fail_over, fail_on, fail_over_site, baseline, top)
+    outputs = {"json": json_out, "markdown": markdown_out, "junit": junit_out, "sarif": sarif_out,
+               "html": html_out}
+    planned, to_stdout = _plan_outputs(outputs, stdout_format, [saved, settings.baseline, settings.source])
+    report = load_report(saved)
+    baseline_report = load_report(settings.baseline, "baseline") if settings.baseline else None
+    err = _stderr()
+
+    def warn(message: str) -> None:
+        err.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False)
+
+    if settings.has_gates:  # gates configured now replace the saved outcome
+        report = _judge(replace(report, gates=None), settings, baseline_report, warn)
+    _write_outputs(report, planned, to_stdout, settings.top)
+    return _gate_exit(report, err)
+
+
+@app.command("diff")
+def diff_command(
+    a: str = typer.Argument(..., help="The older JSON report."),
+    b: str = typer.Argument(..., help="The newer JSON report."),
+    tolerance: Optional[float] = typer.Option(None, "--tolerance", metavar="RATIO", help="Allowed absolute increase of a site's dead ratio (0-1, default 0)."),
+    json_out: Optional[str] = typer.Option(None, "--json", metavar="PATH", help="Write the comparison as JSON to PATH ('-': stdout, and no table)."),
+    config: Optional[str] = CONFIG_OPTION,
+    debug: bool = DEBUG_OPTION,
+) -> None:
+    """Compare two JSON reports site by site; exit 1 when a dead ratio rose beyond --tolerance."""
+    options = dict(locals())
+    code = _guarded(debug, lambda: _diff(**options))
+    raise typer.Exit(code)
+
+
+def _diff(a, b, tolerance, json_out, config, debug) -> int:  # noqa: ANN001
+    import json
+
+    from rich.console import Console
+
+    from reludoctor.baseline import compare, diff_rows, diff_to_dict, load_report
+    from reludoctor.errors import UsageError
+    from reludoctor.reporters import emit, terminal
+
+    settings = _settings(config, None, None, None, None, None, tolerance)
+    limit = settings.tolerance if settings.tolerance is not None else 0.0
+    if json_out not in (None, "-"):
+        target = Path(json_out).resolve()
+        if target.is_dir():
+            raise UsageError(f"--json {json_out} is a directory", "give a file path")
+        if target in {Path(a).resolve(), Path(b).resolve()}:
+            raise UsageError(f"--json {json_out} would overwrite an input file", "choose another path")
+        if not target.parent.is_dir():
+            raise UsageError(f"--json {json_out}: folder {target.parent} does not exist")
+    before = load_report(a, "report A")
+    after = load_report(b, "report B")
+    comparison = compare(before, after, a)
+    rows = diff_rows(comparison, limit)
     if json_out is not None:
-        emit(json_format.render(report), json_out)
+        emit(json.dumps(diff_to_dict(a, b, comparison, limit), indent=2, allow_nan=False) + "\n", json_out)
     if json_out != "-":
-        terminal.render(report, Console())
-    if fail_over is not None:
-        failing = [s for s in report.sites if s.dead_ratio > fail_over]
-        if failing:
-            worst = max(failing, key=lambda s: s.dead_ratio)
-            err.print(f"[bold red]gate failed:[/] {len(failing)} site(s) over --fail-over {fail_over:g}; "
-                      f"worst {worst.name} at {worst.dead_ratio:.1%} dead", highlight=False)
-            return EXIT_GATE
-    return EXIT_OK
+        terminal.print_diff(rows, comparison, Console(), a, b, limit)
+    return EXIT_GATE if any(row.worse for row in rows) else EXIT_OK
 
 
 def _guarded(debug: bool, action) -> int:  # noqa: ANN001

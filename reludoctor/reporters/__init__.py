@@ -1,11 +1,97 @@
-"""Report outputs. Each format turns a Report into text; ``emit`` writes it atomically."""
+"""Report outputs behind one small interface: ``render(report, options) -> str`` per format.
+
+``OutputFormat`` lists the formats; ``RENDERERS`` maps every member to its renderer (a test walks
+them all, and the mapping is checked to be exhaustive at import). Each format lives in its own
+module, imported only when used (HTML pulls in matplotlib). ``emit`` writes atomically.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
 import tempfile
+from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from reludoctor.reporters.common import RenderOptions
+
+if TYPE_CHECKING:  # pragma: no cover
+    from reludoctor.report import Report
+
+__all__ = ["OutputFormat", "RENDERERS", "STDOUT_FORMATS", "RenderOptions", "emit", "render"]
+
+
+class OutputFormat(str, Enum):
+    TABLE = "table"  # the rich terminal report (stdout)
+    JSON = "json"  # Report.to_dict(): the schema_version 1 contract
+    MARKDOWN = "markdown"  # a CI job summary / pull-request comment
+    JUNIT = "junit"  # JUnit XML: one testcase per site, failing where a gate fails
+    SARIF = "sarif"  # SARIF 2.1.0: findings with rule ids, levels, model file + site
+    HTML = "html"  # one self-contained page with matplotlib plots (inline SVG)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# What --format may send to stdout (the others are written with --junit/--sarif/--html PATH|-).
+STDOUT_FORMATS = (OutputFormat.TABLE, OutputFormat.JSON, OutputFormat.MARKDOWN)
+
+Renderer = Callable[["Report", RenderOptions], str]
+
+
+def _table(report: Report, options: RenderOptions) -> str:
+    from reludoctor.reporters import terminal
+
+    return terminal.render(report, options)
+
+
+def _json(report: Report, options: RenderOptions) -> str:
+    from reludoctor.reporters import json
+
+    return json.render(report, options)
+
+
+def _markdown(report: Report, options: RenderOptions) -> str:
+    from reludoctor.reporters import markdown
+
+    return markdown.render(report, options)
+
+
+def _junit(report: Report, options: RenderOptions) -> str:
+    from reludoctor.reporters import junit
+
+    return junit.render(report, options)
+
+
+def _sarif(report: Report, options: RenderOptions) -> str:
+    from reludoctor.reporters import sarif
+
+    return sarif.render(report, options)
+
+
+def _html(report: Report, options: RenderOptions) -> str:
+    from reludoctor.reporters import html
+
+    return html.render(report, options)
+
+
+RENDERERS: dict[OutputFormat, Renderer] = {
+    OutputFormat.TABLE: _table,
+    OutputFormat.JSON: _json,
+    OutputFormat.MARKDOWN: _markdown,
+    OutputFormat.JUNIT: _junit,
+    OutputFormat.SARIF: _sarif,
+    OutputFormat.HTML: _html,
+}
+_missing = set(OutputFormat) - set(RENDERERS)
+if _missing:  # pragma: no cover - a member without a renderer is a programming error
+    raise AssertionError(f"formats without a renderer: {sorted(m.value for m in _missing)}")
+
+
+def render(fmt: OutputFormat | str, report: Report, options: RenderOptions | None = None) -> str:
+    """The report in format ``fmt`` (an OutputFormat or its name)."""
+    return RENDERERS[OutputFormat(fmt)](report, options or RenderOptions())
 
 
 def emit(text: str, destination: str) -> None:
@@ -18,7 +104,11 @@ def emit(text: str, destination: str) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        if hasattr(os, "fchmod"):  # mkstemp makes 0600; a report is an ordinary file
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
             handle.write(text)
         os.replace(temp, path)
     except BaseException:

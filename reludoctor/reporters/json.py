@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from reludoctor.report import Report
+from reludoctor.reporters.common import RenderOptions
 
 
-def render(report: Report) -> str:
+def render(report: Report, options: RenderOptions | None = None) -> str:
     return report.to_json(indent=2)

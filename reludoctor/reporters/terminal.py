@@ -1,16 +1,25 @@
-"""The terminal report (rich): a table of sites, a summary and the findings."""
+"""The terminal report (rich): a table of sites, a summary, the findings, gates and baseline.
+
+``print_report`` writes to a rich Console (which respects NO_COLOR and the terminal's width);
+``render`` returns the same report as plain text (the ``table`` format's ``render``).
+``print_diff`` prints ``reludoctor diff``.
+"""
 
 from __future__ import annotations
 
+import io
 from collections import defaultdict
+from typing import Callable
 
 from rich import box
 from rich.console import Console
+from rich.measure import Measurement
 from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from reludoctor.report import Report
+from reludoctor.report import BaselineComparison, GateOutcome, Report
+from reludoctor.reporters.common import RenderOptions, human, percent, preview, top_sites
 
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 BAR_WIDTH = 8
@@ -25,7 +34,7 @@ def _bar(ratio: float) -> Text:
 
 
 def _count(value: int, style: str) -> Text:
-    return Text(str(value), style=style if value else "dim")
+    return Text(human(value), style=style if value else "dim")
 
 
 def _worst(report: Report, limit: int = 3) -> set[str]:
@@ -33,43 +42,78 @@ def _worst(report: Report, limit: int = 3) -> set[str]:
     return {s.name for s in ranked[:limit]}
 
 
-def site_table(report: Report) -> Table:
-    table = Table(title="ReLU sites in execution order", title_justify="left", box=box.SIMPLE_HEAD,
-                  pad_edge=False)
-    table.add_column("#", justify="right", style="dim")
-    table.add_column("site", no_wrap=True, overflow="ellipsis", min_width=12)
-    table.add_column("op", no_wrap=True)
-    table.add_column("units", justify="right", min_width=5)
-    table.add_column("dead", justify="right", min_width=4)
-    table.add_column("dead%", justify="right", min_width=5)
-    table.add_column("near", justify="right", min_width=4)
-    table.add_column("dorm", justify="right", min_width=4)
-    table.add_column("sat", justify="right", min_width=3)
-    table.add_column("", no_wrap=True)
-    worst = _worst(report)
-    for index, site in enumerate(report.sites):
-        style = "bold red" if site.name in worst else None
-        saturated = "-" if site.saturated_units is None else str(len(site.saturated_units))
-        table.add_row(
-            str(index),
-            Text(site.name, style=style or ""),
-            site.op,
-            str(site.units),
-            _count(len(site.dead_units), "red"),
-            Text(f"{site.dead_ratio:.1%}", style=style or ("" if site.dead_units else "dim")),
-            _count(len(site.near_dead_units), "yellow"),
-            _count(len(site.dormant_units), "yellow"),
-            Text(saturated, style="magenta" if saturated not in ("-", "0") else "dim"),
-            _bar(site.dead_ratio),
-        )
+NAME_MIN = 12
+
+
+def fitted(build: Callable[[int, bool], Table], console: Console | None) -> Table:
+    """The widest table that fits the console: the site-name column takes the room the numbers
+    leave (long names end in an ellipsis); below that, the bar column goes first."""
+    if console is None:
+        return build(10_000, True)
+    width = console.width
+    table = build(NAME_MIN, True)
+    for with_bar in (True, False):
+        table = build(NAME_MIN, with_bar)
+        need = Measurement.get(console, console.options.update_width(100_000), table).maximum
+        if need <= width:
+            return build(NAME_MIN + width - need, with_bar)
     return table
+
+
+def site_table(report: Report, top: int | None = None, console: Console | None = None) -> Table:
+    """The site table, worst sites highlighted, fitted to ``console``'s width."""
+    shown, hidden = top_sites(report, top)
+    title = "ReLU sites in execution order"
+    if hidden:
+        title += f" (the {len(shown)} worst of {len(report.sites)})"
+    worst = _worst(report)
+    failing = set()
+    if report.gates is not None:
+        failing = {f.site for f in report.gates.failures if f.site is not None}
+
+    def build(name_width: int, with_bar: bool) -> Table:
+        table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+        table.add_column("#", justify="right", style="dim", no_wrap=True)
+        table.add_column("site", no_wrap=True, overflow="ellipsis", min_width=NAME_MIN,
+                         max_width=max(NAME_MIN, name_width))
+        table.add_column("op", no_wrap=True)
+        table.add_column("units", justify="right", min_width=5, no_wrap=True)
+        table.add_column("dead", justify="right", min_width=4, no_wrap=True)
+        table.add_column("dead%", justify="right", min_width=6, no_wrap=True)
+        table.add_column("near", justify="right", min_width=4, no_wrap=True)
+        table.add_column("dorm", justify="right", min_width=4, no_wrap=True)
+        table.add_column("sat", justify="right", min_width=3, no_wrap=True)
+        if with_bar:
+            table.add_column("", no_wrap=True)
+        for index in shown:
+            site = report.sites[index]
+            style = "bold red" if site.name in worst else None
+            saturated = "-" if site.saturated_units is None else human(len(site.saturated_units))
+            name = Text(site.name, style=style or "")
+            if site.name in failing:
+                name.append(" ✗", style="bold red")
+            cells = [
+                str(index),
+                name,
+                site.op,
+                human(site.units),
+                _count(len(site.dead_units), "red"),
+                Text(f"{site.dead_ratio:.1%}", style=style or ("" if site.dead_units else "dim")),
+                _count(len(site.near_dead_units), "yellow"),
+                _count(len(site.dormant_units), "yellow"),
+                Text(saturated, style="magenta" if saturated not in ("-", "0") else "dim"),
+            ]
+            table.add_row(*cells, *([_bar(site.dead_ratio)] if with_bar else []))
+        return table
+
+    return fitted(build, console)
 
 
 def _summary_lines(report: Report) -> list[Text]:
     s = report.summary
     n = report.calibration.samples
     lines = [
-        Text.assemble(("dead units: ", "bold"), f"{s.dead_units} of {s.units} ",
+        Text.assemble(("dead units: ", "bold"), f"{human(s.dead_units)} of {human(s.units)} ",
                       (f"({s.dead_ratio:.1%})", "bold red" if s.dead_units else "green"),
                       f" across {s.sites} sites"),
     ]
@@ -84,31 +128,169 @@ def _summary_lines(report: Report) -> list[Text]:
     if s.fully_dead_sites:
         lines.append(Text.assemble(("fully dead sites: ", "bold red"), ", ".join(s.fully_dead_sites)))
     lines.append(Text(
-        f"near-dead (alive, firing rate < {report.thresholds.near_dead:g}): {s.near_dead_units}   "
-        f"dormant (tau {report.thresholds.dormant_tau:g}, includes dead): {s.dormant_units}   "
-        f"saturated: {s.saturated_units}"))
+        f"near-dead (alive, firing rate < {report.thresholds.near_dead:g}): {human(s.near_dead_units)}   "
+        f"dormant (tau {report.thresholds.dormant_tau:g}, includes dead): {human(s.dormant_units)}   "
+        f"saturated: {human(s.saturated_units)}"))
     lines.append(Text(
-        f"confidence: 0 firings in {n} samples bounds a dead unit's firing rate below "
+        f"confidence: 0 firings in {human(n)} samples bounds a dead unit's firing rate below "
         f"3/{n} = {s.firing_rate_bound_95:.2%} (95%)", style="dim"))
     return lines
 
 
-def render(report: Report, console: Console) -> None:
+def print_report(report: Report, console: Console, options: RenderOptions | None = None) -> None:
+    """The whole terminal report onto ``console``."""
+    options = options or RenderOptions()
     model = report.model
     calibration = report.calibration
     console.print(Text.assemble(("reludoctor ", "bold"), f"{model.path or 'in-memory model'} ",
                                 (f"[{model.format}, observed via {model.method}]", "dim")))
     data_style = "bold yellow" if calibration.synthetic else ""
     console.print(Text.assemble("calibration: ", (calibration.source, data_style),
-                                f", {calibration.samples} samples, batch {calibration.batch_size}, "
+                                f", {human(calibration.samples)} samples, batch {calibration.batch_size}, "
                                 f"device {report.device}"))
-    console.print(site_table(report))
+    console.print(site_table(report, options.top, console))
+    _, hidden = top_sites(report, options.top)
+    if hidden:
+        console.print(Text(f"{hidden} more site(s) hidden by --top {options.top} "
+                           "(sites with the fewest dead units)", style="dim"))
     for line in _summary_lines(report):
         console.print(line)
+    if report.baseline is not None:
+        for indent, line in baseline_lines(report.baseline):
+            console.print(Padding(line, (0, 0, 0, indent), expand=False))
     if report.findings:
         console.print(Text("findings", style="bold underline"))
         for indent, line in _finding_lines(report):
             console.print(Padding(line, (0, 0, 0, indent), expand=False))
+    if report.gates is not None:
+        for indent, line in gate_lines(report.gates):
+            console.print(Padding(line, (0, 0, 0, indent), expand=False))
+
+
+def render(report: Report, options: RenderOptions | None = None) -> str:
+    """The terminal report as plain text (no colour), ``options.width`` columns wide."""
+    options = options or RenderOptions()
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=options.width, color_system=None, force_terminal=False,
+                      highlight=False, emoji=False, soft_wrap=False)
+    print_report(report, console, options)
+    return "".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines())
+
+
+GATE_LINES = 10  # failures listed in the terminal; the JSON/JUnit outputs have them all
+
+
+def gate_lines(outcome: GateOutcome) -> list[tuple[int, Text]]:
+    checked = ", ".join(outcome.checks)
+    if outcome.passed:
+        return [(0, Text.assemble(("gates: ", "bold"), ("passed", "bold green"), f" ({checked})"))]
+    lines = [(0, Text.assemble(("gates: ", "bold"), ("FAILED", "bold red"),
+                               f" ({checked}): {len(outcome.failures)} failure(s)"))]
+    for failure in outcome.failures[:GATE_LINES]:
+        where = failure.site if failure.site is not None else "scan"
+        lines.append((4, Text.assemble(("✗ ", "bold red"), (f"{failure.gate} ", "bold"),
+                                       f"{where}: {failure.message}")))
+    if len(outcome.failures) > GATE_LINES:
+        lines.append((4, Text(f"... {len(outcome.failures) - GATE_LINES} more (see --json or --junit)",
+                              style="dim")))
+    return lines
+
+
+BASELINE_LINES = 10
+
+
+def baseline_lines(comparison: BaselineComparison) -> list[tuple[int, Text]]:
+    c = comparison
+    head = Text.assemble(
+        ("baseline: ", "bold"), f"{c.source}: ",
+        (f"{human(c.newly_dead_units)} newly dead", "bold red" if c.newly_dead_units else "green"),
+        ", ", (f"{human(c.revived_units)} revived", "green" if c.revived_units else ""),
+        f", {human(c.still_dead_units)} still dead units")
+    lines = [(0, head)]
+    if c.added_sites or c.removed_sites or c.resized_sites:
+        parts = []
+        for label, names in (("added", c.added_sites), ("removed", c.removed_sites),
+                             ("resized", c.resized_sites)):
+            if names:
+                shown = ", ".join(names[:5]) + (f", ... {len(names) - 5} more" if len(names) > 5 else "")
+                parts.append(f"{label} {len(names)}: {shown}")
+        lines.append((4, Text("sites " + "; ".join(parts), style="yellow")))
+    changed = [s for s in c.sites if s.newly_dead or s.revived or s.status == "resized"]
+    for change in changed[:BASELINE_LINES]:
+        text = Text(f"{change.name}: ")
+        if change.status == "resized":
+            text.append(f"resized {change.units_before} -> {change.units_after} units, dead "
+                        f"{percent(change.dead_ratio_before)} -> {percent(change.dead_ratio_after)}")
+        if change.newly_dead:
+            label = "dead (new site)" if change.status == "added" else "newly dead"
+            text.append(f"{label} {preview(change.newly_dead, 6)}", style="red")
+        if change.newly_dead and change.revived:
+            text.append("; ")
+        if change.revived:
+            text.append(f"revived {preview(change.revived, 6)}", style="green")
+        lines.append((4, text))
+    if len(changed) > BASELINE_LINES:
+        lines.append((4, Text(f"... {len(changed) - BASELINE_LINES} more sites changed (see --json)",
+                              style="dim")))
+    return lines
+
+
+def print_diff(rows: list, comparison: BaselineComparison, console: Console, a: str, b: str,
+               tolerance: float) -> None:
+    """``reludoctor diff A B``: per site dead ratio A -> B, newly dead, revived, dormant change."""
+    def build(name_width: int, with_worse: bool) -> Table:
+        table = Table(title=f"A: {a}\nB: {b}", title_justify="left", box=box.SIMPLE_HEAD,
+                      pad_edge=False, collapse_padding=True)
+        table.add_column("site", no_wrap=True, overflow="ellipsis", min_width=NAME_MIN,
+                         max_width=max(NAME_MIN, name_width))
+        table.add_column("status", no_wrap=True)
+        table.add_column("dead A", justify="right", no_wrap=True)
+        table.add_column("dead B", justify="right", no_wrap=True)
+        table.add_column("change", justify="right", no_wrap=True)
+        table.add_column("died", justify="right", no_wrap=True)
+        table.add_column("revived", justify="right", no_wrap=True)
+        table.add_column("dormant", justify="right", no_wrap=True)
+        if with_worse:
+            table.add_column("", no_wrap=True)
+        for row in rows:
+            change = row.change
+            delta = "-" if change.status == "removed" else f"{row.increase * 100:+.1f}pt"
+            dormant = (f"{'-' if change.dormant_before is None else human(change.dormant_before)}→"
+                       f"{'-' if change.dormant_after is None else human(change.dormant_after)}")
+            name = Text(change.name, style="bold red" if row.worse else "")
+            if row.worse and not with_worse:
+                name.append(" ▲", style="bold red")
+            cells = [
+                name,
+                Text(change.status, style="dim" if change.status == "matched" else "yellow"),
+                percent(change.dead_ratio_before),
+                percent(change.dead_ratio_after),
+                Text(delta, style="red" if row.increase > 0 else ("green" if row.increase < 0 else "dim")),
+                _count(len(change.newly_dead), "red"),
+                _count(len(change.revived), "green"),
+                dormant,
+            ]
+            if with_worse:
+                cells.append(Text("worse", style="bold red") if row.worse else Text(""))
+            table.add_row(*cells)
+        return table
+
+    table = fitted(build, console)
+    console.print(table)
+    c = comparison
+    console.print(Text(f"units: {human(c.newly_dead_units)} newly dead (died), {human(c.revived_units)} "
+                       f"revived, {human(c.still_dead_units)} still dead; sites: "
+                       f"{len(c.added_sites)} added, {len(c.removed_sites)} removed, "
+                       f"{len(c.resized_sites)} resized"))
+    worse = [row.change.name for row in rows if row.worse]
+    if worse:
+        shown = ", ".join(worse[:5]) + (f", ... {len(worse) - 5} more" if len(worse) > 5 else "")
+        console.print(Text.assemble(("worse: ", "bold red"),
+                                    f"{len(worse)} site(s) whose dead ratio rose by more than "
+                                    f"{tolerance:g}: {shown}"))
+    else:
+        console.print(Text.assemble(("no site got worse", "bold green"),
+                                    f" (dead-ratio tolerance {tolerance:g})"))
 
 
 def _finding_lines(report: Report) -> list[tuple[int, Text]]:

@@ -1,0 +1,211 @@
+"""Project settings: ``[tool.reludoctor]`` in pyproject.toml, or a ``reludoctor.toml``.
+
+The file is found by searching the current directory and then its parents: in each folder a
+``reludoctor.toml`` wins over a ``pyproject.toml``, and a pyproject.toml without a
+``[tool.reludoctor]`` table is passed over. ``--config FILE`` names the file instead. Command-line
+options override the file (``merge``). Unknown keys and bad values are refused (exit 2) naming the
+file and the key. Keys may be written with hyphens or underscores (``fail-over``, ``fail_over``).
+
+    [tool.reludoctor]
+    fail-over = 0.25                 # any site with more than 25% dead units fails
+    fail-on = ["error", "saturated-units"]
+    baseline = "reports/baseline.json"   # relative to the file's folder
+    top = 20
+    tolerance = 0.01                 # reludoctor diff
+
+    [tool.reludoctor.sites]          # per-site dead-ratio limits, glob patterns on site names
+    "layer4.*" = 0.2
+    "fc*" = 0.5
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from reludoctor.errors import ReludoctorError
+
+CONFIG_FILE = "reludoctor.toml"
+PYPROJECT = "pyproject.toml"
+SEVERITIES = ("info", "warning", "error")
+RULE_ID = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+KEYS = ("baseline", "fail-on", "fail-over", "sites", "tolerance", "top")
+
+
+class ConfigError(ReludoctorError):
+    """A settings file that cannot be used (exit 2)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Gates and report options, from a file and/or the command line.
+
+    site_limits: (glob pattern, max dead ratio) in precedence order: the first pattern matching
+    a site's name sets its limit; sites no pattern matches are held to ``fail_over``.
+    """
+
+    fail_over: float | None = None
+    fail_on: tuple[str, ...] = ()
+    site_limits: tuple[tuple[str, float], ...] = ()
+    baseline: str | None = None
+    top: int | None = None
+    tolerance: float | None = None
+    source: str | None = None  # the settings file used, if any
+
+    @property
+    def has_gates(self) -> bool:
+        return self.fail_over is not None or bool(self.fail_on) or bool(self.site_limits) \
+            or self.baseline is not None
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """What the command line gave (None / empty: not given)."""
+
+    fail_over: float | None = None
+    fail_on: tuple[str, ...] = ()
+    site_limits: tuple[tuple[str, float], ...] = ()
+    baseline: str | None = None
+    top: int | None = None
+    tolerance: float | None = None
+
+
+def find_config(start: Path | None = None) -> Path | None:
+    """The settings file for ``start`` (default: the current directory), searching upwards."""
+    folder = (start or Path.cwd()).resolve()
+    for candidate in (folder, *folder.parents):
+        own = candidate / CONFIG_FILE
+        if own.is_file():
+            return own
+        pyproject = candidate / PYPROJECT
+        if pyproject.is_file() and _has_tool_table(pyproject):
+            return pyproject
+    return None
+
+
+def _has_tool_table(path: Path) -> bool:
+    try:
+        data = _read_toml(path)
+    except ConfigError:
+        return False  # a broken pyproject.toml that is not ours: keep looking
+    tool = data.get("tool")
+    return isinstance(tool, dict) and "reludoctor" in tool
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the settings file {path}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+
+
+def load_config(path: Path) -> Settings:
+    """Settings from a reludoctor.toml (top-level keys) or a pyproject.toml ([tool.reludoctor])."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"settings file {path} not found", "check the --config path")
+    data = _read_toml(path)
+    where = path.name
+    if path.name == PYPROJECT:
+        table = data.get("tool", {}).get("reludoctor") if isinstance(data.get("tool"), dict) else None
+        if table is None:
+            raise ConfigError(f"{path} has no [tool.reludoctor] table")
+        where = "[tool.reludoctor]"
+        data = table
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: {where} must be a table")
+    return _parse(data, path, where)
+
+
+def _parse(data: dict[str, Any], path: Path, where: str) -> Settings:
+    values: dict[str, Any] = {}
+    for raw_key, value in data.items():
+        key = raw_key.replace("_", "-")
+        if key not in KEYS:
+            raise ConfigError(f"{path}: unknown key {raw_key!r} in {where}",
+                              f"known keys: {', '.join(KEYS)}")
+        label = f"{path}: {raw_key}"
+        if key == "fail-over":
+            values["fail_over"] = ratio(value, label)
+        elif key == "fail-on":
+            items = [value] if isinstance(value, str) else value
+            if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+                raise ConfigError(f"{label} must be a severity or rule id, or a list of them")
+            values["fail_on"] = tuple(fail_on_value(v, label) for v in items)
+        elif key == "sites":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{label} must be a table of \"glob pattern\" = max dead ratio")
+            values["site_limits"] = tuple(
+                (pattern, ratio(limit, f"{label}.{pattern!r}")) for pattern, limit in value.items())
+        elif key == "baseline":
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{label} must be the path of a JSON report")
+            baseline = Path(value)
+            values["baseline"] = str(baseline if baseline.is_absolute() else path.parent / baseline)
+        elif key == "top":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{label} must be a whole number >= 1")
+            values["top"] = value
+        elif key == "tolerance":
+            values["tolerance"] = ratio(value, label)
+    return Settings(**values, source=str(path))
+
+
+def ratio(value: Any, label: str) -> float:
+    """A dead-ratio limit: a number in [0, 1] (NaN refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or not 0 <= value <= 1:
+        raise ConfigError(f"{label} = {value!r} must be a ratio between 0 and 1")
+    return float(value)
+
+
+def fail_on_value(value: str, label: str) -> str:
+    """A severity (info, warning, error: that severity or worse) or a rule id (dead-site)."""
+    text = value.strip().lower()
+    if text in SEVERITIES or RULE_ID.match(text):
+        return text
+    raise ConfigError(f"{label}: {value!r} is neither a severity ({', '.join(SEVERITIES)}) "
+                      "nor a rule id such as dead-site")
+
+
+def site_limit(text: str, label: str = "--fail-over-site") -> tuple[str, float]:
+    """'layer4.*=0.2' -> ('layer4.*', 0.2)."""
+    pattern, sep, number = text.rpartition("=")
+    if not sep or not pattern:
+        raise ConfigError(f"{label} {text!r} is not PATTERN=RATIO", "e.g. --fail-over-site 'layer4.*=0.2'")
+    try:
+        limit = float(number)
+    except ValueError:
+        raise ConfigError(f"{label} {text!r}: {number!r} is not a number") from None
+    return pattern, ratio(limit, f"{label} {pattern}")
+
+
+def resolve(config: str | None, overrides: Overrides, *, discover: bool = True) -> Settings:
+    """The file's settings (``config`` or the one found from the current directory) with the
+    command line's on top: given options replace the file's; site patterns from the command line
+    come first (they win over the file's for the sites they match)."""
+    if config is not None:
+        base = load_config(Path(config))
+    else:
+        found = find_config() if discover else None
+        base = load_config(found) if found is not None else Settings()
+    return replace(
+        base,
+        fail_over=overrides.fail_over if overrides.fail_over is not None else base.fail_over,
+        fail_on=overrides.fail_on or base.fail_on,
+        site_limits=tuple(overrides.site_limits) + tuple(
+            (p, r) for p, r in base.site_limits if p not in {q for q, _ in overrides.site_limits}),
+        baseline=overrides.baseline if overrides.baseline is not None else base.baseline,
+        top=overrides.top if overrides.top is not None else base.top,
+        tolerance=overrides.tolerance if overrides.tolerance is not None else base.tolerance,
+    )

@@ -1,0 +1,97 @@
+"""Helpers shared by the output formats: ranking sites, human-readable numbers, safe text."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from reludoctor.gates import preview  # noqa: F401 - shared: unit lists in every format
+from reludoctor.report import Report, SiteStats
+
+# Characters XML 1.0 cannot hold even escaped (most C0 controls, lone surrogates, U+FFFE/F).
+_NOT_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+# What could change the meaning of Markdown text (emphasis, links, HTML, tables, code).
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|~&#!])")
+
+SEVERITIES = ("error", "warning", "info")
+SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2}
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """Options every renderer accepts; each format uses the ones that apply to it.
+
+    top: the N worst sites in the site table (terminal and Markdown); None: every site
+    (terminal), the 10 worst (Markdown). width: columns of the terminal table rendered as text.
+    """
+
+    top: int | None = None
+    width: int = 100
+
+
+def human(n: int | float) -> str:
+    """12 -> '12', 1234 -> '1.23k', 12345 -> '12.3k', 1200000 -> '1.2M' (3 significant digits)."""
+    value = float(n)
+    sign = "-" if value < 0 else ""
+    value = abs(value)
+    if value < 999.5:
+        return f"{sign}{value:.0f}" if value.is_integer() else f"{sign}{value:.3g}"
+    for suffix in "kMGT":
+        value /= 1000
+        if value < 999.5 or suffix == "T":
+            text = f"{value:.2f}" if value < 9.995 else f"{value:.1f}" if value < 99.95 else f"{value:.0f}"
+            if "." in text:
+                text = text.rstrip("0").rstrip(".")
+            return f"{sign}{text}{suffix}"
+    raise AssertionError("unreachable")
+
+
+def percent(ratio: float | None) -> str:
+    if ratio is None or ratio != ratio:
+        return "-"
+    return f"{ratio:.1%}"
+
+
+def rank_worst(sites: tuple[SiteStats, ...] | list[SiteStats]) -> list[int]:
+    """Indices of ``sites``, worst first: dead ratio, then dead units, then near-dead and dormant
+    units, then execution order (stable, deterministic)."""
+    return sorted(range(len(sites)), key=lambda i: (
+        -sites[i].dead_ratio, -len(sites[i].dead_units), -len(sites[i].near_dead_units),
+        -len(sites[i].dormant_units), i))
+
+
+def top_sites(report: Report, top: int | None) -> tuple[list[int], int]:
+    """(indices of the sites to show, in execution order; how many are hidden)."""
+    indices = list(range(len(report.sites)))
+    if top is None or top >= len(indices):
+        return indices, 0
+    kept = sorted(rank_worst(report.sites)[:top])
+    return kept, len(indices) - len(kept)
+
+
+def xml_safe(text: object) -> str:
+    """Text XML 1.0 can hold: characters it forbids become U+FFFD."""
+    return _NOT_XML.sub("\ufffd", str(text))
+
+
+def md_escape(text: object) -> str:
+    """Plain text for Markdown (GitHub): specials backslash-escaped, newlines folded."""
+    cleaned = " ".join(xml_safe(text).split())
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", cleaned)
+
+
+def md_code(text: object, table: bool = False) -> str:
+    """An inline code span for names (site names come from model files). In a table cell a pipe
+    is written as \\| (GitHub unescapes it inside code spans too)."""
+    cleaned = " ".join(xml_safe(text).split())
+    if table:
+        cleaned = cleaned.replace("|", "\\|")
+    fence = "`"
+    while fence in cleaned:
+        fence += "`"
+    pad = " " if cleaned.startswith("`") or cleaned.endswith("`") else ""
+    return f"{fence}{pad}{cleaned}{pad}{fence}"
+
+
+def model_name(report: Report) -> str:
+    return report.model.path or "in-memory model"
