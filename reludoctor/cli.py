@@ -230,6 +230,8 @@ def scan(
     arch_kwargs: Optional[str] = typer.Option(None, "--arch-kwargs", help="JSON keyword arguments for the --arch factory."),
     method: str = typer.Option("auto", "--method", help="How call sites are observed: auto, export (torch.export) or dispatch (TorchDispatchMode)."),
     unsafe_pickle: bool = typer.Option(False, "--unsafe-pickle", help="Allow loading a fully pickled nn.Module. This EXECUTES CODE from the file: only for files you trust."),
+    gradients: bool = typer.Option(False, "--gradients/--no-gradients", help="Also measure gradient flow per site (a backward pass over the calibration data; ONNX models through onnx2torch)."),
+    labels: Optional[str] = typer.Option(None, "--labels", metavar="FILE", help="Class labels (.npy of ints, one per sample) for the gradient pass's cross-entropy; default: the model's own argmax."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     debug: bool = DEBUG_OPTION,
 ) -> None:
@@ -241,8 +243,8 @@ def scan(
 
 def _scan(model, data, json_out, markdown_out, junit_out, sarif_out, html_out, stdout_format,  # noqa: ANN001
           top, batch_size, limit, device, input_shape, unit_axis, near_dead, dormant_tau, fail_over,
-          fail_on, fail_over_site, baseline, config, arch, arch_kwargs, method, unsafe_pickle, quiet,
-          debug) -> int:
+          fail_on, fail_over_site, baseline, config, arch, arch_kwargs, method, unsafe_pickle,
+          gradients, labels, quiet, debug) -> int:
     from rich.markup import escape
 
     from reludoctor.baseline import load_report
@@ -252,7 +254,7 @@ def _scan(model, data, json_out, markdown_out, junit_out, sarif_out, html_out, s
     outputs = {"json": json_out, "markdown": markdown_out, "junit": junit_out, "sarif": sarif_out,
                "html": html_out}
     planned, to_stdout = _plan_outputs(outputs, stdout_format,
-                                       [model, data, settings.baseline, settings.source])
+                                       [model, data, labels, settings.baseline, settings.source])
     baseline_report = load_report(settings.baseline, "baseline") if settings.baseline else None
     err = _stderr()
     progress_bar = None
@@ -282,6 +284,7 @@ def _scan(model, data, json_out, markdown_out, junit_out, sarif_out, html_out, s
             input_shape=_parse_shape(input_shape), unit_axis=unit_axis, near_dead=near_dead,
             dormant_tau=dormant_tau, method=method, arch=arch, arch_kwargs=arch_kwargs,
             unsafe_pickle=unsafe_pickle, progress=progress, on_warning=warn,
+            gradients=gradients, labels=labels,
         )
     finally:
         if progress_bar is not None:

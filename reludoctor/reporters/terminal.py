@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import io
+import math
 from collections import defaultdict
 from typing import Callable
 
@@ -18,7 +19,7 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from reludoctor.report import BaselineComparison, GateOutcome, Report
+from reludoctor.report import NOT_REQUESTED, BaselineComparison, GateOutcome, Report
 from reludoctor.reporters.common import RenderOptions, human, percent, preview, top_sites
 
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
@@ -35,6 +36,16 @@ def _bar(ratio: float) -> Text:
 
 def _count(value: int, style: str) -> Text:
     return Text(human(value), style=style if value else "dim")
+
+
+def _gradient_columns(report: Report) -> tuple[bool, bool]:
+    """(RMS column, pass-through column): shown when any site carries them."""
+    grads = [s.gradient for s in report.sites if s.gradient is not None]
+    return any(g.rms_preactivation is not None for g in grads), bool(grads)
+
+
+def _rms(value: float | None) -> Text:
+    return Text("-" if value is None else f"{value:.1e}", style="dim" if not value else "")
 
 
 def _worst(report: Report, limit: int = 3) -> set[str]:
@@ -67,6 +78,7 @@ def site_table(report: Report, top: int | None = None, console: Console | None =
     if hidden:
         title += f" (the {len(shown)} worst of {len(report.sites)})"
     worst = _worst(report)
+    with_rms, with_pass = _gradient_columns(report)
     failing = set()
     if report.gates is not None:
         failing = {f.site for f in report.gates.failures if f.site is not None}
@@ -83,6 +95,10 @@ def site_table(report: Report, top: int | None = None, console: Console | None =
         table.add_column("near", justify="right", min_width=4, no_wrap=True)
         table.add_column("dorm", justify="right", min_width=4, no_wrap=True)
         table.add_column("sat", justify="right", min_width=3, no_wrap=True)
+        if with_rms:
+            table.add_column("grad", justify="right", no_wrap=True)  # RMS dL/d(pre-activation)
+        if with_pass:
+            table.add_column("pass", justify="right", no_wrap=True)  # gradient pass-through
         if with_bar:
             table.add_column("", no_wrap=True)
         for index in shown:
@@ -103,6 +119,11 @@ def site_table(report: Report, top: int | None = None, console: Console | None =
                 _count(len(site.dormant_units), "yellow"),
                 Text(saturated, style="magenta" if saturated not in ("-", "0") else "dim"),
             ]
+            gradient = site.gradient
+            if with_rms:
+                cells.append(_rms(None if gradient is None else gradient.rms_preactivation))
+            if with_pass:
+                cells.append("-" if gradient is None else f"{gradient.pass_through:.0%}")
             table.add_row(*cells, *([_bar(site.dead_ratio)] if with_bar else []))
         return table
 
@@ -131,10 +152,52 @@ def _summary_lines(report: Report) -> list[Text]:
         f"near-dead (alive, firing rate < {report.thresholds.near_dead:g}): {human(s.near_dead_units)}   "
         f"dormant (tau {report.thresholds.dormant_tau:g}, includes dead): {human(s.dormant_units)}   "
         f"saturated: {human(s.saturated_units)}"))
+    lines.extend(gradient_lines(report))
     lines.append(Text(
         f"confidence: 0 firings in {human(n)} samples bounds a dead unit's firing rate below "
         f"3/{n} = {s.firing_rate_bound_95:.2%} (95%)", style="dim"))
     return lines
+
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def depth_profile(values: list[float | None]) -> str:
+    """One character per site: log10 of the value scaled between the smallest and largest
+    (gradients span decades); a space where there is no value, ▁ for an exact zero."""
+    logs = [math.log10(v) if v else None for v in values]
+    known = [v for v in logs if v is not None]
+    low, high = (min(known), max(known)) if known else (0.0, 0.0)
+    chars = []
+    for value, log in zip(values, logs):
+        if value is None:
+            chars.append(" ")
+        elif log is None:
+            chars.append(SPARK[0])
+        else:
+            fraction = 0.0 if high == low else (log - low) / (high - low)
+            chars.append(SPARK[round(fraction * (len(SPARK) - 1))])
+    return "".join(chars)
+
+
+def gradient_lines(report: Report) -> list[Text]:
+    """The gradient pass: which loss, the RMS of dL/d(pre-activation) along depth, and the
+    attenuation from the first site to the last; or why it is unavailable."""
+    info = report.gradients
+    if not info.computed:
+        if info.reason and info.reason != NOT_REQUESTED:
+            passes = [s.gradient.pass_through for s in report.sites if s.gradient is not None]
+            extra = f"; mask pass-through {min(passes):.0%}-{max(passes):.0%}" if passes else ""
+            return [Text.assemble(("gradients: ", "bold"), ("unavailable: ", "yellow"),
+                                  info.reason + extra)]
+        return []
+    rms = [None if s.gradient is None else s.gradient.rms_preactivation for s in report.sites]
+    line = Text.assemble(("gradient flow: ", "bold"), f"loss {info.loss}, {human(info.samples)} samples; "
+                         "RMS dL/d(pre-activation) by depth ", (depth_profile(rms), "cyan"))
+    known = [v for v in rms if v is not None]
+    if len(known) > 1 and known[-1] > 0 and known[0] > 0:
+        line.append(f" (first site at {known[0] / known[-1]:.3g}x the last)")
+    return [line]
 
 
 def print_report(report: Report, console: Console, options: RenderOptions | None = None) -> None:

@@ -186,24 +186,13 @@ def judged_report() -> Report:
 
 
 def with_gradients(report: Report) -> Report:
-    """``report`` with gradient statistics on every site, decaying along depth: the
-    ``SiteGradient`` objects scans write when that field exists, else a stand-in subclass whose
-    ``gradient`` is a dict (the HTML report reads either)."""
-    import dataclasses
+    """``report`` with gradient statistics on every site, decaying along depth."""
+    from reludoctor.report import GradientInfo, SiteGradient
 
     values = [{"pass_through": 0.5, "rms_output": 0.2 / (i + 1) ** 2, "rms_preactivation": 0.1 / (i + 1) ** 2,
                "zero_fraction": min(1.0, 0.15 * i + 0.05), "zero_by_mask": min(0.95, 0.15 * i),
                "zero_downstream": 0.05, "weight_grad_norm": 0.5 / (i + 1)}
               for i in range(len(report.sites))]
-    if "gradient" in {f.name for f in dataclasses.fields(SiteStats)}:
-        from reludoctor.report import SiteGradient
-
-        sites = tuple(replace(s, gradient=SiteGradient(**v)) for s, v in zip(report.sites, values))
-    else:  # pragma: no cover - before gradient statistics were added to the report
-        @dataclasses.dataclass(frozen=True)
-        class SiteWithGradient(SiteStats):
-            gradient: dict | None = None
-
-        sites = tuple(SiteWithGradient(**{f.name: getattr(s, f.name) for f in dataclasses.fields(s)},
-                                       gradient=v) for s, v in zip(report.sites, values))
-    return replace(report, sites=sites)
+    sites = tuple(replace(s, gradient=SiteGradient(**v)) for s, v in zip(report.sites, values))
+    info = GradientInfo(True, loss="cross-entropy-argmax", method="export", samples=report.calibration.samples)
+    return replace(report, sites=sites, gradients=info)
