@@ -18,12 +18,12 @@ from fnmatch import fnmatchcase
 from reludoctor.baseline import got_worse
 from reludoctor.config import SEVERITIES, Settings
 from reludoctor.report import GateFailure, GateOutcome, Report, SiteChange, SiteStats
+from reludoctor.rules import RULE_IDS
 
 SEVERITY_RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
-# Rule ids of reludoctor.rules at the time of writing; --fail-on warns about an id that is
-# neither here nor in the report (a typo would otherwise never fail).
-KNOWN_RULES = ("dead-site", "dead-units", "saturated-units", "dormant-units", "synthetic-data",
-               "few-samples")
+# --fail-on warns about an id that is neither a rule nor in the report (a typo would otherwise
+# never fail).
+KNOWN_RULES = RULE_IDS
 
 
 def limit_for(site: str, settings: Settings) -> tuple[float | None, str | None]:

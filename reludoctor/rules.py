@@ -78,6 +78,11 @@ def _preview(units: Iterable[int], limit: int = 8) -> str:
     return shown + (f", ... ({len(units)} in all)" if len(units) > limit else "")
 
 
+def _dead(count: int, singular: str, plural: str) -> str:
+    """'1 dead unit is' / '3 dead units are'."""
+    return f"1 dead unit {singular}" if count == 1 else f"{count} dead units {plural}"
+
+
 def _activation_fix(site: SiteStats) -> str:
     """The code that replaces the activation at a site with a leaky one."""
     functional = site.name.split("#")[0].endswith("()")
@@ -279,7 +284,7 @@ def negative_bias(site: SiteStats, context: Context) -> Iterable[Finding]:
         rule="negative-bias",
         severity="warning",
         site=site.name,
-        message=(f"{len(explained)} dead units at {site.name} are held below zero by a strongly negative "
+        message=(f"{_dead(len(explained), 'is', 'are')} at {site.name} held below zero by a strongly negative "
                  f"{via} (e.g. unit {worst}: effective bias {shift[worst]:.3g}, while its weighted input "
                  f"alone reaches {reach[worst]:.3g})"),
         evidence={"units": explained, "effective_bias": [_r(shift[u]) for u in explained],
@@ -310,8 +315,8 @@ def input_never_positive(site: SiteStats, context: Context) -> Iterable[Finding]
         rule="input-never-positive",
         severity="warning",
         site=site.name,
-        message=(f"{len(units)} dead units at {site.name} have a weighted input that is never positive "
-                 f"on the calibration data (median peak {float(np.median(reach[units])):.3g}): their "
+        message=(f"{_dead(len(units), 'has', 'have')} at {site.name} a weighted input that is never "
+                 f"positive on the calibration data (median peak {float(np.median(reach[units])):.3g}): their "
                  f"incoming weights in {producer.layer} point away from the data"),
         evidence={"units": units, "input_reach": [_r(reach[u]) for u in units],
                   "causes": _cause_counts(causes), "dead_vs_alive": dead_vs_alive(site, producer)},
@@ -369,8 +374,8 @@ def prunable_units(site: SiteStats, context: Context) -> Iterable[Finding]:
         rule="prunable-units",
         severity="info",
         site=site.name,
-        message=(f"{count} dead units at {site.name} output exactly 0 on every calibration sample: "
-                 "they can be removed without changing the outputs"),
+        message=(f"{_dead(count, 'outputs', 'output')} exactly 0 at {site.name} on every calibration "
+                 "sample: removable without changing the outputs"),
         evidence={"units": list(site.dead_units), "output": 0.0, "samples": site.samples,
                   "firing_rate_bound_95": 3.0 / site.samples if site.samples else 1.0},
         suggestion=(f"prune units {_preview(site.dead_units)} at {site.name}: delete {rows} and the "

@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 from reludoctor.report import Finding, Report
 from reludoctor.reporters.common import RenderOptions
+from reludoctor.rules import RULES as REGISTRY
 
 SARIF_VERSION = "2.1.0"
 SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
@@ -24,15 +25,9 @@ INFORMATION_URI = "https://github.com/reludoctor/reludoctor"
 HELP_URI = INFORMATION_URI + "#findings"
 LEVEL = {"error": "error", "warning": "warning", "info": "note"}
 
-# Rules known when this was written (reludoctor.rules); others get their id as description.
-RULES: dict[str, tuple[str, str]] = {
-    "dead-site": ("Every unit of a ReLU site is dead", "error"),
-    "dead-units": ("Some units of a ReLU site never fire on the calibration data", "warning"),
-    "saturated-units": ("Bounded activation units always at their upper bound", "warning"),
-    "dormant-units": ("Alive units with a tiny mean output (tau-dormant)", "info"),
-    "synthetic-data": ("Calibrated on synthetic inputs", "warning"),
-    "few-samples": ("Too few calibration samples for a tight firing-rate bound", "info"),
-}
+# id -> (short description, default severity), from the rule registry; a report from another
+# version may hold other ids, which get their id as description.
+RULES: dict[str, tuple[str, str]] = {r.id: (r.title[:1].upper() + r.title[1:], r.severity) for r in REGISTRY}
 
 
 def artifact_uri(path: str) -> str:
