@@ -205,7 +205,7 @@ DEBUG_OPTION = typer.Option(False, "--debug", help="Show tracebacks of internal 
 
 @app.command()
 def scan(
-    model: str = typer.Argument(..., help="Model file: .pt2 (torch.export), TorchScript, or a state_dict with --arch."),
+    model: str = typer.Argument(..., help="Model file: .pt2 (torch.export), TorchScript, .onnx, or a state_dict with --arch."),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Calibration data: .npy, .npz (one array per input) or .pt. Without it: synthetic inputs."),
     json_out: Optional[str] = JSON_OPTION,
     markdown_out: Optional[str] = MARKDOWN_OPTION,

@@ -74,7 +74,8 @@ def fitted(build: Callable[[int, bool], Table], console: Console | None) -> Tabl
 def site_table(report: Report, top: int | None = None, console: Console | None = None) -> Table:
     """The site table, worst sites highlighted, fitted to ``console``'s width."""
     shown, hidden = top_sites(report, top)
-    title = "ReLU sites in execution order"
+    # ONNX sites are listed in the graph's (topological) order, which is its execution order
+    title = "ReLU sites in " + ("graph order" if report.model.format == "onnx" else "execution order")
     if hidden:
         title += f" (the {len(shown)} worst of {len(report.sites)})"
     worst = _worst(report)
