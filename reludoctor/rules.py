@@ -284,7 +284,7 @@ def negative_bias(site: SiteStats, context: Context) -> Iterable[Finding]:
         rule="negative-bias",
         severity="warning",
         site=site.name,
-        message=(f"{_dead(len(explained), 'is', 'are')} at {site.name} held below zero by a strongly negative "
+        message=(f"at {site.name}, {_dead(len(explained), 'is', 'are')} held below zero by a strongly negative "
                  f"{via} (e.g. unit {worst}: effective bias {shift[worst]:.3g}, while its weighted input "
                  f"alone reaches {reach[worst]:.3g})"),
         evidence={"units": explained, "effective_bias": [_r(shift[u]) for u in explained],
@@ -315,7 +315,7 @@ def input_never_positive(site: SiteStats, context: Context) -> Iterable[Finding]
         rule="input-never-positive",
         severity="warning",
         site=site.name,
-        message=(f"{_dead(len(units), 'has', 'have')} at {site.name} a weighted input that is never "
+        message=(f"at {site.name}, {_dead(len(units), 'has', 'have')} a weighted input that is never "
                  f"positive on the calibration data (median peak {float(np.median(reach[units])):.3g}): their "
                  f"incoming weights in {producer.layer} point away from the data"),
         evidence={"units": units, "input_reach": [_r(reach[u]) for u in units],
@@ -374,7 +374,7 @@ def prunable_units(site: SiteStats, context: Context) -> Iterable[Finding]:
         rule="prunable-units",
         severity="info",
         site=site.name,
-        message=(f"{_dead(count, 'outputs', 'output')} exactly 0 at {site.name} on every calibration "
+        message=(f"at {site.name}, {_dead(count, 'outputs', 'output')} exactly 0 on every calibration "
                  "sample: removable without changing the outputs"),
         evidence={"units": list(site.dead_units), "output": 0.0, "samples": site.samples,
                   "firing_rate_bound_95": 3.0 / site.samples if site.samples else 1.0},
