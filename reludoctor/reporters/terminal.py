@@ -57,18 +57,20 @@ NAME_MIN = 12
 
 
 def fitted(build: Callable[[int, bool], Table], console: Console | None) -> Table:
-    """The widest table that fits the console: the site-name column takes the room the numbers
-    leave (long names end in an ellipsis); below that, the bar column goes first."""
+    """The widest table that fits the console. Full site names come first: the bar column goes
+    before any name is shortened; only then do long names end in an ellipsis."""
     if console is None:
         return build(10_000, True)
     width = console.width
-    table = build(NAME_MIN, True)
+
+    def need(table: Table) -> int:
+        return Measurement.get(console, console.options.update_width(100_000), table).maximum
+
     for with_bar in (True, False):
-        table = build(NAME_MIN, with_bar)
-        need = Measurement.get(console, console.options.update_width(100_000), table).maximum
-        if need <= width:
-            return build(NAME_MIN + width - need, with_bar)
-    return table
+        table = build(10_000, with_bar)
+        if need(table) <= width:
+            return table
+    return build(NAME_MIN + max(0, width - need(build(NAME_MIN, False))), False)
 
 
 def site_table(report: Report, top: int | None = None, console: Console | None = None) -> Table:
