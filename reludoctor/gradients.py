@@ -378,6 +378,28 @@ def _module_of(node: Any) -> tuple[str, str]:
     return str(path), str(module_type)
 
 
+def _insert_probes(graph: Any, node: Any, accumulator: SiteAccumulator, index: int) -> None:
+    """Probe calls around an activation node: before it, on its input (the forward statistics
+    and a tensor hook for dL/d(pre-activation)); after it, a tensor hook on its output."""
+
+    def before(x: Any, _acc: SiteAccumulator = accumulator) -> None:
+        _acc.forward(x)
+        if getattr(x, "requires_grad", False):
+            x.register_hook(_acc.backward_pre)
+            _acc.hooked = True
+
+    def after(y: Any, _acc: SiteAccumulator = accumulator) -> None:
+        if getattr(y, "requires_grad", False):
+            y.register_hook(_acc.backward_out)
+
+    before.__name__ = f"reludoctor_grad_in_{index}"
+    after.__name__ = f"reludoctor_grad_out_{index}"
+    with graph.inserting_before(node):
+        graph.call_function(before, (node.args[0],))
+    with graph.inserting_after(node):
+        graph.call_function(after, (node,))
+
+
 def graph_plan(graph_module: Any, evidence: dict[str, Any]) -> _Pass:
     """Probes before and after every activation node, named as instrument_graph_module does."""
     context = _Context()
@@ -395,23 +417,7 @@ def graph_plan(graph_module: Any, evidence: dict[str, Any]) -> _Pass:
     accumulators = []
     for index, ((node, activation, _), name) in enumerate(zip(found, names)):
         accumulator = SiteAccumulator(name, activation.op, activation.lower, activation.upper, context)
-
-        def before(x: Any, _acc: SiteAccumulator = accumulator) -> None:
-            _acc.forward(x)
-            if getattr(x, "requires_grad", False):
-                x.register_hook(_acc.backward_pre)
-                _acc.hooked = True
-
-        def after(y: Any, _acc: SiteAccumulator = accumulator) -> None:
-            if getattr(y, "requires_grad", False):
-                y.register_hook(_acc.backward_out)
-
-        before.__name__ = f"reludoctor_grad_in_{index}"
-        after.__name__ = f"reludoctor_grad_out_{index}"
-        with graph.inserting_before(node):
-            graph.call_function(before, (node.args[0],))
-        with graph.inserting_after(node):
-            graph.call_function(after, (node,))
+        _insert_probes(graph, node, accumulator, index)
         accumulators.append(accumulator)
     graph_module.recompile()
     params = dict(graph_module.named_parameters())
@@ -571,23 +577,7 @@ def onnx_plan(model: Any, sites: list[SiteStats]) -> _Pass:
               "PRelu": "prelu"}[onnx_node.op_type]
         accumulator = SiteAccumulator(name, op, stats[name].lower_bound, stats[name].upper_bound,
                                       context)
-
-        def before(x: Any, _acc: SiteAccumulator = accumulator) -> None:
-            _acc.forward(x)
-            if getattr(x, "requires_grad", False):
-                x.register_hook(_acc.backward_pre)
-                _acc.hooked = True
-
-        def after(y: Any, _acc: SiteAccumulator = accumulator) -> None:
-            if getattr(y, "requires_grad", False):
-                y.register_hook(_acc.backward_out)
-
-        before.__name__ = f"reludoctor_grad_in_{index}"
-        after.__name__ = f"reludoctor_grad_out_{index}"
-        with graph.inserting_before(fx_node):
-            graph.call_function(before, (fx_node.args[0],))
-        with graph.inserting_after(fx_node):
-            graph.call_function(after, (fx_node,))
+        _insert_probes(graph, fx_node, accumulator, index)
         accumulators.append(accumulator)
     graph_module.recompile()
     graph_module.eval()
