@@ -26,7 +26,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from reludoctor.instrument.sites import base_name, classify, op_base_name, unique_names
+from reludoctor.instrument.sites import op_base_name, unique_names
+from reludoctor.instrument.torch_export import activation_nodes
 
 IDENTITY_OPS = {"clone", "contiguous", "alias", "dropout", "detach", "_to_copy", "to",
                 "lift_fresh_copy", "native_dropout", "feature_dropout"}
@@ -196,18 +197,8 @@ def _graph_producer(graph_module: Any, site: str, pre: Any) -> ProducerEvidence 
 def from_graph(graph_module: Any) -> dict[str, ProducerEvidence]:
     """Evidence for every activation node of an exported graph module, named as
     ``instrument_graph_module`` names its sites (observer nodes in the graph are ignored)."""
-    found = []
-    for node in graph_module.graph.nodes:
-        if node.op != "call_function":
-            continue
-        activation = classify(node.target, node.args, node.kwargs)
-        if activation is None or not node.args or not hasattr(node.args[0], "op"):
-            continue
-        stack = node.meta.get("nn_module_stack") or {}
-        path, module_type = (str(v) for v in list(stack.values())[-1]) if stack else ("", "")
-        found.append((node, base_name(path, module_type, activation.op)))
     out = {}
-    for (node, _), name in zip(found, unique_names([b for _, b in found])):
+    for node, _, _, name in activation_nodes(graph_module):
         try:
             evidence = _graph_producer(graph_module, name, node.args[0])
         except Exception:  # noqa: BLE001 - evidence is best effort, never fails a scan
@@ -338,15 +329,10 @@ def from_dispatch(module: Any, example: tuple, unit_axis: int | None = None,
             self.tracks: dict[tuple, Any] = {}
 
         def observe(self, func: Any, args: tuple, kwargs: dict, producers: Any) -> None:
-            activation = classify(func, args, kwargs)
-            if activation is None or not args or not hasattr(args[0], "ndim"):
+            call = self.site_call(func, args, kwargs)
+            if call is None:
                 return
-            path, module_type = self.modules.current()
-            base = base_name(path, module_type, activation.op)
-            shaped = (base, tuple(args[0].shape[1:]))
-            occurrence = self._occurrences.get(shaped, 0)
-            self._occurrences[shaped] = occurrence + 1
-            key = (*shaped, occurrence)
+            key, activation, path = call
             if key not in self._specs:
                 self._specs[key] = (activation, path, 0)
                 self._observers[key] = None

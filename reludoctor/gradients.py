@@ -42,7 +42,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from reludoctor.errors import DataError, ReludoctorError, UsageError
-from reludoctor.instrument.sites import base_name, classify, unique_names
+from reludoctor.instrument.sites import unique_names
+from reludoctor.instrument.torch_export import activation_nodes
 from reludoctor.report import GradientInfo, SiteGradient, SiteStats
 
 LOSS_LABELS = "cross-entropy-labels"
@@ -370,14 +371,6 @@ def _first_line(exc: BaseException) -> str:
 # ----------------------------------------------------------------------------- exported graphs
 
 
-def _module_of(node: Any) -> tuple[str, str]:
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return "", ""
-    path, module_type = list(stack.values())[-1]
-    return str(path), str(module_type)
-
-
 def _insert_probes(graph: Any, node: Any, accumulator: SiteAccumulator, index: int) -> None:
     """Probe calls around an activation node: before it, on its input (the forward statistics
     and a tensor hook for dL/d(pre-activation)); after it, a tensor hook on its output."""
@@ -403,19 +396,9 @@ def _insert_probes(graph: Any, node: Any, accumulator: SiteAccumulator, index: i
 def graph_plan(graph_module: Any, evidence: dict[str, Any]) -> _Pass:
     """Probes before and after every activation node, named as instrument_graph_module does."""
     context = _Context()
-    found = []
-    for node in graph_module.graph.nodes:
-        if node.op != "call_function":
-            continue
-        activation = classify(node.target, node.args, node.kwargs)
-        if activation is None or not node.args or not hasattr(node.args[0], "op"):
-            continue
-        path, module_type = _module_of(node)
-        found.append((node, activation, base_name(path, module_type, activation.op)))
-    names = unique_names([entry[2] for entry in found])
     graph = graph_module.graph
     accumulators = []
-    for index, ((node, activation, _), name) in enumerate(zip(found, names)):
+    for index, (node, activation, _, name) in enumerate(activation_nodes(graph_module)):
         accumulator = SiteAccumulator(name, activation.op, activation.lower, activation.upper, context)
         _insert_probes(graph, node, accumulator, index)
         accumulators.append(accumulator)
@@ -443,18 +426,13 @@ def dispatch_plan(module: Any, unit_axis: int | None, static: Any, evidence: dic
             self.calls: list[tuple[SiteAccumulator, Any]] = []
 
         def observe(self, func: Any, args: tuple, kwargs: dict, producers: Any) -> Any:
-            activation = classify(func, args, kwargs)
-            if activation is None or not args or not hasattr(args[0], "ndim"):
+            call = self.site_call(func, args, kwargs)
+            if call is None:
                 return None
-            path, module_type = self.modules.current()
-            base = base_name(path, module_type, activation.op)
-            shaped = (base, tuple(args[0].shape[1:]))
-            occurrence = self._occurrences.get(shaped, 0)
-            self._occurrences[shaped] = occurrence + 1
-            key = (*shaped, occurrence)
+            key, activation, path = call
             accumulator = self._observers.get(key)
             if accumulator is None:
-                accumulator = SiteAccumulator(base, activation.op, activation.lower, activation.upper,
+                accumulator = SiteAccumulator(key[0], activation.op, activation.lower, activation.upper,
                                               context)
                 self._observers[key] = accumulator
                 self._specs[key] = (activation, path, 0)

@@ -136,16 +136,24 @@ class DispatchInstrument:
         self._observers: dict[tuple, TorchUnitObserver] = {}
         self._occurrences: dict[tuple, int] = {}
 
-    def observe(self, func: Any, args: tuple, kwargs: dict, producers: Any) -> None:
+    def site_call(self, func: Any, args: tuple, kwargs: dict) -> tuple[tuple, Any, str] | None:
+        """(site key, activation, module path) when this ATen call is a ReLU-family site, else
+        None; counts the call's occurrence in the current forward pass. Subclasses (the
+        evidence and gradient probes) key their sites the same way, so names agree."""
         activation = classify(func, args, kwargs)
         if activation is None or not args or not hasattr(args[0], "ndim"):
-            return
+            return None
         path, module_type = self.modules.current()
-        base = base_name(path, module_type, activation.op)
-        shaped = (base, tuple(args[0].shape[1:]))
+        shaped = (base_name(path, module_type, activation.op), tuple(args[0].shape[1:]))
         occurrence = self._occurrences.get(shaped, 0)
         self._occurrences[shaped] = occurrence + 1
-        key = (*shaped, occurrence)
+        return (*shaped, occurrence), activation, path
+
+    def observe(self, func: Any, args: tuple, kwargs: dict, producers: Any) -> None:
+        call = self.site_call(func, args, kwargs)
+        if call is None:
+            return
+        key, activation, path = call
         observer = self._observers.get(key)
         if observer is None:
             pre = args[0]

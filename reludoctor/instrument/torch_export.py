@@ -55,10 +55,10 @@ def _ndim(node: Any) -> int:
     return int(value.ndim) if value is not None and hasattr(value, "ndim") else 2
 
 
-def instrument_graph_module(
-    graph_module: Any, batch: BatchContext, unit_axis: int | None = None
-) -> list[tuple[SiteSpec, TorchUnitObserver]]:
-    """Insert one observer per activation node (graph order = execution order)."""
+def activation_nodes(graph_module: Any) -> list[tuple[Any, Any, str, str]]:
+    """(node, activation, module path, site name) for every activation node of an exported
+    graph, in graph order (= execution order): the one place sites of a graph are named, so the
+    observers, the evidence, the gradient probes and the fixes agree on names."""
     found = []
     for node in graph_module.graph.nodes:
         if node.op != "call_function":
@@ -67,14 +67,20 @@ def instrument_graph_module(
         if activation is None or not node.args or not hasattr(node.args[0], "op"):
             continue
         path, module_type = _module_of(node)
-        pre = node.args[0]
-        axis = choose_unit_axis(_ndim(pre), _producer(pre), unit_axis)
-        found.append((node, activation, path, base_name(path, module_type, activation.op), axis))
-
+        found.append((node, activation, path, base_name(path, module_type, activation.op)))
     names = unique_names([entry[3] for entry in found])
+    return [(node, activation, path, name) for (node, activation, path, _), name in zip(found, names)]
+
+
+def instrument_graph_module(
+    graph_module: Any, batch: BatchContext, unit_axis: int | None = None
+) -> list[tuple[SiteSpec, TorchUnitObserver]]:
+    """Insert one observer per activation node (graph order = execution order)."""
     sites = []
     graph = graph_module.graph
-    for (node, activation, path, _, axis), name in zip(found, names):
+    for node, activation, path, name in activation_nodes(graph_module):
+        pre = node.args[0]
+        axis = choose_unit_axis(_ndim(pre), _producer(pre), unit_axis)
         spec = SiteSpec(name, activation.op, path, activation.lower, activation.upper, axis,
                         activation.inplace)
         observer = TorchUnitObserver(axis, activation.lower, activation.upper, batch)
