@@ -1,18 +1,19 @@
 """Report outputs behind one small interface: ``render(report, options) -> str`` per format.
 
-``OutputFormat`` lists the formats; ``RENDERERS`` maps every member to its renderer (a test walks
+``OutputFormat`` lists the formats; ``RENDERERS`` maps every member to its module (a test walks
 them all, and the mapping is checked to be exhaustive at import). Each format lives in its own
 module, imported only when used (HTML pulls in matplotlib). ``emit`` writes atomically.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import tempfile
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from reludoctor.reporters.common import RenderOptions
 
@@ -37,52 +38,14 @@ class OutputFormat(str, Enum):
 # What --format may send to stdout (the others are written with --junit/--sarif/--html PATH|-).
 STDOUT_FORMATS = (OutputFormat.TABLE, OutputFormat.JSON, OutputFormat.MARKDOWN)
 
-Renderer = Callable[["Report", RenderOptions], str]
-
-
-def _table(report: Report, options: RenderOptions) -> str:
-    from reludoctor.reporters import terminal
-
-    return terminal.render(report, options)
-
-
-def _json(report: Report, options: RenderOptions) -> str:
-    from reludoctor.reporters import json
-
-    return json.render(report, options)
-
-
-def _markdown(report: Report, options: RenderOptions) -> str:
-    from reludoctor.reporters import markdown
-
-    return markdown.render(report, options)
-
-
-def _junit(report: Report, options: RenderOptions) -> str:
-    from reludoctor.reporters import junit
-
-    return junit.render(report, options)
-
-
-def _sarif(report: Report, options: RenderOptions) -> str:
-    from reludoctor.reporters import sarif
-
-    return sarif.render(report, options)
-
-
-def _html(report: Report, options: RenderOptions) -> str:
-    from reludoctor.reporters import html
-
-    return html.render(report, options)
-
-
-RENDERERS: dict[OutputFormat, Renderer] = {
-    OutputFormat.TABLE: _table,
-    OutputFormat.JSON: _json,
-    OutputFormat.MARKDOWN: _markdown,
-    OutputFormat.JUNIT: _junit,
-    OutputFormat.SARIF: _sarif,
-    OutputFormat.HTML: _html,
+# The module of reludoctor.reporters that renders each format with ``render(report, options)``.
+RENDERERS: dict[OutputFormat, str] = {
+    OutputFormat.TABLE: "terminal",
+    OutputFormat.JSON: "json",
+    OutputFormat.MARKDOWN: "markdown",
+    OutputFormat.JUNIT: "junit",
+    OutputFormat.SARIF: "sarif",
+    OutputFormat.HTML: "html",
 }
 _missing = set(OutputFormat) - set(RENDERERS)
 if _missing:  # pragma: no cover - a member without a renderer is a programming error
@@ -91,7 +54,8 @@ if _missing:  # pragma: no cover - a member without a renderer is a programming 
 
 def render(fmt: OutputFormat | str, report: Report, options: RenderOptions | None = None) -> str:
     """The report in format ``fmt`` (an OutputFormat or its name)."""
-    return RENDERERS[OutputFormat(fmt)](report, options or RenderOptions())
+    module = importlib.import_module(f"reludoctor.reporters.{RENDERERS[OutputFormat(fmt)]}")
+    return module.render(report, options or RenderOptions())
 
 
 def emit(text: str, destination: str) -> None:
