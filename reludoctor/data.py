@@ -1,15 +1,21 @@
 """Calibration data -> batches, one array per model input, streamed.
 
 Sources: ``.npy`` (memory-mapped), ``.npz`` (one array per input, matched by name), ``.pt``
-(tensor or dict of tensors, loaded with ``weights_only=True``), in-memory arrays and tensors,
-iterables of batches, or synthetic standard-normal inputs. Nothing is unpickled.
+(tensor or dict of tensors, loaded with ``weights_only=True``), folders of PNG/JPEG images
+(decoded batch by batch, ``reludoctor.images``), in-memory arrays and tensors, iterables of
+batches, or synthetic standard-normal inputs. Nothing is unpickled.
+
+Which samples are read (the first ``limit``, or a seeded ``sample``) is decided once by
+``reludoctor.sampling`` for every source of known length; the samples are then read in
+ascending index order, one batch at a time.
 """
 
 from __future__ import annotations
 
 import itertools
+import mmap
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -17,6 +23,8 @@ import numpy as np
 
 from reludoctor.errors import DataError, UsageError
 from reludoctor.loaders.model import InputSpec
+from reludoctor.sampling import check_options as check_selection
+from reludoctor.sampling import select
 
 DEFAULT_SYNTHETIC_SAMPLES = 256
 
@@ -33,11 +41,14 @@ class Calibration:
     _names: list[str] | None = None
     _dtypes: list[str | None] | None = None
     _limit: int | None = None
+    _indices: Any = None  # sorted sample indices to read (a --sample subset); None: the first `samples`
+    _images: Any = None  # a reludoctor.images.ImageFolder (the model's one input), instead of _arrays
+    notes: list[str] = field(default_factory=list)  # for the user (warnings), e.g. a sample too large
 
     def example(self, rows: int = 2) -> Batch:
         """The first rows of the data (for tracing), without consuming a one-shot iterable."""
-        if self._arrays is not None:
-            return tuple(_cast(a[:rows], d) for a, d in zip(self._arrays, self._dtypes or []))
+        if self._arrays is not None or self._images is not None:
+            return self._read(self._rows_at(0, min(rows, self.samples or 0)))
         iterator = iter(self._iterable or ())
         try:
             first = next(iterator)
@@ -47,15 +58,32 @@ class Calibration:
         return tuple(_cast(b[:rows], None) for b in _select_inputs(first, self._names or [], self.source))
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
-        if self._arrays is not None:
+        if self._arrays is not None or self._images is not None:
             total = self.samples or 0
             for start in range(0, total, batch_size):
                 stop = min(start + batch_size, total)
-                batch = tuple(_cast(a[start:stop], d) for a, d in zip(self._arrays, self._dtypes or []))
-                _check_batch(batch, self._names or [], start, self.source)
+                rows = self._rows_at(start, stop)
+                batch = self._read(rows)
+                _check_batch(batch, self._names or [], start, self.source,
+                             None if isinstance(rows, slice) else rows)
                 yield batch
             return
         yield from self._iterate(batch_size)
+
+    def _rows_at(self, start: int, stop: int) -> Any:
+        """Which samples positions start..stop of the scan are: a slice, or sorted indices."""
+        if self._indices is None:
+            return slice(start, stop)
+        return self._indices[start:stop]
+
+    def _read(self, rows: Any) -> Batch:
+        """One batch, read now (a private copy; images decoded now)."""
+        if self._images is not None:
+            return (self._images.read(rows),)
+        batch = tuple(_cast(_take(a, rows), d) for a, d in zip(self._arrays or [], self._dtypes or []))
+        for array in self._arrays or []:
+            _release(array, rows)
+        return batch
 
     def _iterate(self, batch_size: int) -> Iterator[Batch]:
         # An iterable of batches of any size, regrouped to batch_size so padding is rare.
@@ -86,6 +114,42 @@ def _rows(array: Any) -> int:
     return int(array.shape[0])
 
 
+def _take(array: Any, rows: Any) -> Any:
+    """Rows of an array or tensor: a slice, or sorted indices (a memmap reads only those)."""
+    if isinstance(rows, slice) or isinstance(array, np.ndarray):
+        return array[rows]
+    import torch
+
+    return array[torch.from_numpy(np.asarray(rows, dtype=np.int64))]
+
+
+def _release(array: Any, rows: Any) -> None:
+    """After a batch is copied out of a memory-mapped ``.npy``: drop the pages just read from
+    this process's resident set (they stay in the OS page cache). Without it a scan's peak RSS
+    grows to the size of the file, as every page it touched stays mapped."""
+    mapped = getattr(array, "_mmap", None)  # numpy.memmap's mmap.mmap (np.load(mmap_mode="r"))
+    if mapped is None or not hasattr(mapped, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    if array.flags.writeable or not array.flags.c_contiguous or _rows(array) == 0:
+        return  # writable maps (a caller's mode "r+"/"c" memmap) may hold changes: left alone
+    if isinstance(rows, slice):
+        first, stop = rows.start or 0, rows.stop
+    else:
+        if len(rows) == 0:
+            return
+        first, stop = int(rows[0]), int(rows[-1]) + 1
+    try:
+        base = np.frombuffer(mapped, dtype=np.uint8).__array_interface__["data"][0]
+        offset = array.__array_interface__["data"][0] - base
+        row_bytes = array.strides[0]
+        start = (offset + first * row_bytes) // mmap.PAGESIZE * mmap.PAGESIZE
+        end = min(offset + stop * row_bytes, len(mapped))
+        if end > start:
+            mapped.madvise(mmap.MADV_DONTNEED, start, end - start)
+    except (ValueError, OSError, BufferError, TypeError):  # best effort: only memory is at stake
+        return
+
+
 def _cast(array: Any, spec_dtype: str | None) -> Any:
     """Per batch (never the whole memory-mapped file): float64 -> float32, always a private
     copy, so a model that writes into its input never touches the caller's data or file."""
@@ -106,7 +170,9 @@ def _is_floating(array: Any) -> bool:
     return bool(getattr(array, "is_floating_point", lambda: False)())
 
 
-def _check_batch(batch: Batch, names: Sequence[str], start: int, source: str) -> None:
+def _check_batch(batch: Batch, names: Sequence[str], start: int, source: str,
+                 indices: Any = None) -> None:
+    """Refuse NaN/inf, naming the samples: rows start.., or (a --sample) their indices in the data."""
     for array, name in zip(batch, names):
         if not _is_floating(array):
             continue
@@ -119,9 +185,13 @@ def _check_batch(batch: Batch, names: Sequence[str], start: int, source: str) ->
         else:  # device tensors: checking would synchronise every batch
             continue
         if not finite:
+            where = f"samples {start}-{start + _rows(array) - 1}"
+            if indices is not None:
+                values = array if isinstance(array, np.ndarray) else array.float().numpy()
+                bad = ~np.isfinite(values.reshape(_rows(array), -1)).all(axis=1)
+                where = f"sample {int(indices[int(np.argmax(bad))])}"
             raise DataError(
-                f"{source}: input '{name}' has NaN or infinite values in samples "
-                f"{start}-{start + _rows(array) - 1}",
+                f"{source}: input '{name}' has NaN or infinite values in {where}",
                 "clean or re-export the calibration data",
             )
 
@@ -284,14 +354,36 @@ def load_calibration(
     limit: int | None = None,
     input_shape: tuple[int, ...] | None = None,
     seed: int = 0,
+    sample: int | None = None,
+    resize: int | None = None,
+    center_crop: int | None = None,
+    normalize: str | None = None,
+    image_workers: int | None = None,
 ) -> Calibration:
-    """Resolve any supported data source into a Calibration aligned with the model's inputs."""
-    if limit is not None and limit < 1:
-        raise UsageError(f"--limit {limit} must be at least 1")
+    """Resolve any supported data source into a Calibration aligned with the model's inputs.
+
+    ``limit``: the first N samples. ``sample``: N of them drawn at random (seeded by ``seed``,
+    which also seeds synthetic data), read in index order; with ``limit``, drawn from the first
+    ``limit``. ``resize``, ``center_crop``, ``normalize``: for a folder of images (see
+    ``reludoctor.images``), refused for other sources.
+    """
+    check_selection(limit=limit, sample=sample, seed=seed)
     specs = list(specs) or [InputSpec("input", None, None)]
     names = [s.name for s in specs]
     synthetic = data is None
+    is_folder = isinstance(data, (str, Path)) and Path(data).is_dir()
+    image_options = [name for name, value in (("--resize", resize), ("--center-crop", center_crop),
+                                              ("--normalize", normalize)) if value is not None]
+    if image_options and not is_folder:
+        raise UsageError(f"{', '.join(image_options)}: only for a folder of images (--data DIR)",
+                         "drop the option, or pass a folder of PNG/JPEG files")
+    if is_folder:
+        return _load_images(Path(data), specs, limit=limit, sample=sample, seed=seed, resize=resize,
+                            center_crop=center_crop, normalize=normalize, workers=image_workers)
     if synthetic:
+        if sample is not None:
+            raise UsageError("--sample picks from calibration data, and there is none",
+                             "pass --data; for synthetic inputs set their count with --limit")
         arrays = _synthetic(specs, input_shape, limit or DEFAULT_SYNTHETIC_SAMPLES, seed)
         source = "synthetic standard normal"
     elif isinstance(data, (str, Path)):
@@ -303,6 +395,9 @@ def load_calibration(
         arrays = list(_select_inputs(data, names, "in-memory dict"))
         source = "in-memory dict"
     elif isinstance(data, Iterable):
+        if sample is not None:
+            raise UsageError("--sample needs data of known length (a file, an array or a tensor), "
+                             "not an iterable of batches", "sample the batches yourself, or use limit")
         return Calibration(f"in-memory {type(data).__name__}", False, None, _iterable=data,
                            _names=names, _limit=limit)
     else:
@@ -315,11 +410,29 @@ def load_calibration(
     for array, spec in zip(arrays, specs):
         _validate(array, spec.dtype, spec.name, source)
     _check_shapes(arrays, specs, source)
-    samples = _rows(arrays[0])
-    if limit is not None:
-        samples = min(samples, limit)
-    if samples == 0:
+    if _rows(arrays[0]) == 0:
         raise DataError(f"{source}: no samples", "the calibration data is empty")
-    return Calibration(source, synthetic, samples, _arrays=arrays, _names=names,
-                       _dtypes=[s.dtype for s in specs])
+    chosen = select(_rows(arrays[0]), limit=None if synthetic else limit, sample=sample, seed=seed)
+    described = chosen.describe(seed)
+    return Calibration(f"{source} ({described})" if described else source, synthetic, chosen.count,
+                       _arrays=arrays, _names=names, _dtypes=[s.dtype for s in specs],
+                       _indices=chosen.indices, notes=[chosen.note] if chosen.note else [])
+
+
+def _load_images(root: Path, specs: Sequence[InputSpec], *, limit: int | None, sample: int | None,
+                 seed: int, resize: int | None, center_crop: int | None, normalize: str | None,
+                 workers: int | None) -> Calibration:
+    """A folder of PNG/JPEG images for a one-input model, decoded batch by batch."""
+    from reludoctor import images
+
+    if len(specs) != 1:
+        raise DataError(f"{root}: a folder of images feeds one input, the model takes {len(specs)} "
+                        f"({', '.join(s.name for s in specs)})", "pass an .npz with one array per input")
+    folder = images.open_folder(root, specs[0], resize=resize, center_crop=center_crop,
+                                normalize=normalize, workers=workers)
+    chosen = select(len(folder), limit=limit, sample=sample, seed=seed)
+    details = "; ".join(filter(None, [folder.transform.describe(), chosen.describe(seed)]))
+    return Calibration(f"{root} ({details})", False, chosen.count, _names=[specs[0].name],
+                       _dtypes=[specs[0].dtype], _indices=chosen.indices, _images=folder,
+                       notes=[chosen.note] if chosen.note else [])
 
