@@ -1,0 +1,80 @@
+"""Where the fixed model goes: refusals (same file as an input, existing without --force, wrong
+suffix) and atomic writes (a temporary file in the same folder, then ``os.replace``)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from reludoctor.errors import UsageError
+
+TORCH_PROGRAM = "torch-export"
+TORCH_STATE_DICT = "state-dict"
+ONNX = "onnx"
+SUFFIXES = {".pt2": TORCH_PROGRAM, ".pt": TORCH_STATE_DICT, ".pth": TORCH_STATE_DICT, ".onnx": ONNX}
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """The same file, through symlinks and hard links too (or the same resolved path)."""
+    try:
+        if a.exists() and b.exists() and os.path.samefile(a, b):
+            return True
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def output_format(out: Path, model_format: str) -> str:
+    """The format OUT's suffix asks for, checked against the input model's kind."""
+    kind = SUFFIXES.get(out.suffix.lower())
+    is_onnx = model_format == "onnx"
+    if kind is None:
+        wanted = ".onnx" if is_onnx else ".pt2 (or .pt for a state_dict with --arch)"
+        raise UsageError(f"-o {out}: unknown suffix {out.suffix or '(none)'!r}", f"use {wanted}")
+    if is_onnx and kind != ONNX:
+        raise UsageError(f"-o {out}: an ONNX model is written as .onnx")
+    if not is_onnx and kind == ONNX:
+        raise UsageError(f"-o {out}: a PyTorch model is written as .pt2 (torch.export) or .pt "
+                         "(state_dict), not ONNX", "export to ONNX afterwards with torch.onnx.export")
+    if kind == TORCH_STATE_DICT and model_format != "state-dict":
+        raise UsageError(f"-o {out}: a state_dict output is only for state_dict inputs (--arch)",
+                         "write a .pt2 file")
+    return kind
+
+
+def check_destination(out: Path, inputs: Sequence[Path], force: bool, option: str = "-o") -> None:
+    """Refuse writing over an input, into a missing folder, onto a folder, or over an existing
+    file without --force."""
+    for source in inputs:
+        if same_file(out, source):
+            raise UsageError(f"{option} {out} is the input file {source}: reludoctor never "
+                             "overwrites its input", "choose another output path")
+    if out.is_dir():
+        raise UsageError(f"{option} {out} is a directory", "give a file path")
+    if not out.parent.resolve().is_dir():
+        raise UsageError(f"{option} {out}: folder {out.parent} does not exist")
+    if out.exists() and not force:
+        raise UsageError(f"{option} {out} already exists", "pass --force to replace it")
+
+
+@contextlib.contextmanager
+def atomic_path(out: Path) -> Iterator[Path]:
+    """A temporary path beside ``out``; renamed onto ``out`` when the block succeeds, removed
+    when it fails (nothing is left behind)."""
+    folder = out.parent if str(out.parent) else Path(".")
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".tmp{out.suffix}", dir=folder)
+    os.close(fd)
+    temp = Path(name)
+    try:
+        if hasattr(os, "chmod"):  # mkstemp makes 0600; a model is an ordinary file
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(temp, 0o666 & ~umask)
+        yield temp
+        os.replace(temp, out)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,98 @@
+"""Which units of which sites a strategy targets, chosen from a scan Report (no model access).
+
+The backends (``torch_fix``, ``onnx_fix``) then apply the plan where the model's structure allows
+and turn the rest into skips with a reason; ``SiteFix`` records the outcome per site.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, replace
+from enum import Enum
+from typing import Sequence
+
+from reludoctor.report import Report, SiteStats
+
+
+class Strategy(str, Enum):
+    PRUNE_DEAD = "prune-dead"
+    LEAKY = "leaky"
+    REINIT = "reinit"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# Activations --leaky can replace: unbounded, rectifying at 0 (ReLU6/hardtanh/clip keep their cap).
+LEAKY_OPS = ("relu", "clamp", "threshold")
+
+
+@dataclass(frozen=True)
+class SiteFix:
+    """The plan, then the outcome, for one site."""
+
+    site: str
+    op: str
+    units: int  # units at the site before the fix
+    action: str  # planned: prune-dead | leaky | reinit; done: pruned | leaky | reinit; or
+    #              skipped (with a reason) | unchanged (nothing to do at this site)
+    targets: tuple[int, ...] = ()  # unit indices acted on (prune/reinit); () for leaky/skip
+    layer: str | None = None  # the producing Conv/Linear (prune/reinit)
+    reason: str | None = None  # why skipped, or a remark
+    units_after: int | None = None
+
+    def skipped(self, reason: str) -> SiteFix:
+        return replace(self, action="skipped", reason=reason, units_after=self.units)
+
+    def to_dict(self) -> dict:
+        return {"site": self.site, "op": self.op, "action": self.action, "units": self.units,
+                "units_after": self.units_after, "targets": list(self.targets),
+                "layer": self.layer, "reason": self.reason}
+
+
+def matches(name: str, patterns: Sequence[str]) -> bool:
+    return not patterns or any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _targets(site: SiteStats, strategy: Strategy) -> tuple[int, ...]:
+    if strategy is Strategy.PRUNE_DEAD:
+        return tuple(site.dead_units)
+    return tuple(sorted(set(site.dead_units) | set(site.dormant_units)))  # reinit: ReDo's set
+
+
+def plan(report: Report, strategy: Strategy, patterns: Sequence[str] = ()) -> list[SiteFix]:
+    """One SiteFix per scanned site selected by ``patterns`` (globs on site names; all when
+    empty): the units to act on, or a skip with its reason. Sites not selected are left out."""
+    out = []
+    for site in report.sites:
+        if not matches(site.name, patterns):
+            continue
+        entry = SiteFix(site.name, site.op, site.units, strategy.value)
+        if strategy is Strategy.LEAKY:
+            if site.op not in LEAKY_OPS or site.upper_bound is not None:
+                out.append(entry.skipped(f"{site.op} is bounded or not a plain ReLU; --leaky "
+                                         "replaces unbounded ReLU sites only"))
+            else:
+                out.append(replace(entry, units_after=site.units))
+            continue
+        targets = _targets(site, strategy)
+        if not targets:
+            out.append(replace(entry, action="unchanged", reason="no dead units" if strategy is
+                               Strategy.PRUNE_DEAD else "no dead or dormant units",
+                               units_after=site.units))
+            continue
+        entry = replace(entry, targets=targets)
+        if strategy is Strategy.PRUNE_DEAD and len(targets) == site.units:
+            out.append(entry.skipped(f"all {site.units} units are dead: the whole layer is "
+                                     "inert; remove it from the architecture instead"))
+            continue
+        if strategy is Strategy.PRUNE_DEAD and site.lower_bound != 0.0:
+            out.append(entry.skipped(f"{site.op} with lower bound {site.lower_bound}: a dead "
+                                     "unit's output is not 0"))
+            continue
+        out.append(entry)
+    return out
+
+
+def selected_nothing(report: Report, patterns: Sequence[str]) -> bool:
+    return bool(patterns) and not any(matches(s.name, patterns) for s in report.sites)
