@@ -33,7 +33,7 @@ import sys
 import time
 from typing import Any, Callable
 
-TARGET = 1.15
+TARGET = 1.10
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

@@ -109,7 +109,11 @@ class TorchUnitObserver:
 
         try:
             with torch.no_grad():
-                self._update(x.detach())
+                if torch.is_autocast_enabled(x.device.type):  # --dtype: reduce as the values are
+                    with torch.autocast(x.device.type, enabled=False):
+                        self._update(x.detach())
+                else:
+                    self._update(x.detach())
         except Exception as exc:
             raise ObserverFailure(f"observing an activation failed: {exc}") from exc
 

@@ -1,14 +1,27 @@
-"""The batch loop: data -> device -> model, with padding for fixed-batch models and progress."""
+"""The batch loop: data -> device -> model, with padding for fixed-batch models and progress.
+
+Batches are prepared one or two ahead in a background thread (``Prefetcher``): the data
+source's own work (reading, casting, checking), the conversion to tensors and, for a CUDA
+target, the copy into pinned host memory overlap the forward pass; the main thread then
+issues an asynchronous (``non_blocking``) copy to the device. Nothing in the loop reads a
+device value back, so a CUDA scan never waits for the GPU between batches.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+import queue
+import threading
+from typing import Any, Callable, Iterable, Iterator
 
 from reludoctor.data import Calibration
 from reludoctor.errors import DataError, ObserverFailure, ReludoctorError, UsageError
 from reludoctor.observers import BatchContext
 
 Progress = Callable[[int, "int | None"], None]
+
+PREFETCH = 2  # batches prepared ahead of the one running (0: prepare in the loop itself)
+DTYPES = ("fp32", "bf16", "fp16")  # --dtype choices; fp32 runs without autocast
 
 
 def resolve_device(device: str) -> Any:
@@ -31,16 +44,131 @@ def resolve_device(device: str) -> Any:
     return resolved
 
 
-def _to_tensor(array: Any, device: Any) -> Any:
+def resolve_dtype(dtype: str | None) -> Any:
+    """--dtype -> the autocast dtype (None: full precision, no autocast)."""
+    if dtype is None or dtype in ("fp32", "float32"):
+        return None
+    import torch
+
+    resolved = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+                "fp16": torch.float16, "float16": torch.float16}.get(dtype)
+    if resolved is None:
+        raise UsageError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    return resolved
+
+
+def dtype_name(dtype: Any) -> str:
+    """The report's name for an autocast dtype (None: float32)."""
+    return "float32" if dtype is None else str(dtype).replace("torch.", "")
+
+
+def _host_tensor(array: Any, device: Any) -> Any:
+    """A batch array as a tensor ready to go to ``device``: for a CUDA target, in pinned host
+    memory, so that the copy to the device can be asynchronous. Runs in the prefetch thread."""
     import numpy as np
     import torch
 
     tensor = torch.from_numpy(array) if isinstance(array, np.ndarray) else array
+    if device.type == "cuda" and tensor.device.type == "cpu" and not tensor.is_pinned():
+        tensor = tensor.pin_memory()
+    return tensor
+
+
+def _to_device(tensor: Any, device: Any) -> Any:
+    """To ``device`` without waiting: from pinned memory the copy is queued on the stream."""
     if tensor.device == device:
         return tensor
-    if device.type == "cuda" and tensor.device.type == "cpu":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
+    return tensor.to(device, non_blocking=tensor.device.type == "cpu" and tensor.is_pinned())
+
+
+def _to_tensor(array: Any, device: Any) -> Any:
+    return _to_device(_host_tensor(array, device), device)
+
+
+_DONE = object()
+
+
+class Prefetcher:
+    """Iterates ``source`` in a background thread, ``depth`` items ahead, each passed through
+    ``prepare`` there; the consumer gets them in order.
+
+    An exception raised by the source or by ``prepare`` is re-raised in the consumer at the
+    position where it occurred (the items before it are delivered first). ``close()`` (also on
+    leaving the ``with`` block, e.g. when the consumer fails) stops the thread and closes the
+    source; the thread never outlives the loop. ``depth`` 0 prepares inline, without a thread.
+    """
+
+    def __init__(self, source: Iterable[Any], prepare: Callable[[Any], Any] = lambda item: item,
+                 depth: int = PREFETCH):
+        self._source = source
+        self._prepare = prepare
+        self._depth = depth
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._finished = False
+
+    def __enter__(self) -> Prefetcher:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[Any]:
+        if self._depth <= 0:
+            for item in self._source:
+                yield self._prepare(item)
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._produce, name="reludoctor-prefetch",
+                                            daemon=True)
+            self._thread.start()
+        while not self._finished:
+            kind, value = self._queue.get()
+            if kind is _DONE:
+                self._finished = True
+                return
+            if kind is BaseException:
+                self._finished = True
+                raise value
+            yield value
+
+    def _put(self, kind: Any, value: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put((kind, value), timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self) -> None:
+        iterator = None
+        try:
+            iterator = iter(self._source)
+            for item in iterator:
+                if self._stop.is_set() or not self._put(None, self._prepare(item)):
+                    return
+            self._put(_DONE, None)
+        except BaseException as exc:  # delivered to the consumer, raised there
+            self._put(BaseException, exc)
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None and self._stop.is_set():
+                with contextlib.suppress(Exception):
+                    close()
+
+    def close(self) -> None:
+        """Stop the producer (it may be blocked on a full queue) and wait for it."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        while thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    self._queue.get_nowait()
+            thread.join(timeout=0.05)
 
 
 def _pad(batch: tuple, size: int) -> tuple:
@@ -65,16 +193,28 @@ def run(
     fixed_batch: int | None = None,
     before_forward: Callable[[], None] | None = None,
     progress: Progress | None = None,
+    dtype: Any = None,
+    prefetch: int = PREFETCH,
 ) -> int:
-    """Run every calibration batch through ``forward``; returns the number of samples seen."""
+    """Run every calibration batch through ``forward``; returns the number of samples seen.
+
+    ``dtype`` (torch.bfloat16 / torch.float16, or None) runs ``forward`` under
+    ``torch.autocast``; the observers still accumulate in float32/float64. ``prefetch``
+    batches are prepared ahead in a background thread (0: none).
+    """
     import torch
 
     if fixed_batch is not None:
         batch_size = fixed_batch
     seen = 0
-    with torch.inference_mode():
-        for arrays in calibration.batches(batch_size):
-            tensors = tuple(_to_tensor(a, device) for a in arrays)
+    precision = (torch.autocast(device.type, dtype=dtype) if dtype is not None
+                 else contextlib.nullcontext())
+    prepared = Prefetcher(calibration.batches(batch_size),
+                          lambda arrays: tuple(_host_tensor(a, device) for a in arrays), prefetch)
+    with torch.inference_mode(), prepared:
+        for host in prepared:
+            tensors = tuple(_to_device(t, device) for t in host)
+            del host
             rows = int(tensors[0].shape[0])
             if fixed_batch is not None and rows < fixed_batch:
                 tensors = _pad(tensors, fixed_batch)
@@ -84,7 +224,8 @@ def run(
             if before_forward is not None:
                 before_forward()
             try:
-                forward(*tensors)
+                with precision:
+                    forward(*tensors)
             except (ObserverFailure, ReludoctorError):  # ours, not the model's
                 raise
             except Exception as exc:  # the model rejected the data: shape, dtype, guards

@@ -883,8 +883,12 @@ class OnnxSiteObserver:
         if sample is not None:
             flat = sample.reshape(-1)
             step = max(1, flat.size // HIST_SAMPLE)
-            bins = np.searchsorted(self._edges, flat[::step], side="right")
-            self._hist += np.bincount(bins, minlength=self._hist.shape[0])[: self._hist.shape[0]]
+            # The bins of searchsorted(edges, values, side="right"), from the values sorted:
+            # count below each edge, differenced (NaN sorts last, into the last bin, as there).
+            # ~2x faster than searching every value and bincount.
+            values = np.sort(flat[::step])
+            below = np.searchsorted(values, self._edges, side="left")
+            self._hist += np.diff(below, prepend=0, append=values.size)
         self._positions += used * per_unit
         self._samples += valid
 

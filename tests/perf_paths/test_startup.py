@@ -1,0 +1,33 @@
+"""Start-up stays light: the command line imports no heavy library until a command needs one.
+(No timing here: bench_startup.py measures `reludoctor --help`.)"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("torch", "numpy", "onnx", "onnxruntime", "torchvision")
+
+
+def _imported(code: str) -> list[str]:
+    probe = code + (f"\nimport sys\nprint('MODULES:' + ','.join(m for m in {HEAVY!r} "
+                    "if m in sys.modules), file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            timeout=120, check=True)
+    marked = [line for line in result.stderr.splitlines() if line.startswith("MODULES:")]
+    assert len(marked) == 1, result.stderr
+    return [name for name in marked[0][len("MODULES:"):].split(",") if name]
+
+
+@pytest.mark.parametrize("code", ["import reludoctor", "import reludoctor.cli"])
+def test_import_pulls_in_no_heavy_library(code: str) -> None:
+    assert _imported(code) == []
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["scan", "--help"], ["--version"]])
+def test_help_pulls_in_no_heavy_library(argv: list[str]) -> None:
+    code = (f"import sys\nsys.argv = ['reludoctor', *{argv!r}]\nfrom reludoctor.cli import main\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    assert exc.code in (0, None), exc.code")
+    assert _imported(code) == []
