@@ -1,6 +1,7 @@
 """The command line: parse options -> scan() -> reporters -> exit code. typer only.
 
-Commands: ``scan`` (a model), ``report`` (render a saved JSON report), ``diff`` (two reports).
+Commands: ``scan`` (a model), ``report`` (render a saved JSON report), ``diff`` (two reports),
+``merge`` (reports of scans over disjoint data -> one report).
 Exit codes: 0 ok, 1 a gate failed (or ``diff`` found something worse), 2 bad input or usage,
 3 internal error.
 """
@@ -206,7 +207,7 @@ DEBUG_OPTION = typer.Option(False, "--debug", help="Show tracebacks of internal 
 @app.command()
 def scan(
     model: str = typer.Argument(..., help="Model file: .pt2 (torch.export), TorchScript, .onnx, or a state_dict with --arch."),
-    data: Optional[str] = typer.Option(None, "--data", "-d", help="Calibration data: .npy, .npz (one array per input) or .pt. Without it: synthetic inputs."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Calibration data: .npy, .npz (one array per input), .pt, or a folder of PNG/JPEG images (searched recursively). Without it: synthetic inputs."),
     json_out: Optional[str] = JSON_OPTION,
     markdown_out: Optional[str] = MARKDOWN_OPTION,
     junit_out: Optional[str] = JUNIT_OPTION,
@@ -216,7 +217,13 @@ def scan(
     top: Optional[int] = TOP_OPTION,
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Samples per forward pass (default 32; a fixed-batch model's own size)."),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Use at most N samples (synthetic: generate N, default 256)."),
+    sample: Optional[int] = typer.Option(None, "--sample", metavar="N", help="Scan N samples drawn at random without replacement (read in file order); with --limit, drawn from the first --limit samples."),
+    seed: int = typer.Option(0, "--seed", metavar="S", help="Seed of --sample and of synthetic inputs."),
+    resize: Optional[int] = typer.Option(None, "--resize", metavar="N", help="Image folders: resize the shorter side to N (bilinear, like torchvision Resize(N))."),
+    center_crop: Optional[int] = typer.Option(None, "--center-crop", metavar="N", help="Image folders: crop the central NxN (like torchvision CenterCrop(N))."),
+    normalize: Optional[str] = typer.Option(None, "--normalize", metavar="imagenet|none", help="Image folders: pixels in [0, 1], then ImageNet mean/std or none (default: imagenet for RGB models, none for 1-channel)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (auto: CUDA when available)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", metavar="fp32|bf16|fp16", help="PyTorch models: run the forward pass under autocast in bf16 or fp16 (statistics still accumulate in float32/64; dead-unit decisions may differ from fp32 at the margin)."),
     input_shape: Optional[str] = typer.Option(None, "--input-shape", help="Sample shape without batch for synthetic data, e.g. 3,224,224."),
     unit_axis: Optional[int] = typer.Option(None, "--unit-axis", help="Axis of the activation that holds units (default: 1 for [N,C,...] and [N,F], last for [N,T,F])."),
     near_dead: float = typer.Option(1e-3, "--near-dead", help="Alive units firing on fewer than this fraction of positions are near-dead."),
@@ -244,21 +251,25 @@ def scan(
 def _scan(model, data, json_out, markdown_out, junit_out, sarif_out, html_out, stdout_format,  # noqa: ANN001
           top, batch_size, limit, device, input_shape, unit_axis, near_dead, dormant_tau, fail_over,
           fail_on, fail_over_site, baseline, config, arch, arch_kwargs, method, unsafe_pickle,
-          gradients, labels, quiet, debug) -> int:
+          gradients, labels, quiet, debug, sample=None, seed=0, resize=None, center_crop=None,
+          normalize=None, dtype=None) -> int:
     from rich.markup import escape
 
     from reludoctor.baseline import load_report
+    from reludoctor.distributed import is_writer
     from reludoctor.engine import scan as run_scan
 
     settings = _settings(config, fail_over, fail_on, fail_over_site, baseline, top)
     outputs = {"json": json_out, "markdown": markdown_out, "junit": junit_out, "sarif": sarif_out,
                "html": html_out}
+    writer = is_writer()  # under torchrun only rank 0 prints and writes (other ranks: errors only)
     planned, to_stdout = _plan_outputs(outputs, stdout_format,
-                                       [model, data, labels, settings.baseline, settings.source])
+                                       [model, data, labels, settings.baseline, settings.source]) \
+        if writer else ([], None)
     baseline_report = load_report(settings.baseline, "baseline") if settings.baseline else None
     err = _stderr()
     progress_bar = None
-    if not quiet and err.is_terminal:
+    if not quiet and writer and err.is_terminal:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
         progress_bar = Progress("scanning", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -274,7 +285,8 @@ def _scan(model, data, json_out, markdown_out, junit_out, sarif_out, html_out, s
         progress_bar.update(task, completed=done, total=total)
 
     def warn(message: str) -> None:
-        err.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False)
+        if writer:
+            err.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False)
 
     try:
         if progress_bar is not None:
@@ -285,12 +297,16 @@ def _scan(model, data, json_out, markdown_out, junit_out, sarif_out, html_out, s
             dormant_tau=dormant_tau, method=method, arch=arch, arch_kwargs=arch_kwargs,
             unsafe_pickle=unsafe_pickle, progress=progress, on_warning=warn,
             gradients=gradients, labels=labels,
+            sample=sample, seed=seed, resize=resize, center_crop=center_crop, normalize=normalize,
+            dtype=dtype,
         )
     finally:
         if progress_bar is not None:
             progress_bar.stop()
 
     report = _judge(report, settings, baseline_report, warn)
+    if not writer:  # rank 0 writes, and alone carries a failed gate's exit code: torchrun stops
+        return EXIT_OK  # the other ranks when one fails, and must not stop rank 0 mid-write
     _write_outputs(report, planned, to_stdout, settings.top)
     return _gate_exit(report, err)
 
@@ -386,6 +402,114 @@ def _diff(a, b, tolerance, json_out, config, debug) -> int:  # noqa: ANN001
     if json_out != "-":
         terminal.print_diff(rows, comparison, Console(), a, b, limit)
     return EXIT_GATE if any(row.worse for row in rows) else EXIT_OK
+
+
+@app.command("merge")
+def merge_command(
+    parts: list[str] = typer.Argument(..., metavar="PART.json", help="JSON reports (scan --json) of the same model over disjoint calibration data."),
+    json_out: Optional[str] = JSON_OPTION,
+    stdout_format: Optional[str] = FORMAT_OPTION,
+    top: Optional[int] = TOP_OPTION,
+    debug: bool = DEBUG_OPTION,
+) -> None:
+    """Merge reports of separate scans over disjoint data into the report of one scan over their union."""
+    options = dict(locals())
+    code = _guarded(debug, lambda: _merge(**options))
+    raise typer.Exit(code)
+
+
+def _merge(parts, json_out, stdout_format, top, debug) -> int:  # noqa: ANN001
+    from rich.markup import escape
+
+    from reludoctor.merge import merge_files
+
+    if top is not None and top < 1:
+        from reludoctor.errors import UsageError
+
+        raise UsageError(f"--top {top} must be at least 1")
+    planned, to_stdout = _plan_outputs({"json": json_out}, stdout_format, list(parts))
+    err = _stderr()
+
+    def warn(message: str) -> None:
+        err.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False)
+
+    report = merge_files(parts, warn)
+    _write_outputs(report, planned, to_stdout, top)
+    return EXIT_OK
+
+
+@app.command("fix")
+def fix_command(
+    model: str = typer.Argument(..., help="Model file: .pt2 (torch.export), a state_dict with --arch, or .onnx."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Calibration data (required): the scan runs on it and the fixed model is verified on it."),
+    out: Optional[str] = typer.Option(None, "--output", "-o", metavar="OUT", help="The fixed model: .pt2 (torch.export), .pt (state_dict, --reinit of an --arch model) or .onnx."),
+    prune_dead: bool = typer.Option(False, "--prune-dead", help="Remove dead units from their Conv/Linear (+BatchNorm) and the consumers' inputs (lossless on the data, verified)."),
+    leaky: Optional[float] = typer.Option(None, "--leaky", metavar="ALPHA", help="Replace ReLU sites with LeakyReLU(ALPHA), 0 < ALPHA < 1 (not lossless: the change is measured)."),
+    reinit: bool = typer.Option(False, "--reinit", help="ReDo: dead and tau-dormant units get Kaiming-normal incoming and zero outgoing weights."),
+    sites: Optional[list[str]] = typer.Option(None, "--sites", metavar="GLOB", help="Only sites whose name matches GLOB (e.g. 'layer4.*'). Repeatable. Default: all."),
+    summary: Optional[str] = typer.Option(None, "--summary", metavar="FILE", help="Write the JSON summary to FILE ('-': stdout instead of the table)."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Scan and show what would change; write nothing."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Samples per forward pass (default 32)."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Use at most N calibration samples."),
+    device: str = typer.Option("auto", "--device", help="Device of the scan: auto, cpu, cuda or cuda:N (the fix itself runs on the CPU)."),
+    dormant_tau: float = typer.Option(0.025, "--dormant-tau", help="tau of tau-dormant units (--reinit re-initialises dead and dormant units)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of --reinit's Kaiming initialisation."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Architecture for a state_dict: package.module:factory."),
+    arch_kwargs: Optional[str] = typer.Option(None, "--arch-kwargs", help="JSON keyword arguments for the --arch factory."),
+    unsafe_pickle: bool = typer.Option(False, "--unsafe-pickle", help="Allow loading a fully pickled nn.Module. This EXECUTES CODE from the file: only for files you trust."),
+    debug: bool = DEBUG_OPTION,
+) -> None:
+    """Write a repaired model: prune dead units, switch to LeakyReLU, or re-initialise (ReDo)."""
+    options = dict(locals())
+    code = _guarded(debug, lambda: _fix(**options))
+    raise typer.Exit(code)
+
+
+def _fix(model, data, out, prune_dead, leaky, reinit, sites, summary, force, dry_run,  # noqa: ANN001
+         batch_size, limit, device, dormant_tau, seed, arch, arch_kwargs, unsafe_pickle, debug) -> int:
+    from rich.console import Console
+    from rich.markup import escape
+
+    from reludoctor.errors import UsageError
+    from reludoctor.fix import fix
+    from reludoctor.fix.output import check_destination, same_file
+    from reludoctor.reporters import emit
+
+    chosen = [name for name, on in (("--prune-dead", prune_dead), ("--leaky", leaky is not None),
+                                    ("--reinit", reinit)) if on]
+    if len(chosen) != 1:
+        raise UsageError("choose exactly one strategy" + (f", not {' and '.join(chosen)}" if chosen else ""),
+                         "--prune-dead, --leaky ALPHA or --reinit")
+    if not data:
+        raise UsageError("--data is required", "the fix is planned and verified on calibration data")
+    if out is None and not dry_run:
+        raise UsageError("-o OUT is required", "or --dry-run to only see the plan")
+    if summary not in (None, "-"):
+        if dry_run:
+            raise UsageError("--dry-run writes nothing", "use --summary - to print the plan as JSON")
+        target = Path(summary)
+        for other in (model, data, out):
+            if other and same_file(target, Path(other)):
+                raise UsageError(f"--summary {summary} would overwrite {other}", "choose another path")
+        check_destination(target, [], force=True, option="--summary")
+    strategy = {"--prune-dead": "prune-dead", "--leaky": "leaky", "--reinit": "reinit"}[chosen[0]]
+    err = _stderr()
+
+    def warn(message: str) -> None:
+        err.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False)
+
+    result = fix(model, data, out, strategy=strategy, alpha=leaky, sites=tuple(sites or ()),
+                 force=force, dry_run=dry_run, batch_size=batch_size, limit=limit, device=device,
+                 dormant_tau=dormant_tau, arch=arch, arch_kwargs=arch_kwargs,
+                 unsafe_pickle=unsafe_pickle, seed=seed, on_warning=warn)
+    if summary is not None:
+        emit(result.to_json(), summary)
+    if summary != "-":
+        from reludoctor.reporters.fix_summary import print_summary
+
+        print_summary(result, Console())
+    return EXIT_OK
 
 
 def _guarded(debug: bool, action) -> int:  # noqa: ANN001

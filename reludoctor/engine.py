@@ -8,14 +8,14 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from reludoctor import __version__
+from reludoctor import __version__, distributed
 from reludoctor.data import Calibration, load_calibration
 from reludoctor.errors import NoSitesError, UsageError
 from reludoctor.loaders.model import LoadedModel
 from reludoctor.observers import BatchContext
 from reludoctor.report import CalibrationInfo, ModelInfo, Report, Thresholds, UnobservedSite
 from reludoctor.rules import evaluate
-from reludoctor.runner import Progress, resolve_device, run
+from reludoctor.runner import Progress, dtype_name, resolve_device, resolve_dtype, run
 from reludoctor.stats import site_stats, summarise
 
 METHODS = ("auto", "export", "dispatch")
@@ -96,6 +96,7 @@ def scan(
     *,
     batch_size: int | None = None,
     device: str = "auto",
+    dtype: str | None = None,
     limit: int | None = None,
     input_shape: tuple[int, ...] | None = None,
     unit_axis: int | None = None,
@@ -109,6 +110,11 @@ def scan(
     on_warning: Callable[[str], None] | None = None,
     gradients: bool = False,
     labels: Any = None,
+    sample: int | None = None,
+    seed: int = 0,
+    resize: int | None = None,
+    center_crop: int | None = None,
+    normalize: str | None = None,
 ) -> Report:
     """Observe every ReLU-family call site of ``model`` over ``data`` and return a Report.
 
@@ -120,6 +126,19 @@ def scan(
     ``gradients=True`` adds a second pass with autograd: gradient flow per site
     (``SiteStats.gradient``, ``Report.gradients``); ``labels`` (a .npy path, array or tensor of
     class indices, one per sample in order) makes its loss cross-entropy against them.
+
+    ``dtype`` ("bf16" or "fp16"; default full precision) runs the observed forward pass of a
+    PyTorch model under ``torch.autocast``; statistics still accumulate in float32/float64, but
+    activations are computed in reduced precision, so units within rounding of the threshold
+    may be classified differently than in float32 (the report's ``dtype`` records it). ONNX
+    models run in the precision they were exported in: ``dtype`` is refused for them. The
+    gradient pass (``gradients=True``) always runs in float32.
+
+    ``limit``: the first N samples; ``sample``: N samples drawn at random without replacement
+    (seeded by ``seed``, which also seeds synthetic data), from the first ``limit`` when both are
+    given; labels follow the samples. ``data`` may be a folder of PNG/JPEG images:
+    ``resize`` (shorter side), ``center_crop`` and ``normalize`` ("imagenet" or "none"; default
+    imagenet for RGB inputs, none for 1-channel ones) preprocess them like torchvision.
     """
     if batch_size is not None and batch_size < 1:
         raise UsageError(f"--batch-size {batch_size} must be at least 1")
@@ -140,8 +159,19 @@ def scan(
         else:
             warnings.warn(message, ReludoctorWarning, stacklevel=3)
 
+    autocast = resolve_dtype(dtype)
     loaded = load_model(model, arch=arch, arch_kwargs=arch_kwargs, unsafe_pickle=unsafe_pickle)
-    calibration = load_calibration(data, loaded.inputs, limit=limit, input_shape=input_shape)
+    if autocast is not None and loaded.format == "onnx":
+        raise UsageError(f"--dtype {dtype} applies to PyTorch models only: an ONNX model runs in "
+                         "the precision it was exported in",
+                         "drop --dtype (or convert the ONNX model to float16 yourself)")
+    calibration = load_calibration(data, loaded.inputs, limit=limit, input_shape=input_shape,
+                                   seed=seed, sample=sample, resize=resize, center_crop=center_crop,
+                                   normalize=normalize)
+    for note in calibration.notes:
+        warn(note)
+    if labels is not None and calibration._indices is not None:
+        labels = _sampled_labels(labels, calibration._indices)
     target = resolve_device(device)
     if loaded.format == "onnx" and device == "auto" and target.type == "cuda":
         from reludoctor.instrument.onnx_graph import cuda_provider_available
@@ -159,11 +189,22 @@ def scan(
     elif batch_size is None:
         batch_size = DEFAULT_BATCH_SIZE
 
+    world = distributed.join(target)  # None in a single process; under torchrun, this rank
+    if world is not None:
+        if gradients:
+            raise UsageError("--gradients is not supported in a multi-process scan (torchrun)",
+                             "run the gradient pass in a single process")
+        target = world.device
+        calibration = world.shard(calibration, batch_size)
     context = BatchContext()
     kept: dict[str, Any] = {}  # the export path's program and instrumented graph
-    used_method, sites, samples, unobserved = _observe(loaded, calibration, method, target,
-                                                       batch_size, context, unit_axis, progress, warn,
-                                                       keep=kept)
+
+    def observe() -> tuple:
+        return _observe(loaded, calibration, method, target, batch_size, context, unit_axis,
+                        progress, warn, keep=kept, dtype=autocast)
+
+    # A multi-process scan observes this rank's shard, then combines every rank's statistics.
+    used_method, sites, samples, unobserved = observe() if world is None else world.observe(observe)
     stats = []
     for spec, observer in sites:
         if not observer.observed:
@@ -188,6 +229,7 @@ def scan(
                         tuple(spec.name for spec in loaded.inputs)),
         calibration=calibration_info,
         device=str(target),
+        dtype=dtype_name(autocast),
         thresholds=Thresholds(near_dead, dormant_tau, unit_axis),
         summary=summarise(stats, samples, len(unobserved)),
         sites=tuple(stats),
@@ -196,6 +238,21 @@ def scan(
         warnings=tuple(notes),
         gradients=gradient_info,
     )
+
+
+def _sampled_labels(labels: Any, indices: Any) -> Any:
+    """The labels of a --sample subset (the data's sample indices), as a tensor."""
+    import torch
+
+    from reludoctor.errors import DataError
+    from reludoctor.gradients import load_labels
+
+    tensor = load_labels(labels)
+    needed = int(indices[-1]) + 1
+    if tensor.shape[0] < needed:
+        raise DataError(f"labels: {tensor.shape[0]} labels, but the sample includes sample "
+                        f"{needed - 1}", "pass one label per calibration sample, in order")
+    return tensor[torch.from_numpy(indices)]
 
 
 def _diagnose(loaded: LoadedModel, method: str, kept: dict[str, Any], calibration: Calibration,
@@ -229,7 +286,7 @@ def _diagnose(loaded: LoadedModel, method: str, kept: dict[str, Any], calibratio
 def _observe(loaded: LoadedModel, calibration: Calibration, method: str, device: Any,
              batch_size: int, context: BatchContext, unit_axis: int | None,
              progress: Progress | None, warn: Callable[[str], None],
-             keep: dict[str, Any] | None = None,
+             keep: dict[str, Any] | None = None, dtype: Any = None,
              ) -> tuple[str, list, int, list[UnobservedSite]]:
     """Run the calibration data through the instrumented model.
 
@@ -275,13 +332,14 @@ def _observe(loaded: LoadedModel, calibration: Calibration, method: str, device:
             sites = instrument_graph_module(graph_module, context, unit_axis)
             keep["graph_module"] = graph_module
             samples = run(graph_module, calibration, batch_size=batch_size, device=device,
-                          batch=context, fixed_batch=loaded.fixed_batch, progress=progress)
+                          batch=context, fixed_batch=loaded.fixed_batch, progress=progress,
+                          dtype=dtype)
             return "export", sites, samples, []
         instrument = DispatchInstrument(module, context, unit_axis)
         with instrument.active():
             samples = run(instrument.forward, calibration, batch_size=batch_size, device=device,
                           batch=context, fixed_batch=loaded.fixed_batch,
-                          before_forward=instrument.start_forward, progress=progress)
+                          before_forward=instrument.start_forward, progress=progress, dtype=dtype)
         static = None
         if loaded.format == "torchscript":
             from reludoctor.instrument.torchscript_names import static_call_sites

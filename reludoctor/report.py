@@ -57,6 +57,20 @@ class GradientInfo:
 
 
 @dataclass(frozen=True)
+class SiteAccumulators:
+    """The raw per-unit sums of a site that its derived statistics do not keep exactly.
+
+    With ``positions``, ``samples``, ``max_preactivation``, ``min_preactivation`` and the
+    histogram counts of the site they are the scan's whole state, so reports of scans over
+    disjoint data merge exactly (``reludoctor merge``). Added to schema_version 1 later: a
+    report without them reads back as None and cannot be merged.
+    """
+
+    positive_count: tuple[int, ...]  # positions where the pre-activation > lower bound
+    abs_output_sum: tuple[float, ...]  # sum of |activation output| over the observed positions
+
+
+@dataclass(frozen=True)
 class SiteStats:
     name: str
     op: str
@@ -79,6 +93,7 @@ class SiteStats:
     min_preactivation: tuple[float, ...] | None  # bounded activations only
     histogram: Histogram
     gradient: SiteGradient | None = None  # scan(gradients=True) only; null otherwise
+    accumulators: SiteAccumulators | None = None  # raw sums for merging; None in older reports
 
 
 @dataclass(frozen=True)
@@ -228,6 +243,7 @@ class Report:
     baseline: BaselineComparison | None = None  # with --baseline; None (null) otherwise
     gates: GateOutcome | None = None  # when gates were configured; None (null) otherwise
     gradients: GradientInfo = field(default_factory=lambda: GradientInfo(False, reason=NOT_REQUESTED))
+    dtype: str = "float32"  # the forward pass's precision: float32, or bfloat16/float16 autocast
 
     def site(self, name: str) -> SiteStats:
         for site in self.sites:

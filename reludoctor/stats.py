@@ -6,7 +6,7 @@ import numpy as np
 
 from reludoctor.errors import DataError
 from reludoctor.observers import HIST_EDGES, UnitCounts
-from reludoctor.report import Histogram, SiteStats, Summary
+from reludoctor.report import Histogram, SiteAccumulators, SiteStats, Summary
 
 
 def _indices(mask: np.ndarray) -> tuple[int, ...]:
@@ -68,6 +68,25 @@ def site_stats(
         saturated_units=saturated,
         min_preactivation=minimum,
         histogram=Histogram(_floats(HIST_EDGES), tuple(int(c) for c in counts.hist)),
+        accumulators=SiteAccumulators(tuple(int(c) for c in counts.positive),
+                                      _floats(counts.abs_output_sum)),
+    )
+
+
+def unit_counts(site: SiteStats) -> UnitCounts:
+    """The raw state of a site back from its report entry (``site_stats`` inverted): what
+    ``reludoctor merge`` adds up. The site must carry ``accumulators``."""
+    if site.accumulators is None:
+        raise ValueError(f"site {site.name} has no accumulators")
+    return UnitCounts(
+        positions=site.positions,
+        samples=site.samples,
+        positive=np.asarray(site.accumulators.positive_count, dtype=np.int64).reshape(-1),
+        max=np.asarray(site.max_preactivation, dtype=np.float64).reshape(-1),
+        min=None if site.min_preactivation is None
+        else np.asarray(site.min_preactivation, dtype=np.float64).reshape(-1),
+        abs_output_sum=np.asarray(site.accumulators.abs_output_sum, dtype=np.float64).reshape(-1),
+        hist=np.asarray(site.histogram.counts, dtype=np.int64).reshape(-1),
     )
 
 

@@ -166,6 +166,12 @@ def check_semantics(d: dict) -> None:
             assert dead <= set(site["dormant_units"])
         for rate in rates:  # rate = positive positions / observed positions
             assert rate * site["positions"] == pytest.approx(round(rate * site["positions"]), abs=1e-6)
+        raw = site["accumulators"]  # the raw sums behind the rates and scores (reludoctor merge)
+        assert rates == [count / site["positions"] for count in raw["positive_count"]]
+        means = [total / site["positions"] for total in raw["abs_output_sum"]]
+        layer = sum(means) / len(means)
+        if layer > 0:
+            assert site["dormant_score"] == pytest.approx([m / layer for m in means], rel=1e-9)
         assert site["positions"] % site["samples"] == 0
         bounded = site["upper_bound"] is not None
         assert (site["saturated_units"] is not None) == bounded
@@ -460,6 +466,7 @@ def _fields(cls) -> set[str]:  # noqa: ANN001
     ("properties/summary", report_module.Summary),
     ("$defs/site", report_module.SiteStats),
     ("$defs/histogram", report_module.Histogram),
+    ("$defs/site_accumulators", report_module.SiteAccumulators),
     ("$defs/finding", report_module.Finding),
     ("$defs/unobserved_site", report_module.UnobservedSite),
 ])
