@@ -83,7 +83,7 @@ class TorchUnitObserver:
     """
 
     _EXACT_F32 = 2 ** 24  # float32 counts integers exactly below this
-    _CHUNK_BYTES = 512 << 10  # CPU: bytes of activation reduced together, per thread
+    _CHUNK_BYTES = 1024 << 10  # CPU: activation bytes reduced together per thread (1 MiB: fastest here)
     _INTS = {8: "int64", 4: "int32", 2: "int16"}  # integer views by element size
 
     def __init__(self, unit_axis: int, lower: float, upper: float | None, batch: BatchContext):
