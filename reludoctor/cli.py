@@ -1,7 +1,7 @@
 """The command line: parse options -> scan() -> reporters -> exit code. typer only.
 
 Commands: ``scan`` (a model), ``report`` (render a saved JSON report), ``diff`` (two reports),
-``merge`` (reports of scans over disjoint data -> one report).
+``merge`` (reports of scans over disjoint data -> one report), ``fix`` (write a repaired model).
 Exit codes: 0 ok, 1 a gate failed (or ``diff`` found something worse), 2 bad input or usage,
 3 internal error.
 """
@@ -31,6 +31,17 @@ def _stderr():  # noqa: ANN202 - rich is imported lazily to keep --help fast
     from rich.console import Console
 
     return Console(stderr=True)
+
+
+def _warner(err, enabled: bool = True):  # noqa: ANN001, ANN202
+    """A warn(message) callback printing 'warning: ...' on the stderr console (or nothing)."""
+    from rich.markup import escape
+
+    def warn(message: str) -> None:
+        if enabled:
+            err.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False)
+
+    return warn
 
 
 def _version(value: bool) -> None:
@@ -253,8 +264,6 @@ def _scan(model, data, json_out, markdown_out, junit_out, sarif_out, html_out, s
           fail_on, fail_over_site, baseline, config, arch, arch_kwargs, method, unsafe_pickle,
           gradients, labels, quiet, debug, sample=None, seed=0, resize=None, center_crop=None,
           normalize=None, dtype=None) -> int:
-    from rich.markup import escape
-
     from reludoctor.baseline import load_report
     from reludoctor.distributed import is_writer
     from reludoctor.engine import scan as run_scan
@@ -284,9 +293,7 @@ def _scan(model, data, json_out, markdown_out, junit_out, sarif_out, html_out, s
             task = progress_bar.add_task("scan", total=total)
         progress_bar.update(task, completed=done, total=total)
 
-    def warn(message: str) -> None:
-        if writer:
-            err.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False)
+    warn = _warner(err, enabled=writer)
 
     try:
         if progress_bar is not None:
@@ -338,8 +345,6 @@ def _report(saved, json_out, markdown_out, junit_out, sarif_out, html_out, stdou
             fail_over, fail_on, fail_over_site, baseline, config, debug) -> int:
     from dataclasses import replace
 
-    from rich.markup import escape
-
     from reludoctor.baseline import load_report
 
     settings = _settings(config, fail_over, fail_on, fail_over_site, baseline, top)
@@ -350,8 +355,7 @@ def _report(saved, json_out, markdown_out, junit_out, sarif_out, html_out, stdou
     baseline_report = load_report(settings.baseline, "baseline") if settings.baseline else None
     err = _stderr()
 
-    def warn(message: str) -> None:
-        err.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False)
+    warn = _warner(err)
 
     if settings.has_gates:  # gates configured now replace the saved outcome
         report = _judge(replace(report, gates=None), settings, baseline_report, warn)
@@ -419,8 +423,6 @@ def merge_command(
 
 
 def _merge(parts, json_out, stdout_format, top, debug) -> int:  # noqa: ANN001
-    from rich.markup import escape
-
     from reludoctor.merge import merge_files
 
     if top is not None and top < 1:
@@ -430,8 +432,7 @@ def _merge(parts, json_out, stdout_format, top, debug) -> int:  # noqa: ANN001
     planned, to_stdout = _plan_outputs({"json": json_out}, stdout_format, list(parts))
     err = _stderr()
 
-    def warn(message: str) -> None:
-        err.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False)
+    warn = _warner(err)
 
     report = merge_files(parts, warn)
     _write_outputs(report, planned, to_stdout, top)
@@ -469,7 +470,6 @@ def fix_command(
 def _fix(model, data, out, prune_dead, leaky, reinit, sites, summary, force, dry_run,  # noqa: ANN001
          batch_size, limit, device, dormant_tau, seed, arch, arch_kwargs, unsafe_pickle, debug) -> int:
     from rich.console import Console
-    from rich.markup import escape
 
     from reludoctor.errors import UsageError
     from reludoctor.fix import fix
@@ -496,8 +496,7 @@ def _fix(model, data, out, prune_dead, leaky, reinit, sites, summary, force, dry
     strategy = {"--prune-dead": "prune-dead", "--leaky": "leaky", "--reinit": "reinit"}[chosen[0]]
     err = _stderr()
 
-    def warn(message: str) -> None:
-        err.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False)
+    warn = _warner(err)
 
     result = fix(model, data, out, strategy=strategy, alpha=leaky, sites=tuple(sites or ()),
                  force=force, dry_run=dry_run, batch_size=batch_size, limit=limit, device=device,

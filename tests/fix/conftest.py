@@ -3,7 +3,6 @@ pinned width, and checks of error output."""
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,20 +16,9 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import fix_models  # noqa: E402
+from fix_models import vectors  # noqa: E402
 
 TERMINAL_ENV = ("TTY_COMPATIBLE", "TTY_INTERACTIVE", "FORCE_COLOR", "NO_COLOR")
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def images(samples: int = 48, channels: int = 3, size: int = 6, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((samples, channels, size, size)).astype(np.float32)
-
-
-def vectors(samples: int = 64, features: int = 10, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((samples, features)).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -77,14 +65,3 @@ def cli(monkeypatch: pytest.MonkeyPatch) -> Callable:
         return CliRunner().invoke(app, ["fix", *map(str, args)], env=env)
 
     return invoke
-
-
-def assert_one_line_error(result, code: int = 2, contains: str | None = None) -> str:
-    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("reludoctor: error:"), lines[0]
-    assert "Traceback" not in result.stderr + result.stdout
-    if contains is not None:
-        assert contains in lines[0], lines[0]
-    return lines[0]

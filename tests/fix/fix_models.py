@@ -8,6 +8,10 @@ on the pre-activation), so tests never trust the planting alone.
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -131,3 +135,29 @@ def dead_units(module: nn.Module, layer: nn.Module, x: torch.Tensor, axis: int =
         handle.remove()
     pre = seen[0].movedim(axis, 0).reshape(seen[0].shape[axis], -1)
     return [int(u) for u in torch.nonzero(pre.amax(1) <= 0).flatten()]
+
+
+# ----------------------------------------------------------------------------- data and checks
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def images(samples: int = 48, channels: int = 3, size: int = 6, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((samples, channels, size, size)).astype(np.float32)
+
+
+def vectors(samples: int = 64, features: int = 10, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((samples, features)).astype(np.float32)
+
+
+def assert_one_line_error(result, code: int = 2, contains: str | None = None) -> str:
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("reludoctor: error:"), lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    if contains is not None:
+        assert contains in lines[0], lines[0]
+    return lines[0]

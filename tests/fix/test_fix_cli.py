@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_one_line_error, sha256
+from fix_models import assert_one_line_error, sha256
 
 
 def _listing(folder):

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import images, vectors
+from fix_models import images, vectors
 from fix_models import PlantedCNN, PlantedMLP, WithReLU6
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import images, vectors
+from fix_models import images, vectors
 from fix_models import PlantedCNN, PlantedMLP, PlantedResidual, dead_units
 
 pytest.importorskip("torch_pruning")
