@@ -22,18 +22,12 @@ from typing import Any, Callable, Sequence
 
 from reludoctor.errors import ReludoctorError, UsageError
 from reludoctor.fix.plan import SiteFix, Strategy
-from reludoctor.fix.verify import Verification
+from reludoctor.fix.verify import FixVerificationError, Verification
 
 __all__ = ["fix", "FixSummary", "FixVerificationError", "SiteFix", "Strategy", "Verification",
            "SUMMARY_SCHEMA_VERSION"]
 
 SUMMARY_SCHEMA_VERSION = 1
-
-
-class FixVerificationError(ReludoctorError):
-    """The fixed model does not reproduce the original where the strategy promises it."""
-
-    exit_code = 3
 
 
 @dataclass(frozen=True)

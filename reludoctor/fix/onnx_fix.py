@@ -421,11 +421,10 @@ def run(loaded: Any, work: OnnxWork, entries: list[SiteFix], request: Any) -> An
     import onnx
 
     from reludoctor.data import load_calibration
-    from reludoctor.fix import FixVerificationError
     from reludoctor.fix.output import atomic_path
     from reludoctor.fix.result import Applied, lossless_expected
     from reludoctor.fix.torch_fix import batches
-    from reludoctor.fix.verify import compare
+    from reludoctor.fix.verify import verified
     from reludoctor.loaders.torch import sha256_of
 
     original_bytes = loaded.module.SerializeToString()
@@ -446,18 +445,10 @@ def run(loaded: Any, work: OnnxWork, entries: list[SiteFix], request: Any) -> An
         onnx.save_model(work.model, str(temp))
         reloaded = onnx.load_model(str(temp))
         onnx.checker.check_model(str(temp), full_check=True)
-        verification = compare(ort_runner(original_bytes, names, loaded.fixed_batch),
-                               ort_runner(str(temp), names, loaded.fixed_batch),
-                               batches(calibration, request.batch_size, loaded.fixed_batch),
-                               lossless_expected=lossless)
-        if calibration.samples:
-            verification = replace(verification, samples=int(calibration.samples))
-        if lossless and not verification.equal:
-            raise FixVerificationError(
-                f"the fixed model's outputs differ from the original's on the calibration data "
-                f"(max abs {verification.max_abs_diff:.3g}, relative {verification.max_rel_diff:.3g} "
-                f"> {verification.tolerance:g}); nothing was written",
-                "exclude sites with --sites, and please report the model structure")
+        verification = verified(ort_runner(original_bytes, names, loaded.fixed_batch),
+                                ort_runner(str(temp), names, loaded.fixed_batch),
+                                batches(calibration, request.batch_size, loaded.fixed_batch),
+                                calibration.samples, lossless_expected=lossless)
         applied.out_sha256 = sha256_of(temp)
     applied.verification = verification
     applied.fixed_object = reloaded

@@ -466,15 +466,12 @@ def _full_check(work: TorchWork, calibration: Any, batch_size: int,
 
 def run(loaded: Any, work: TorchWork, entries: list[SiteFix], request: Any) -> Any:
     """Prepare, apply the strategy, write to a temporary file, reload and verify it, rename."""
-    from dataclasses import replace as replace_
-
     import torch
 
     from reludoctor.data import load_calibration
-    from reludoctor.fix import FixVerificationError
     from reludoctor.fix.output import TORCH_STATE_DICT, atomic_path
     from reludoctor.fix.result import Applied, lossless_expected
-    from reludoctor.fix.verify import compare, torch_macs, torch_params, torch_runner
+    from reludoctor.fix.verify import torch_macs, torch_params, torch_runner, verified
     from reludoctor.loaders.torch import _quiet_torch, sha256_of
 
     calibration = load_calibration(request.data, loaded.inputs, limit=request.limit)
@@ -510,17 +507,9 @@ def run(loaded: Any, work: TorchWork, entries: list[SiteFix], request: Any) -> A
             with _quiet_torch():
                 reloaded_program = torch.export.load(str(temp))
             fixed_object, fixed_fn = reloaded_program, reloaded_program.module()
-        verification = compare(torch_runner(original), torch_runner(fixed_fn),
-                               batches(calibration, request.batch_size, loaded.fixed_batch),
-                               lossless_expected=lossless)
-        if calibration.samples:
-            verification = replace_(verification, samples=int(calibration.samples))
-        if lossless and not verification.equal:
-            raise FixVerificationError(
-                f"the fixed model's outputs differ from the original's on the calibration data "
-                f"(max abs {verification.max_abs_diff:.3g}, relative {verification.max_rel_diff:.3g} "
-                f"> {verification.tolerance:g}); nothing was written",
-                "exclude sites with --sites, and please report the model structure")
+        verification = verified(torch_runner(original), torch_runner(fixed_fn),
+                                batches(calibration, request.batch_size, loaded.fixed_batch),
+                                calibration.samples, lossless_expected=lossless)
         applied.out_sha256 = sha256_of(temp)
     applied.verification = verification
     applied.fixed_object = fixed_object

@@ -6,10 +6,12 @@ Both models are given as callables ``batch (tuple of numpy arrays) -> list of nu
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Iterable
 
 import numpy as np
+
+from reludoctor.errors import ReludoctorError
 
 RELATIVE_TOLERANCE = 1e-5
 
@@ -45,6 +47,28 @@ def _flat(outputs: Any) -> list[np.ndarray]:
 
 def flatten_outputs(outputs: Any) -> list[np.ndarray]:
     return _flat(outputs)
+
+
+class FixVerificationError(ReludoctorError):
+    """The fixed model does not reproduce the original where the strategy promises it."""
+
+    exit_code = 3
+
+
+def verified(original: Runner, fixed: Runner, batches: Iterable[tuple], samples: int | None, *,
+             lossless_expected: bool) -> Verification:
+    """``compare``, counting ``samples`` when the data says how many; raises
+    FixVerificationError when a lossless strategy changed the outputs (nothing is written)."""
+    verification = compare(original, fixed, batches, lossless_expected=lossless_expected)
+    if samples:
+        verification = replace(verification, samples=int(samples))
+    if lossless_expected and not verification.equal:
+        raise FixVerificationError(
+            f"the fixed model's outputs differ from the original's on the calibration data "
+            f"(max abs {verification.max_abs_diff:.3g}, relative {verification.max_rel_diff:.3g} "
+            f"> {verification.tolerance:g}); nothing was written",
+            "exclude sites with --sites, and please report the model structure")
+    return verification
 
 
 def compare(original: Runner, fixed: Runner, batches: Iterable[tuple], *,
