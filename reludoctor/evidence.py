@@ -339,22 +339,9 @@ def from_dispatch(module: Any, example: tuple, unit_axis: int | None = None,
                 self._keys.append(key)
                 self.tracks[key] = tracker.lookup(args[0])
 
-        @contextlib.contextmanager
-        def active(self) -> Iterator[None]:
-            from torch.utils._python_dispatch import TorchDispatchMode
-
-            probe = self
-
-            class _Mode(TorchDispatchMode):
-                def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-                    kwargs = kwargs or {}
-                    probe.observe(func, args, kwargs, None)
-                    out = func(*args, **kwargs)
-                    tracker.track(func, args, kwargs, out)
-                    return out
-
-            with self.modules.active(), _Mode():
-                yield
+        def after_call(self, func: Any, args: tuple, kwargs: dict, out: Any, observed: Any,
+                       producers: Any) -> None:
+            tracker.track(func, args, kwargs, out)
 
     probe = _Probe()
     with torch.no_grad(), _optimised_off(), probe.active():

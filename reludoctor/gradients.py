@@ -440,23 +440,10 @@ def dispatch_plan(module: Any, unit_axis: int | None, static: Any, evidence: dic
             accumulator.forward(args[0])
             return accumulator
 
-        @contextlib.contextmanager
-        def active(self) -> Iterator[None]:
-            from torch.utils._python_dispatch import TorchDispatchMode
-
-            probe = self
-
-            class _Mode(TorchDispatchMode):
-                def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-                    kwargs = kwargs or {}
-                    accumulator = probe.observe(func, args, kwargs, None)
-                    out = func(*args, **kwargs)
-                    if accumulator is not None:
-                        probe.calls.append((accumulator, out))
-                    return out
-
-            with self.modules.active(), _Mode():
-                yield
+        def after_call(self, func: Any, args: tuple, kwargs: dict, out: Any, observed: Any,
+                       producers: Any) -> None:
+            if observed is not None:
+                self.calls.append((observed, out))
 
         def start(self) -> None:
             self.calls.clear()

@@ -187,6 +187,18 @@ class DispatchInstrument:
             out.append((spec, self._observers[key]))
         return out
 
+    def after_call(self, func: Any, args: tuple, kwargs: dict, out: Any, observed: Any,
+                   producers: Any) -> None:
+        """After each ATen call (``observed``: what ``observe`` returned for it): remember which
+        3-D tensors a convolution or linear layer laid out, for the unit-axis choice."""
+        if getattr(out, "ndim", None) == 3:
+            name = op_base_name(func)
+            kind = producer_kind(name)
+            if kind is None and name.rstrip("_") in PASS_THROUGH_OPS:
+                kind = next((producers[a] for a in args if hasattr(a, "ndim") and a in producers), None)
+            if kind is not None:
+                producers[out] = kind
+
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
         from torch.utils._python_dispatch import TorchDispatchMode
@@ -198,16 +210,9 @@ class DispatchInstrument:
         class _Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
                 kwargs = kwargs or {}
-                instrument.observe(func, args, kwargs, producers)
+                observed = instrument.observe(func, args, kwargs, producers)
                 out = func(*args, **kwargs)
-                if getattr(out, "ndim", None) == 3:
-                    name = op_base_name(func)
-                    kind = producer_kind(name)
-                    if kind is None and name.rstrip("_") in PASS_THROUGH_OPS:
-                        kind = next((producers[a] for a in args
-                                     if hasattr(a, "ndim") and a in producers), None)
-                    if kind is not None:
-                        producers[out] = kind
+                instrument.after_call(func, args, kwargs, out, observed, producers)
                 return out
 
         with self.modules.active(), _Mode():
