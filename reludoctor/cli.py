@@ -354,7 +354,6 @@ def _report(saved, json_out, markdown_out, junit_out, sarif_out, html_out, stdou
     report = load_report(saved)
     baseline_report = load_report(settings.baseline, "baseline") if settings.baseline else None
     err = _stderr()
-
     warn = _warner(err)
 
     if settings.has_gates:  # gates configured now replace the saved outcome
@@ -431,7 +430,6 @@ def _merge(parts, json_out, stdout_format, top, debug) -> int:  # noqa: ANN001
         raise UsageError(f"--top {top} must be at least 1")
     planned, to_stdout = _plan_outputs({"json": json_out}, stdout_format, list(parts))
     err = _stderr()
-
     warn = _warner(err)
 
     report = merge_files(parts, warn)
@@ -495,7 +493,6 @@ def _fix(model, data, out, prune_dead, leaky, reinit, sites, summary, force, dry
         check_destination(target, [], force=True, option="--summary")
     strategy = {"--prune-dead": "prune-dead", "--leaky": "leaky", "--reinit": "reinit"}[chosen[0]]
     err = _stderr()
-
     warn = _warner(err)
 
     result = fix(model, data, out, strategy=strategy, alpha=leaky, sites=tuple(sites or ()),
