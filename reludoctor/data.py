@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import mmap
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -45,9 +45,26 @@ class Calibration:
     _images: Any = None  # a reludoctor.images.ImageFolder (the model's one input), instead of _arrays
     notes: list[str] = field(default_factory=list)  # for the user (warnings), e.g. a sample too large
 
+    @property
+    def indexable(self) -> bool:
+        """Samples can be read by position (arrays, memory-mapped files, image folders)."""
+        return self._arrays is not None or self._images is not None
+
+    @property
+    def sample_indices(self) -> Any:
+        """The data's sample indices a --sample subset reads (sorted), or None: the first ones."""
+        return self._indices
+
+    def at_positions(self, positions: Any) -> Calibration:
+        """The same data restricted to these positions (sorted) of its scan order."""
+        indices = np.asarray(positions, np.int64)
+        if self._indices is not None:
+            indices = np.asarray(self._indices, np.int64)[indices]
+        return replace(self, samples=int(indices.size), _indices=indices)
+
     def example(self, rows: int = 2) -> Batch:
         """The first rows of the data (for tracing), without consuming a one-shot iterable."""
-        if self._arrays is not None or self._images is not None:
+        if self.indexable:
             return self._read(self._rows_at(0, min(rows, self.samples or 0)))
         iterator = iter(self._iterable or ())
         try:
@@ -58,7 +75,7 @@ class Calibration:
         return tuple(_cast(b[:rows], None) for b in _select_inputs(first, self._names or [], self.source))
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
-        if self._arrays is not None or self._images is not None:
+        if self.indexable:
             total = self.samples or 0
             for start in range(0, total, batch_size):
                 stop = min(start + batch_size, total)

@@ -23,7 +23,6 @@ on one rank only sets ``RELUDOCTOR_DISTRIBUTED=0``, or the others never join and
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -327,15 +326,9 @@ def shard(calibration: Any, batch_size: int, rank: int, size: int) -> Shard:
     own batches. ``example()`` (tracing, shape probes) still gives the first samples of the
     whole set, so a rank with no batch at all traces the model like the others.
     """
-    known = getattr(calibration, "samples", None) is not None and (
-        getattr(calibration, "_arrays", None) is not None
-        or getattr(calibration, "_images", None) is not None)
-    if known and dataclasses.is_dataclass(calibration):
+    if calibration.samples is not None and calibration.indexable:
         positions = shard_batches(int(calibration.samples), batch_size, rank, size)
-        chosen = calibration._indices
-        indices = positions if chosen is None else np.asarray(chosen, np.int64)[positions]
-        own = dataclasses.replace(calibration, samples=int(indices.size), _indices=indices)
-        return Shard(calibration, rank, size, own)
+        return Shard(calibration, rank, size, calibration.at_positions(positions))
     return Shard(calibration, rank, size, None)
 
 

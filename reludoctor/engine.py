@@ -170,8 +170,8 @@ def scan(
                                    normalize=normalize)
     for note in calibration.notes:
         warn(note)
-    if labels is not None and calibration._indices is not None:
-        labels = _sampled_labels(labels, calibration._indices)
+    if labels is not None and calibration.sample_indices is not None:
+        labels = _sampled_labels(labels, calibration.sample_indices)
     target = resolve_device(device)
     if loaded.format == "onnx" and device == "auto" and target.type == "cuda":
         from reludoctor.instrument.onnx_graph import cuda_provider_available
