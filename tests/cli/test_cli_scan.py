@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import reludoctor_cli_zoo as zoo
@@ -241,35 +239,6 @@ def test_help(cli):
     assert result.exit_code == 0
     for option in ("--data", "--json", "--fail-over", "--unsafe-pickle", "--debug", "--quiet"):
         assert option in result.stdout
-
-
-def _python(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-
-
-def test_import_reludoctor_does_not_import_torch():
-    proc = _python("import reludoctor, reludoctor.schema, sys; reludoctor.__version__; "
-                   "reludoctor.schema.load_schema(); "
-                   "assert 'torch' not in sys.modules, 'torch imported'")
-    assert proc.returncode == 0, proc.stderr
-
-
-@pytest.mark.parametrize("argv", [["--help"], ["scan", "--help"], ["--version"]])
-def test_help_and_version_do_not_import_torch(argv):
-    code = (
-        "import sys\n"
-        f"sys.argv = ['reludoctor', *{argv!r}]\n"
-        "import reludoctor.cli as cli\n"
-        "try:\n"
-        "    cli.main()\n"
-        "except SystemExit as exc:\n"
-        "    assert exc.code in (0, None), exc.code\n"
-        "heavy = sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'matplotlib') if m in sys.modules)\n"
-        "assert not heavy, heavy\n"
-    )
-    proc = _python(code)
-    assert proc.returncode == 0, proc.stderr
-    assert "Usage" in proc.stdout or "reludoctor" in proc.stdout
 
 
 def _data_file(kind: str, x, tmp_path):  # noqa: ANN001, ANN202

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-HEAVY = ("torch", "numpy", "onnx", "onnxruntime", "torchvision")
+HEAVY = ("torch", "numpy", "onnx", "onnxruntime", "torchvision", "matplotlib")
 
 
 def _imported(code: str) -> list[str]:
@@ -21,12 +21,15 @@ def _imported(code: str) -> list[str]:
     return [name for name in marked[0][len("MODULES:"):].split(",") if name]
 
 
-@pytest.mark.parametrize("code", ["import reludoctor", "import reludoctor.cli"])
+@pytest.mark.parametrize("code", ["import reludoctor", "import reludoctor.cli",
+                                  "import reludoctor; reludoctor.__version__",
+                                  "import reludoctor.schema; reludoctor.schema.load_schema()"])
 def test_import_pulls_in_no_heavy_library(code: str) -> None:
     assert _imported(code) == []
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["scan", "--help"], ["--version"]])
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], *([command, "--help"] for command in
+                                  ("scan", "report", "diff", "merge", "fix"))])
 def test_help_pulls_in_no_heavy_library(argv: list[str]) -> None:
     code = (f"import sys\nsys.argv = ['reludoctor', *{argv!r}]\nfrom reludoctor.cli import main\n"
             "try:\n    main()\nexcept SystemExit as exc:\n    assert exc.code in (0, None), exc.code")
