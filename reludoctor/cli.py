@@ -142,21 +142,18 @@ def _settings(config: Optional[str], fail_over: Optional[float], fail_on: Option
 
 def _prepare(config, fail_over, fail_on, fail_over_site, baseline, top, destinations,  # noqa: ANN001, ANN202
              stdout_format, inputs, writes: bool = True):
-    """What scan and report share before they run: the settings (file + command line), the
-    planned outputs (none when this process writes nothing) and the baseline report.
+    """What scan and report share before they run: the settings (file + command line) and the
+    planned outputs (none when this process writes nothing).
 
     ``destinations``: the --json, --markdown, --junit, --sarif and --html values, in that order.
     """
-    from reludoctor.baseline import load_report
-
     settings = _settings(config, fail_over, fail_on, fail_over_site, baseline, top)
     outputs = dict(zip(OUTPUT_OPTIONS, destinations))
     planned, to_stdout = ([], None)
     if writes:
         planned, to_stdout = _plan_outputs(outputs, stdout_format,
                                            [*inputs, settings.baseline, settings.source])
-    baseline_report = load_report(settings.baseline, "baseline") if settings.baseline else None
-    return settings, planned, to_stdout, baseline_report
+    return settings, planned, to_stdout
 
 
 def _judge(report, settings, baseline_report, warn):  # noqa: ANN001, ANN202
@@ -283,14 +280,16 @@ def _scan(model, data, json_out, markdown_out, junit_out, sarif_out, html_out, s
           fail_on, fail_over_site, baseline, config, arch, arch_kwargs, method, unsafe_pickle,
           gradients, labels, quiet, debug, sample=None, seed=0, resize=None, center_crop=None,
           normalize=None, dtype=None) -> int:
+    from reludoctor.baseline import load_report
     from reludoctor.distributed import is_writer
     from reludoctor.engine import scan as run_scan
 
     writer = is_writer()  # under torchrun only rank 0 prints and writes (other ranks: errors only)
-    settings, planned, to_stdout, baseline_report = _prepare(
+    settings, planned, to_stdout = _prepare(
         config, fail_over, fail_on, fail_over_site, baseline, top,
         [json_out, markdown_out, junit_out, sarif_out, html_out], stdout_format,
         [model, data, labels], writes=writer)
+    baseline_report = load_report(settings.baseline, "baseline") if settings.baseline else None
     err = _stderr()
     progress_bar = None
     if not quiet and writer and err.is_terminal:
@@ -362,10 +361,11 @@ def _report(saved, json_out, markdown_out, junit_out, sarif_out, html_out, stdou
 
     from reludoctor.baseline import load_report
 
-    settings, planned, to_stdout, baseline_report = _prepare(
+    settings, planned, to_stdout = _prepare(
         config, fail_over, fail_on, fail_over_site, baseline, top,
         [json_out, markdown_out, junit_out, sarif_out, html_out], stdout_format, [saved])
     report = load_report(saved)
+    baseline_report = load_report(settings.baseline, "baseline") if settings.baseline else None
     err = _stderr()
     warn = _warner(err)
 
