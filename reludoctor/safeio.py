@@ -1,0 +1,172 @@
+"""Reading untrusted files safely: regular files only, bounded sizes, one clear error.
+
+Every file reludoctor reads on a user's behalf (models, data, settings, saved reports) goes
+through here, so that a FIFO never blocks the run, a device such as /dev/zero never grows memory
+without bound, a symlink loop is an input error (exit 2) and not a crash, and the read is at most
+a documented number of bytes.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+from typing import BinaryIO
+
+from reludoctor.errors import ReludoctorError
+
+# Documented limits (docs/security.md): files larger than these are refused before being read.
+MAX_REPORT_BYTES = 256 << 20  # a saved JSON report or baseline
+MAX_SETTINGS_BYTES = 4 << 20  # reludoctor.toml / pyproject.toml
+MAX_JSON_INT_DIGITS = 4300  # Python's own default int <-> str limit, applied to our JSON too
+
+
+def _describe(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def check_regular(path: str | Path, what: str, error: type[ReludoctorError] = ReludoctorError) -> Path:
+    """``path`` if it is a regular file (symlinks followed); else ``error`` naming ``what``."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise error(f"{what} {path}: no such file") from None
+    except OSError as exc:
+        raise error(f"{what} {path}: {_os_reason(exc)}") from None
+    if not stat.S_ISREG(mode):
+        raise error(f"{what} {path} is {_describe(mode)}", "give a regular file")
+    return path
+
+
+def open_regular(path: str | Path, what: str, error: type[ReludoctorError] = ReludoctorError) -> BinaryIO:
+    """Open ``path`` for reading without ever blocking: O_NONBLOCK for the open (a FIFO swapped
+    in after a check would otherwise block), then fstat on the open descriptor."""
+    path = Path(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise error(f"{what} {path}: no such file") from None
+    except OSError as exc:
+        raise error(f"{what} {path}: {_os_reason(exc)}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise error(f"{what} {path} is {_describe(mode)}", "give a regular file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_limited(path: str | Path, limit: int, what: str,
+                 error: type[ReludoctorError] = ReludoctorError) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (refused before reading if larger)."""
+    with open_regular(path, what, error) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size > limit:
+            raise error(f"{what} {path} is {size:,} bytes, more than the limit of {limit:,}",
+                        "is it the right file?")
+        data = handle.read(limit + 1)
+    if len(data) > limit:  # grew while reading
+        raise error(f"{what} {path} is more than the limit of {limit:,} bytes")
+    return data
+
+
+def _os_reason(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "a symlink loop"
+    return exc.strerror or str(exc)
+
+
+def os_reason(exc: OSError) -> str:
+    """A short reason for an OSError (ELOOP reads as 'a symlink loop')."""
+    return _os_reason(exc)
+
+
+# --- Outputs never hit inputs -------------------------------------------------------------
+# Every file a command reads is noted in the current ledger (a context variable the CLI opens
+# per command; library callers may open their own). Every writer asks the ledger before it
+# replaces a file, so no output path can overwrite a model, an external-data file, a data file,
+# an image of a folder, labels, a baseline or a settings file, through any symlink or hard link.
+
+import contextlib  # noqa: E402
+import contextvars  # noqa: E402
+from typing import Iterator  # noqa: E402
+
+_LEDGER: contextvars.ContextVar[InputLedger | None] = contextvars.ContextVar("reludoctor_inputs",
+                                                                            default=None)
+
+
+class InputLedger:
+    """The files read in one run: (st_dev, st_ino) and resolved path of each."""
+
+    def __init__(self) -> None:
+        self._ids: dict[tuple[int, int], str] = {}
+        self._paths: dict[Path, str] = {}
+
+    def note(self, path: str | Path) -> None:
+        path = Path(path)
+        try:
+            info = os.stat(path)
+            self._ids[(info.st_dev, info.st_ino)] = str(path)
+        except OSError:
+            pass
+        try:
+            self._paths[path.resolve()] = str(path)
+        except (OSError, RuntimeError):
+            pass
+
+    def reader_of(self, destination: str | Path) -> str | None:
+        """The input ``destination`` would overwrite, or None."""
+        destination = Path(destination)
+        try:
+            info = os.stat(destination)
+            hit = self._ids.get((info.st_dev, info.st_ino))
+            if hit is not None:
+                return hit
+        except OSError:
+            pass
+        try:
+            return self._paths.get(destination.resolve())
+        except (OSError, RuntimeError):
+            return None
+
+
+@contextlib.contextmanager
+def ledger() -> Iterator[InputLedger]:
+    """Open a ledger for one command (nested calls share the outer one)."""
+    current = _LEDGER.get()
+    if current is not None:
+        yield current
+        return
+    token = _LEDGER.set(InputLedger())
+    try:
+        yield _LEDGER.get()  # type: ignore[misc]
+    finally:
+        _LEDGER.reset(token)
+
+
+def note_read(path: str | Path) -> None:
+    """Record that this run reads ``path`` (no-op outside a ledger)."""
+    current = _LEDGER.get()
+    if current is not None:
+        current.note(path)
+
+
+def input_at(destination: str | Path) -> str | None:
+    """The input file this run read that ``destination`` is (None: safe to write)."""
+    current = _LEDGER.get()
+    return None if current is None else current.reader_of(destination)
