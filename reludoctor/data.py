@@ -13,20 +13,34 @@ ascending index order, one batch at a time.
 from __future__ import annotations
 
 import itertools
+import math
 import mmap
+import os
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from reludoctor import safeio
 from reludoctor.errors import DataError, UsageError
 from reludoctor.loaders.model import InputSpec
 from reludoctor.sampling import check_options as check_selection
 from reludoctor.sampling import select
 
 DEFAULT_SYNTHETIC_SAMPLES = 256
+# Synthetic inputs are generated whole (samples x the model's declared input shape); a model file
+# declaring a huge input (a dimension of 2**62) must be refused, not allocated (docs/security.md).
+MAX_SYNTHETIC_BYTES = 4 << 30
+# An .npz member is read whole. Its .npy header's declared size is checked against the member's
+# size in the zip directory, and that size against what the compressed bytes can justify: deflate
+# expands at most ~1032:1, so a member claiming more than this ratio is refused before anything is
+# allocated (a zip bomb or a forged directory entry). Only stored and deflated members are read
+# (np.savez / np.savez_compressed write nothing else).
+MAX_DEFLATE_RATIO = 1032
 
 Batch = tuple  # one array or tensor per model input, leading axis = samples
 
@@ -169,16 +183,25 @@ def _release(array: Any, rows: Any) -> None:
 
 def _cast(array: Any, spec_dtype: str | None) -> Any:
     """Per batch (never the whole memory-mapped file): float64 -> float32, always a private
-    copy, so a model that writes into its input never touches the caller's data or file."""
+    copy, so a model that writes into its input never touches the caller's data or file.
+    Non-native byte order (a big-endian ``>f4`` file on a little-endian machine) becomes native
+    here, for every source: onnxruntime would misread it and torch refuses it."""
     keep_double = spec_dtype == "float64"
     if isinstance(array, np.ndarray):
-        dtype = np.float32 if array.dtype == np.float64 and not keep_double else array.dtype
+        dtype = np.float32 if array.dtype == np.float64 and not keep_double else _native(array.dtype)
         return np.array(array, dtype=dtype, order="C", copy=True)
     import torch
 
     if array.dtype == torch.float64 and not keep_double:
         return array.float()
     return array.clone()
+
+
+def _native(dtype: np.dtype) -> np.dtype:
+    """``dtype`` in this machine's byte order (unchanged when it already is, or has none)."""
+    if dtype.isnative or dtype.fields is not None:
+        return dtype
+    return dtype.newbyteorder("=")
 
 
 def _is_floating(array: Any) -> bool:
@@ -227,6 +250,15 @@ def _validate(array: Any, spec_dtype: str | None, name: str, source: str) -> Non
         if not isinstance(array, torch.Tensor):
             raise DataError(f"{source}: input '{name}' is a {type(array).__name__}, not an array",
                             "pass numpy arrays or torch tensors")
+        if array.layout != torch.strided:
+            layout = str(array.layout).replace("torch.", "")
+            raise DataError(f"{source}: input '{name}' is a sparse tensor ({layout}), refused",
+                            "save a dense tensor (tensor.to_dense())")
+        if array.is_quantized or array.is_complex() or array.device.type == "meta":
+            what = "a meta tensor (no data)" if array.device.type == "meta" \
+                else f"{str(array.dtype).replace('torch.', '')} values"
+            raise DataError(f"{source}: input '{name}' holds {what}, not plain numbers",
+                            "save a dense float or integer tensor")
         floating = array.is_floating_point()
         dtype_name = str(array.dtype).replace("torch.", "")
     if array.ndim == 0:
@@ -273,58 +305,170 @@ def _check_shapes(arrays: list[Any], specs: Sequence[InputSpec], source: str) ->
 
 
 def _load_file(path: Path, names: Sequence[str]) -> list[Any]:
-    if not path.exists():
-        raise DataError(f"{path}: no such file", "check the --data path")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory", "pass a .npy, .npz or .pt file")
-    try:
-        with path.open("rb") as handle:
+    """Read a data file: a regular file only (a FIFO never blocks, a symlink loop or a device is
+    an input error), noted in the input ledger; every malformed file is a DataError."""
+    with safeio.open_regular(path, "--data", DataError) as handle:
+        safeio.note_read(path)
+        try:
             head = handle.read(8)
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from exc
-    if head.startswith(b"\x93NUMPY"):
-        try:
-            return [np.load(path, mmap_mode="r", allow_pickle=False)]
-        except ValueError as exc:
-            raise DataError(f"{path}: cannot load ({exc})",
-                            "save a numeric array; pickled object arrays are refused") from exc
-    if head.startswith(b"PK\x03\x04"):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                entries = archive.namelist()
-        except zipfile.BadZipFile as exc:
-            raise DataError(f"{path}: corrupt archive") from exc
-        if entries and all(e.endswith(".npy") for e in entries):
-            return _load_npz(path, names)
-        return _load_pt(path, names)
-    if head[:1] == b"\x80":
-        return _load_pt(path, names)
+            handle.seek(0)
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read ({safeio.os_reason(exc)})") from exc
+        if head.startswith(b"\x93NUMPY"):
+            return [_load_npy(handle, path)]
+        if head.startswith(b"PK\x03\x04"):
+            try:
+                with zipfile.ZipFile(handle) as archive:
+                    entries = archive.namelist()
+            except _ZIP_ERRORS as exc:
+                raise DataError(f"{path}: corrupt archive ({_reason(exc)})",
+                                "re-save it with np.savez or torch.save") from exc
+            handle.seek(0)
+            if entries and all(e.endswith(".npy") for e in entries):
+                return _load_npz(handle, path, names)
+            return _load_pt(handle, path, names)
+        if head[:1] == b"\x80":
+            return _load_pt(handle, path, names)
     raise DataError(f"{path}: not a .npy, .npz or .pt file", "save data with np.save or torch.save")
 
 
-def _load_npz(path: Path, names: Sequence[str]) -> list[Any]:
+# What a malformed zip, .npy header or compressed member can raise while being read (a corrupt
+# file is bad input, exit 2, whatever the library's exception).
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, zlib.error,
+               NotImplementedError, RuntimeError, KeyError, OverflowError, MemoryError,
+               SyntaxError, TypeError, IndexError, struct.error)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return safeio.os_reason(exc)
+    if isinstance(exc, MemoryError):
+        return "a size it declares is too large"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _npy_header(stream: Any, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """The (shape, fortran order, dtype) of a .npy header; pickled object arrays refused."""
+    from numpy.lib import format as npformat
+
     try:
-        archive = np.load(path, allow_pickle=False)
-        keys = list(archive.files)
-        if len(names) == 1 and len(keys) == 1:
-            return [archive[keys[0]]]
-        missing = [n for n in names if n not in keys]
-        if missing:
-            raise DataError(f"{path}: no array for input(s) {', '.join(missing)}",
-                            f"arrays found: {', '.join(keys)}; name each after a model input")
-        return [archive[n] for n in names]
-    except ValueError as exc:
-        raise DataError(f"{path}: cannot load ({exc})",
-                        "save numeric arrays; pickled object arrays are refused") from exc
+        version = npformat.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = npformat.read_array_header_1_0(stream)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = npformat.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"unknown .npy format version {version}")
+    except _ZIP_ERRORS as exc:
+        raise DataError(f"{where}: not a valid .npy header ({_reason(exc)})",
+                        "re-save the data with np.save") from exc
+    if dtype.hasobject:
+        raise DataError(f"{where}: holds Python objects (a pickled object array), refused",
+                        "save a numeric array; pickled object arrays are refused")
+    if any(int(d) < 0 for d in shape):
+        raise DataError(f"{where}: the .npy header declares a negative shape {shape}",
+                        "the file is corrupt; re-save it with np.save")
+    return tuple(int(d) for d in shape), bool(fortran), dtype
 
 
-def _load_pt(path: Path, names: Sequence[str]) -> list[Any]:
+def _declared_bytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    return math.prod(shape) * dtype.itemsize  # Python integers: no overflow
+
+
+def _load_npy(handle: Any, path: Path) -> Any:
+    """A .npy, memory-mapped read-only from the open handle, its header checked against the
+    file's size first (a header declaring more than the file holds is refused, not mapped)."""
+    shape, fortran, dtype = _npy_header(handle, str(path))
+    offset = handle.tell()
+    size = os.fstat(handle.fileno()).st_size
+    needed = _declared_bytes(shape, dtype)
+    if needed > size - offset:
+        raise DataError(f"{path}: its header declares {list(shape)} {dtype} ({needed:,} bytes) but "
+                        f"the file holds {max(size - offset, 0):,} bytes of data",
+                        "the file is truncated or corrupt; re-save it with np.save")
+    if needed == 0:
+        return np.zeros(shape, dtype=dtype)
+    try:
+        return np.memmap(handle, dtype=dtype, mode="r", shape=shape, offset=offset,
+                         order="F" if fortran else "C")
+    except (ValueError, OSError, OverflowError, MemoryError) as exc:
+        raise DataError(f"{path}: cannot map the data ({_reason(exc)})",
+                        "the file may be corrupt; re-save it with np.save") from exc
+
+
+def _npz_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> np.ndarray:
+    """One .npz member, read whole after its header is checked against the member's size (and
+    that size against what its compressed bytes can hold), in native byte order."""
+    where = f"{path} (array {info.filename[:-4]!r})"
+    if info.flag_bits & 0x1:
+        raise DataError(f"{where}: the member is encrypted", "save the data with np.savez")
+    if info.compress_type == zipfile.ZIP_STORED:
+        ratio = 1
+    elif info.compress_type == zipfile.ZIP_DEFLATED:
+        ratio = MAX_DEFLATE_RATIO
+    else:
+        raise DataError(f"{where}: compressed with zip method {info.compress_type}, not read",
+                        "save the data with np.savez or np.savez_compressed")
+    if info.file_size > max(info.compress_size, 1) * ratio + 1024:
+        raise DataError(f"{where}: the zip directory declares {info.file_size:,} bytes from "
+                        f"{info.compress_size:,} compressed bytes, more than compression allows",
+                        "the archive is corrupt or forged; re-save it with np.savez")
+    with archive.open(info) as member:
+        shape, fortran, dtype = _npy_header(member, where)
+        header = member.tell()
+        needed = _declared_bytes(shape, dtype)
+        if needed > info.file_size - header:
+            raise DataError(f"{where}: its header declares {list(shape)} {dtype} ({needed:,} bytes) "
+                            f"but the member holds {max(info.file_size - header, 0):,} bytes of data",
+                            "the archive is truncated or corrupt; re-save it with np.savez")
+        buffer = bytearray(needed)
+        view = memoryview(buffer)
+        filled = 0
+        while filled < needed:
+            count = member.readinto(view[filled:])
+            if not count:
+                break
+            filled += count
+        view.release()
+        if filled < needed:
+            raise DataError(f"{where}: truncated ({filled:,} of {needed:,} bytes of data)",
+                            "the archive is truncated or corrupt; re-save it with np.savez")
+    array = np.ndarray(shape, dtype=dtype, buffer=buffer, order="F" if fortran else "C")
+    if not dtype.isnative and dtype.fields is None:
+        array = array.byteswap(inplace=True).view(dtype.newbyteorder("="))
+    return array
+
+
+def _load_npz(handle: Any, path: Path, names: Sequence[str]) -> list[Any]:
+    try:
+        with zipfile.ZipFile(handle) as archive:
+            members = {info.filename[:-4]: info for info in archive.infolist()
+                       if info.filename.endswith(".npy")}
+            keys = list(members)
+            if len(names) == 1 and len(keys) == 1:
+                wanted = keys
+            else:
+                missing = [n for n in names if n not in members]
+                if missing:
+                    raise DataError(f"{path}: no array for input(s) {', '.join(missing)}",
+                                    f"arrays found: {', '.join(keys)}; name each after a model input")
+                wanted = list(names)
+            return [_npz_member(archive, members[key], path) for key in wanted]
+    except DataError:
+        raise
+    except _ZIP_ERRORS as exc:
+        raise DataError(f"{path}: corrupt archive ({_reason(exc)})",
+                        "re-save it with np.savez") from exc
+
+
+def _load_pt(handle: Any, path: Path, names: Sequence[str]) -> list[Any]:
     import pickle
 
     import torch
 
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        obj = torch.load(handle, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise DataError(f"{path}: contains pickled Python objects, refused",
                         "save a tensor or a dict of tensors") from exc
@@ -345,6 +489,19 @@ def _load_pt(path: Path, names: Sequence[str]) -> list[Any]:
     return [obj[n] for n in names]
 
 
+def _widen_bfloat16(array: Any, spec: InputSpec) -> Any:
+    """bfloat16 tensors become float32 (exact: every bfloat16 value is a float32), unless the
+    model's input is declared bfloat16: numpy and onnxruntime have no bfloat16, and a float32
+    model refuses it. Sparse, quantized and complex tensors are refused by ``_validate``."""
+    if type(array).__name__ != "Tensor" or spec.dtype == "bfloat16":
+        return array
+    import torch
+
+    if array.dtype == torch.bfloat16 and array.layout == torch.strided and array.device.type != "meta":
+        return array.float()
+    return array
+
+
 def _synthetic(specs: Sequence[InputSpec], input_shape: tuple[int, ...] | None, samples: int,
                seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
@@ -360,6 +517,12 @@ def _synthetic(specs: Sequence[InputSpec], input_shape: tuple[int, ...] | None, 
         if spec.dtype and not spec.dtype.startswith("float"):
             raise UsageError(f"input '{spec.name}' is {spec.dtype}: synthetic data is float only",
                              "pass --data")
+        needed = samples * math.prod(shape) * 4
+        if needed > MAX_SYNTHETIC_BYTES:
+            raise UsageError(f"synthetic data for input '{spec.name}' of shape "
+                             f"[{samples}, {', '.join(map(str, shape))}] would take {needed:,} "
+                             f"bytes, more than the limit of {MAX_SYNTHETIC_BYTES:,}",
+                             "pass --data, or fewer samples with --limit")
         arrays.append(rng.standard_normal((samples, *shape), dtype=np.float32))
     return arrays
 
@@ -426,6 +589,7 @@ def load_calibration(
                         "an .npz needs one array per input, named after it")
     for array, spec in zip(arrays, specs):
         _validate(array, spec.dtype, spec.name, source)
+    arrays = [_widen_bfloat16(array, spec) for array, spec in zip(arrays, specs)]
     _check_shapes(arrays, specs, source)
     if _rows(arrays[0]) == 0:
         raise DataError(f"{source}: no samples", "the calibration data is empty")
