@@ -2,6 +2,27 @@
 
 from __future__ import annotations
 
+import re
+
+# Characters a terminal (or a Markdown viewer) would act on instead of showing: C0 controls
+# (tab and newline too), DEL, C1 controls, and the Unicode line separators and bidirectional
+# overrides. Names come from model files and saved reports: they are shown, never obeyed.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+_SPACES = re.compile("[ \t\n\r\f\v]+")
+
+
+def _visible(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: object) -> str:
+    """``text`` with every control character written as visible escape text (ESC -> ``\\x1b``,
+    BEL -> ``\\x07``, U+202E -> ``\\u202e``): safe to print on a terminal or into Markdown."""
+    return _CONTROL.sub(_visible, str(text))
+
 
 class ReludoctorError(Exception):
     """Bad input or usage. ``hint`` says how to fix it; exit code 2."""
@@ -15,7 +36,7 @@ class ReludoctorError(Exception):
 
     def one_line(self) -> str:
         text = self.message if not self.hint else f"{self.message} ({self.hint})"
-        return " ".join(text.split())
+        return printable(_SPACES.sub(" ", text).strip(" "))
 
 
 class ModelLoadError(ReludoctorError):
@@ -36,6 +57,23 @@ class UsageError(ReludoctorError):
 
 class NoSitesError(ReludoctorError):
     """The model has no ReLU-family activation to observe."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived (the CLI's handler raises it): temporary files are removed on
+    the way out and the process exits 128 + the signal number (130, 143)."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        super().__init__(name)
+        self.signum = signum
+        self.name = name
+        self.exit_code = 128 + signum
 
 
 class ObserverFailure(Exception):

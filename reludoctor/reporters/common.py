@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
+from typing import TypeVar
 
+from reludoctor.errors import printable
 from reludoctor.gates import preview  # noqa: F401 - shared: unit lists in every format
 from reludoctor.report import Report, SiteStats
 
 # Characters XML 1.0 cannot hold even escaped (most C0 controls, lone surrogates, U+FFFE/F).
 _NOT_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+# The same minus the controls ``printable`` writes visibly (so Markdown shows them as \x1b).
+_NOT_XML_NOR_CONTROL = re.compile("[\ud800-\udfff\ufffe\uffff]")
+_SPACES = re.compile("[ \t\n\r\f\v]+")
 # What could change the meaning of Markdown text (emphasis, links, HTML, tables, code).
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|~&#!])")
 
+T = TypeVar("T")
 SEVERITIES = ("error", "warning", "info")
 SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2}
 
@@ -69,21 +76,63 @@ def top_sites(report: Report, top: int | None) -> tuple[list[int], int]:
     return kept, len(indices) - len(kept)
 
 
+def fold(text: str) -> str:
+    """Runs of spaces, tabs and line breaks -> one space, stripped (other controls are left for
+    ``printable``)."""
+    return _SPACES.sub(" ", text).strip(" ")
+
+
+def xml_safe_keep(text: object) -> str:
+    """Like ``xml_safe`` but leaves control characters for ``printable`` to show."""
+    return _NOT_XML_NOR_CONTROL.sub("\ufffd", str(text))
+
+
 def xml_safe(text: object) -> str:
     """Text XML 1.0 can hold: characters it forbids become U+FFFD."""
     return _NOT_XML.sub("\ufffd", str(text))
 
 
+def printable_copy(value: T) -> T:
+    """``value`` with every string in it made printable (``errors.printable``: control characters
+    as visible ``\\x1b`` text), walking dataclasses, tuples, lists and dicts: what a terminal
+    renderer shows of a report whose names come from a model file or a saved report."""
+    if isinstance(value, str):
+        return printable(value)  # type: ignore[return-value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        changes = {}
+        for spec in dataclasses.fields(value):
+            if not spec.init:
+                continue
+            old = getattr(value, spec.name)
+            new = printable_copy(old)
+            if new is not old:
+                changes[spec.name] = new
+        return dataclasses.replace(value, **changes) if changes else value
+    if isinstance(value, (tuple, list)):
+        items = [printable_copy(v) for v in value]
+        if all(a is b for a, b in zip(items, value)):
+            return value
+        return type(value)(items) if not hasattr(value, "_fields") else type(value)(*items)  # type: ignore[return-value]
+    if isinstance(value, dict):
+        pairs = [(printable_copy(k), printable_copy(v)) for k, v in value.items()]
+        if all(a is k and b is v for (a, b), (k, v) in zip(pairs, value.items())):
+            return value
+        return type(value)(pairs)  # type: ignore[return-value]
+    return value
+
+
 def md_escape(text: object) -> str:
-    """Plain text for Markdown (GitHub): specials backslash-escaped, newlines folded."""
-    cleaned = " ".join(xml_safe(text).split())
+    """Plain text for Markdown (GitHub): specials backslash-escaped, newlines folded, control
+    characters written as visible ``\\x1b`` text."""
+    cleaned = printable(fold(xml_safe_keep(text)))
     return _MARKDOWN_SPECIAL.sub(r"\\\1", cleaned)
 
 
 def md_code(text: object, table: bool = False) -> str:
     """An inline code span for names (site names come from model files). In a table cell a pipe
-    is written as \\| (GitHub unescapes it inside code spans too)."""
-    cleaned = " ".join(xml_safe(text).split())
+    is written as \\| (GitHub unescapes it inside code spans too). Control characters become
+    visible ``\\x1b`` text."""
+    cleaned = printable(fold(xml_safe_keep(text)))
     if table:
         cleaned = cleaned.replace("|", "\\|")
     fence = "`"

@@ -26,8 +26,13 @@ def _change(before: int, after: int) -> str:
 
 
 def print_summary(summary: FixSummary, console: Any) -> None:
-    from rich.markup import escape
+    from rich.markup import escape as markup_escape
     from rich.table import Table
+
+    from reludoctor.errors import printable
+
+    def escape(text: object) -> str:  # markup-escaped, control characters as visible text
+        return markup_escape(printable(text))
 
     title = f"reludoctor fix --{summary.strategy}"
     if summary.alpha is not None:
@@ -40,7 +45,7 @@ def print_summary(summary: FixSummary, console: Any) -> None:
         shown = WOULD.get(action, action) if summary.dry_run else action
         units = str(site.units) if site.units_after in (None, site.units) \
             else f"{site.units} -> {site.units_after}"
-        table.add_row(escape(site.site), site.op, f"[{ACTION_STYLE.get(action, '')}]{escape(shown)}[/]",
+        table.add_row(escape(site.site), escape(site.op), f"[{ACTION_STYLE.get(action, '')}]{escape(shown)}[/]",
                       units, _units(site.targets), escape(site.layer or ""), escape(site.reason or ""))
     console.print(table)
     lines = [f"model: {escape(summary.model.path or summary.model.format)}"]

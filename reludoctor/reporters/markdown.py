@@ -62,7 +62,7 @@ def render(report: Report, options: RenderOptions | None = None) -> str:
                f"{s.firing_rate_bound_95:.2%} (95%) |")
     model = report.model
     out.append(f"| model | {md_escape(model.format)}, observed via {md_escape(model.method)}"
-               + (f", sha256 `{model.sha256[:12]}`" if model.sha256 else "") + " |")
+               + (f", sha256 {md_code(model.sha256[:12])}" if model.sha256 else "") + " |")
     if report.unobserved_sites:
         out.append(f"| not observed | {len(report.unobserved_sites)} site(s): "
                    + ", ".join(md_code(u.name, table=True) for u in report.unobserved_sites[:5]) + " |")
@@ -128,7 +128,7 @@ def _baseline(report: Report) -> list[str]:
         out += ["", "| site | status | dead % before | dead % now | newly dead | revived |",
                 "|---|---|--:|--:|---|---|"]
         for change in changed[:20]:
-            out.append(f"| {md_code(change.name, table=True)} | {change.status} | "
+            out.append(f"| {md_code(change.name, table=True)} | {md_escape(change.status)} | "
                        f"{percent(change.dead_ratio_before)} | {percent(change.dead_ratio_after)} | "
                        f"{md_escape(preview(change.newly_dead, 6)) or '-'} | "
                        f"{md_escape(preview(change.revived, 6)) or '-'} |")

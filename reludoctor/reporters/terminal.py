@@ -20,7 +20,14 @@ from rich.table import Table
 from rich.text import Text
 
 from reludoctor.report import NOT_REQUESTED, BaselineComparison, GateOutcome, Report
-from reludoctor.reporters.common import RenderOptions, human, percent, preview, top_sites
+from reludoctor.reporters.common import (
+    RenderOptions,
+    human,
+    percent,
+    preview,
+    printable_copy,
+    top_sites,
+)
 
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 BAR_WIDTH = 8
@@ -204,8 +211,11 @@ def gradient_lines(report: Report) -> list[Text]:
 
 
 def print_report(report: Report, console: Console, options: RenderOptions | None = None) -> None:
-    """The whole terminal report onto ``console``."""
+    """The whole terminal report onto ``console``. Every name and message is shown with its
+    control characters as visible ``\\x1b`` text: names come from model files and saved reports,
+    and a terminal would act on an escape sequence (clear the screen, retitle the window...)."""
     options = options or RenderOptions()
+    report = printable_copy(report)
     model = report.model
     calibration = report.calibration
     console.print(Text.assemble(("reludoctor ", "bold"), f"{model.path or 'in-memory model'} ",
@@ -303,7 +313,9 @@ def baseline_lines(comparison: BaselineComparison) -> list[tuple[int, Text]]:
 
 def print_diff(rows: list, comparison: BaselineComparison, console: Console, a: str, b: str,
                tolerance: float) -> None:
-    """``reludoctor diff A B``: per site dead ratio A -> B, newly dead, revived, dormant change."""
+    """``reludoctor diff A B``: per site dead ratio A -> B, newly dead, revived, dormant change
+    (names with their control characters as visible text)."""
+    rows, comparison, a, b = printable_copy((list(rows), comparison, a, b))
     def build(name_width: int, with_worse: bool) -> Table:
         table = Table(title=f"A: {a}\nB: {b}", title_justify="left", box=box.SIMPLE_HEAD,
                       pad_edge=False, collapse_padding=True)
