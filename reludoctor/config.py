@@ -2,7 +2,10 @@
 
 The file is found by searching the current directory and then its parents: in each folder a
 ``reludoctor.toml`` wins over a ``pyproject.toml``, and a pyproject.toml without a
-``[tool.reludoctor]`` table is passed over. ``--config FILE`` names the file instead. Command-line
+``[tool.reludoctor]`` table is passed over. A settings file on that path that cannot be read or
+parsed (a TOML syntax error anywhere in a pyproject.toml, nesting too deep, more than
+``safeio.MAX_SETTINGS_BYTES``, not a regular file) is an error naming the file and the line,
+never skipped: skipping it would silently drop the gates it may hold. ``--config FILE`` names the file instead. Command-line
 options override the file (``merge``). Unknown keys and bad values are refused (exit 2) naming the
 file and the key. Keys may be written with hyphens or underscores (``fail-over``, ``fail_over``).
 
@@ -74,45 +77,77 @@ class Overrides:
 
 
 def find_config(start: Path | None = None) -> Path | None:
-    """The settings file for ``start`` (default: the current directory), searching upwards."""
+    """The settings file for ``start`` (default: the current directory), searching upwards.
+
+    A reludoctor.toml or pyproject.toml that exists there but cannot be read or parsed is a
+    ConfigError (exit 2): a broken pyproject.toml may hold the [tool.reludoctor] gates."""
     folder = (start or Path.cwd()).resolve()
     for candidate in (folder, *folder.parents):
         own = candidate / CONFIG_FILE
-        if own.is_file():
+        if _present(own):
             return own
         pyproject = candidate / PYPROJECT
-        if pyproject.is_file() and _has_tool_table(pyproject):
+        if _present(pyproject) and _has_tool_table(pyproject):
             return pyproject
     return None
 
 
-def _has_tool_table(path: Path) -> bool:
+def _present(path: Path) -> bool:
+    """Whether something is at ``path`` (a dangling symlink or a FIFO too: reading it then
+    says what is wrong, instead of passing it over)."""
     try:
-        data = _read_toml(path)
-    except ConfigError:
-        return False  # a broken pyproject.toml that is not ours: keep looking
+        return path.is_symlink() or path.exists()
+    except OSError:
+        return True  # e.g. a symlink loop: reading it names the problem
+
+
+def _has_tool_table(path: Path) -> bool:
+    data = _read_toml(path)  # a broken pyproject.toml is an error, never "not ours"
     tool = data.get("tool")
     return isinstance(tool, dict) and "reludoctor" in tool
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    """A settings file parsed: a regular file of at most MAX_SETTINGS_BYTES (safeio: a FIFO or a
+    device never blocks), UTF-8, valid TOML, nesting within Python's limits; else ConfigError
+    naming the file (and the line, for syntax errors)."""
     try:
         import tomllib
     except ImportError:  # Python 3.10
         import tomli as tomllib
+    from reludoctor import safeio
+
+    raw = safeio.read_limited(path, safeio.MAX_SETTINGS_BYTES, "settings file", ConfigError)
+    safeio.note_read(path)  # outputs never overwrite it
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except OSError as exc:
-        raise ConfigError(f"cannot read the settings file {path}: {exc.strerror or exc}") from exc
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"settings file {path}, line {line}: not UTF-8 text "
+                          f"(byte 0x{raw[exc.start]:02x})", "TOML files are UTF-8") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+        line = getattr(exc, "lineno", None) or _line_of(str(exc))
+        where = f", line {line}" if line else ""
+        raise ConfigError(f"settings file {path}{where} is not valid TOML: {exc}",
+                          "fix the syntax: reludoctor reads this file for its gates") from None
+    except RecursionError:
+        raise ConfigError(f"settings file {path} is not valid TOML for reludoctor: "
+                          "arrays or tables nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer beyond Python's digit limit
+        raise ConfigError(f"settings file {path} is not valid TOML for reludoctor: {exc}") from None
+
+
+def _line_of(message: str) -> int | None:
+    match = re.search(r"at line (\d+)", message)
+    return int(match.group(1)) if match else None
 
 
 def load_config(path: Path) -> Settings:
     """Settings from a reludoctor.toml (top-level keys) or a pyproject.toml ([tool.reludoctor])."""
     path = Path(path)
-    if not path.is_file():
+    if not _present(path):
         raise ConfigError(f"settings file {path} not found", "check the --config path")
     data = _read_toml(path)
     where = path.name
