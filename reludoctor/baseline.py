@@ -26,32 +26,72 @@ from reludoctor.report import (
 
 def load_report(path: str | Path, what: str = "report") -> Report:
     """Read a saved JSON report (``scan --json``); anything unusable is a ReportFormatError
-    (exit 2) naming the file: unreadable, not JSON, another schema version, not a report."""
+    (exit 2) naming the file: missing, not a regular file (a FIFO never blocks, a device such as
+    /dev/zero is never read), larger than ``safeio.MAX_REPORT_BYTES``, not UTF-8, not JSON,
+    nested too deeply, integers longer than ``safeio.MAX_JSON_INT_DIGITS`` digits, NaN or
+    Infinity (JSON has neither), another schema version, not a report."""
+    from reludoctor import safeio
     from reludoctor.schema import ReportValidationError, validate
 
     path = Path(path)
+    if not path.is_symlink() and not path.exists():
+        raise ReportFormatError(f"{what} {path} not found")
+    if path.is_dir():
+        raise ReportFormatError(f"{what} {path} is a directory", "give a JSON report file")
+    raw = safeio.read_limited(path, safeio.MAX_REPORT_BYTES, what, ReportFormatError)
+    safeio.note_read(path)  # outputs never overwrite it
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ReportFormatError(f"{what} {path} not found") from None
-    except IsADirectoryError:
-        raise ReportFormatError(f"{what} {path} is a directory", "give a JSON report file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ReportFormatError(f"cannot read {what} {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ReportFormatError(f"cannot read {what} {path}: not UTF-8 text (byte {exc.start})",
+                                "give a report written by reludoctor scan --json") from None
     try:
-        data: Any = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ReportFormatError(f"{what} {path} is not valid JSON: {exc.msg} at line {exc.lineno} "
-                                f"column {exc.colno}", "give a report written by reludoctor scan --json") from None
-    try:
+        data: Any = parse_json(text)
         check_schema_version(data)  # first: it gives the clearest message
         data = with_defaults(Report, data)  # keys added to version 1 after it was written
         validate(data)
         return Report.from_dict(data)
+    except json.JSONDecodeError as exc:
+        raise ReportFormatError(f"{what} {path} is not valid JSON: {exc.msg} at line {exc.lineno} "
+                                f"column {exc.colno}", "give a report written by reludoctor scan --json") from None
     except ReportFormatError as exc:
         raise ReportFormatError(f"{what} {path}: {exc.message}", exc.hint) from None
     except ReportValidationError as exc:
         raise ReportFormatError(f"{what} {path}: {exc}", "give a report written by reludoctor scan --json") from None
+    except RecursionError:
+        raise ReportFormatError(f"{what} {path} is not a reludoctor report: JSON nested too deeply",
+                                "give a report written by reludoctor scan --json") from None
+    except (ValueError, TypeError, OverflowError) as exc:  # JSON that parses but no report can hold
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ReportFormatError(f"{what} {path} is not a reludoctor report: {detail}",
+                                "give a report written by reludoctor scan --json") from None
+
+
+def parse_json(text: str) -> Any:
+    """``json.loads`` for untrusted reports: NaN, Infinity and -Infinity are refused (JSON has
+    none of them; reludoctor writes null), so are numbers that overflow a float (1e999) and
+    integers of more than ``safeio.MAX_JSON_INT_DIGITS`` digits (ValueError, before Python
+    converts them). Nesting deeper than Python's recursion limit raises RecursionError."""
+    from reludoctor.safeio import MAX_JSON_INT_DIGITS
+
+    def constant(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON (reports write null for a missing number)")
+
+    def integer(digits: str) -> int:
+        if len(digits.lstrip("-")) > MAX_JSON_INT_DIGITS:
+            raise ValueError(f"an integer of {len(digits.lstrip('-')):,} digits (at most "
+                             f"{MAX_JSON_INT_DIGITS:,})")
+        return int(digits)
+
+    def number(digits: str) -> float:
+        if len(digits) > MAX_JSON_INT_DIGITS:
+            raise ValueError(f"a number of {len(digits):,} characters")
+        value = float(digits)
+        if value in (float("inf"), float("-inf")):
+            raise ValueError(f"the number {digits[:20]}{'...' if len(digits) > 20 else ''} overflows")
+        return value
+
+    return json.loads(text, parse_constant=constant, parse_int=integer, parse_float=number)
 
 
 def compare(before: Report, after: Report, source: str) -> BaselineComparison:
