@@ -170,3 +170,86 @@ def input_at(destination: str | Path) -> str | None:
     """The input file this run read that ``destination`` is (None: safe to write)."""
     current = _LEDGER.get()
     return None if current is None else current.reader_of(destination)
+
+
+# --- Temporary files of atomic writes ------------------------------------------------------
+# Every temporary file an output writer creates is registered *before* it exists (the name is
+# chosen here, then created with O_EXCL), so that whatever interrupts the write (SIGTERM, SIGINT,
+# a second signal during the writer's own cleanup) the CLI can still remove it on the way out.
+
+import secrets  # noqa: E402
+
+_TEMPS: set[str] = set()
+
+
+def create_temp(folder: str | Path, prefix: str, suffix: str) -> tuple[int, str]:
+    """Create a new empty file ``folder/PREFIX<random>SUFFIX`` (mode 0600, like mkstemp) and
+    return (descriptor, path); the path is registered for ``remove_temps`` until ``forget_temp``
+    or ``remove_temp``. OSError (a read-only folder, ...) propagates, with nothing registered."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        name = os.path.join(str(folder), f"{prefix}{secrets.token_hex(6)}{suffix}")
+        _TEMPS.add(name)  # first: a signal between here and the open leaves nothing behind
+        try:
+            return os.open(name, flags, 0o600), name
+        except FileExistsError:
+            _TEMPS.discard(name)
+        except BaseException:
+            _TEMPS.discard(name)
+            raise
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(folder))
+
+
+def forget_temp(name: str | Path) -> None:
+    """``name`` was renamed onto its destination: nothing to remove any more."""
+    _TEMPS.discard(str(name))
+
+
+def remove_temp(name: str | Path) -> None:
+    """Remove a temporary file (if it is still there) and forget it."""
+    try:
+        os.unlink(name)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return  # keep it registered: remove_temps tries again on the way out
+    _TEMPS.discard(str(name))
+
+
+def remove_temps() -> None:
+    """Remove every temporary file still registered (the CLI calls this on every exit path)."""
+    for name in list(_TEMPS):
+        remove_temp(name)
+
+
+def refuse_input(destination: str | Path, option: str | None = None) -> None:
+    """UsageError (exit 2) when this run read ``destination`` as an input (model, external data,
+    data file, image of a folder, labels, baseline, settings): outputs never overwrite inputs."""
+    from reludoctor.errors import UsageError
+
+    hit = input_at(destination)
+    if hit is not None:
+        label = f"{option} {destination}" if option else str(destination)
+        raise UsageError(f"{label} would overwrite an input file ({hit}): reludoctor never "
+                         "overwrites what it reads", "choose another path")
+
+
+def would_overwrite(destination: str | Path, inputs: "list[str | Path | None]") -> str | None:
+    """Before a run reads anything: the input ``destination`` is among ``inputs`` (through
+    symlinks and hard links), an existing image inside an input folder (a scan would read it),
+    or a file this run already read (the ledger); else None."""
+    known = InputLedger()
+    folders = []
+    for item in inputs:
+        if item:
+            known.note(item)
+            if Path(item).is_dir():
+                folders.append(Path(item).resolve())
+    hit = known.reader_of(destination) or input_at(destination)
+    if hit is None and folders:
+        from reludoctor.images import SUFFIXES
+
+        target = Path(destination).resolve()
+        if target.suffix.lower() in SUFFIXES and target.is_file():
+            hit = next((str(target) for folder in folders if folder in target.parents), None)
+    return hit

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -61,20 +60,39 @@ def check_destination(out: Path, inputs: Sequence[Path], force: bool, option: st
 
 
 @contextlib.contextmanager
-def atomic_path(out: Path) -> Iterator[Path]:
+def atomic_path(out: Path, option: str = "-o") -> Iterator[Path]:
     """A temporary path beside ``out``; renamed onto ``out`` when the block succeeds, removed
-    when it fails (nothing is left behind)."""
+    when it fails or is interrupted (nothing is left behind).
+
+    Refused (UsageError, exit 2): ``out`` is a file this run read (the input ledger of
+    ``reludoctor.safeio``: the model, its external data, data files...), checked before the
+    temporary file is made and again right before the rename; a folder that cannot be written
+    (read-only, full) is a ReludoctorError naming it, not an internal error."""
+    from reludoctor import safeio
+    from reludoctor.errors import ReludoctorError
+
+    out = Path(out)
     folder = out.parent if str(out.parent) else Path(".")
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".tmp{out.suffix}", dir=folder)
-    os.close(fd)
+    safeio.refuse_input(out, option)
+    try:
+        fd, name = safeio.create_temp(folder, f".{out.name}.", f".tmp{out.suffix}")
+    except OSError as exc:
+        raise ReludoctorError(f"cannot write {option} {out}: {safeio.os_reason(exc)} (folder {folder})",
+                              "choose a folder you can write to") from None
     temp = Path(name)
     try:
-        if hasattr(os, "chmod"):  # mkstemp makes 0600; a model is an ordinary file
+        os.close(fd)
+        if hasattr(os, "chmod"):  # the temp file is 0600; a model is an ordinary file
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(temp, 0o666 & ~umask)
         yield temp
-        os.replace(temp, out)
+        safeio.refuse_input(out, option)  # the ledger now knows every file the run read
+        try:
+            os.replace(temp, out)
+        except OSError as exc:
+            raise ReludoctorError(f"cannot write {option} {out}: {safeio.os_reason(exc)}") from None
+        safeio.forget_temp(temp)
     except BaseException:
-        temp.unlink(missing_ok=True)
+        safeio.remove_temp(temp)
         raise

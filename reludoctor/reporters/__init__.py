@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-import tempfile
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -58,23 +57,42 @@ def render(fmt: OutputFormat | str, report: Report, options: RenderOptions | Non
     return module.render(report, options or RenderOptions())
 
 
-def emit(text: str, destination: str) -> None:
-    """Write to stdout for '-', else atomically (temp file in the same folder, then rename)."""
+def emit(text: str, destination: str, option: str | None = None) -> None:
+    """Write to stdout for '-', else atomically (temp file in the same folder, then rename).
+
+    Refused (UsageError, exit 2) when ``destination`` is a file this run read (the input ledger
+    of ``reludoctor.safeio``), checked before the temp file is made and again right before the
+    rename. An OSError (a read-only folder, a full disk) is a ReludoctorError naming ``option``
+    and ``destination``; the temp file is removed on every failure, signals included."""
+    from reludoctor import safeio
+    from reludoctor.errors import ReludoctorError
+
     if destination == "-":
         sys.stdout.write(text)
         sys.stdout.flush()
         return
+    label = f"{option} {destination}" if option else str(destination)
     path = Path(destination)
     folder = path.parent if str(path.parent) else Path(".")
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    safeio.refuse_input(path, option)
     try:
-        if hasattr(os, "fchmod"):  # mkstemp makes 0600; a report is an ordinary file
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-        os.replace(temp, path)
+        fd, temp = safeio.create_temp(folder, f".{path.name}.", ".tmp")
+    except OSError as exc:
+        raise ReludoctorError(f"cannot write {label}: {safeio.os_reason(exc)}",
+                              "check the folder exists and is writable") from None
+    try:
+        try:
+            if hasattr(os, "fchmod"):  # the temp file is 0600; a report is an ordinary file
+                umask = os.umask(0)
+                os.umask(umask)
+                os.fchmod(fd, 0o666 & ~umask)
+            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+                handle.write(text)
+            safeio.refuse_input(path, option)  # the ledger now knows every file the run read
+            os.replace(temp, path)
+        except OSError as exc:
+            raise ReludoctorError(f"cannot write {label}: {safeio.os_reason(exc)}") from None
+        safeio.forget_temp(temp)
     except BaseException:
-        Path(temp).unlink(missing_ok=True)
+        safeio.remove_temp(temp)
         raise
