@@ -37,9 +37,11 @@ def _warner(err, enabled: bool = True):  # noqa: ANN001, ANN202
     """A warn(message) callback printing 'warning: ...' on the stderr console (or nothing)."""
     from rich.markup import escape
 
+    from reludoctor.errors import printable
+
     def warn(message: str) -> None:
         if enabled:
-            err.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False)
+            err.print(f"[bold yellow]warning:[/] {escape(printable(message))}", highlight=False)
 
     return warn
 
@@ -83,6 +85,7 @@ def _plan_outputs(outputs: dict[str, Optional[str]], stdout_format: Optional[str
     At most one output may be '-' (stdout), and then --format may not ask for another; no two
     outputs may be the same file; none may overwrite an input; folders must exist.
     """
+    from reludoctor import safeio
     from reludoctor.errors import UsageError
     from reludoctor.reporters import STDOUT_FORMATS
 
@@ -99,7 +102,6 @@ def _plan_outputs(outputs: dict[str, Optional[str]], stdout_format: Optional[str
         raise UsageError(f"{OUTPUT_OPTIONS[to_stdout[0]]} - and --format {stdout_format} both want stdout",
                          "drop --format, or write the other to a file")
     seen: dict[Path, str] = {}
-    input_paths = {Path(p).resolve() for p in inputs if p}
     for fmt, dest in planned:
         if dest == "-":
             continue
@@ -107,8 +109,9 @@ def _plan_outputs(outputs: dict[str, Optional[str]], stdout_format: Optional[str
         target = Path(dest).resolve()
         if target.is_dir():
             raise UsageError(f"{option} {dest} is a directory", "give a file path")
-        if target in input_paths:
-            raise UsageError(f"{option} {dest} would overwrite an input file", "choose another path")
+        hit = safeio.would_overwrite(dest, inputs)
+        if hit is not None:
+            raise UsageError(f"{option} {dest} would overwrite an input file ({hit})", "choose another path")
         if target in seen:
             raise UsageError(f"{seen[target]} and {option} both write {dest}", "give each output its own file")
         if not target.parent.is_dir():
@@ -193,7 +196,7 @@ def _write_outputs(report, planned: list[tuple[str, str]], stdout_format: Option
             raise
     for fmt, dest, text in rendered:
         try:
-            emit(text, dest)
+            emit(text, dest, OUTPUT_OPTIONS[fmt])  # refuses an input the run read (the ledger)
         except OSError as exc:
             raise ReludoctorError(f"cannot write {OUTPUT_OPTIONS[fmt]} {dest}: {exc.strerror or exc}") from exc
     if stdout_format == "table":
@@ -206,11 +209,12 @@ def _gate_exit(report, err) -> int:  # noqa: ANN001
     from rich.markup import escape
 
     from reludoctor import gates
+    from reludoctor.errors import printable
 
     if report.gates is None or report.gates.passed:
         return EXIT_OK
     for line in gates.summary_lines(report.gates):
-        head, _, rest = line.partition(": ")
+        head, _, rest = printable(line).partition(": ")
         err.print(f"[bold red]{escape(head)}:[/] {escape(rest)}", highlight=False)
     return EXIT_GATE
 
@@ -399,14 +403,17 @@ def _diff(a, b, tolerance, json_out, config, debug) -> int:  # noqa: ANN001
     from reludoctor.errors import UsageError
     from reludoctor.reporters import emit, terminal
 
+    from reludoctor import safeio
+
     settings = _settings(config, None, None, None, None, None, tolerance)
     limit = settings.tolerance if settings.tolerance is not None else 0.0
     if json_out not in (None, "-"):
         target = Path(json_out).resolve()
         if target.is_dir():
             raise UsageError(f"--json {json_out} is a directory", "give a file path")
-        if target in {Path(a).resolve(), Path(b).resolve()}:
-            raise UsageError(f"--json {json_out} would overwrite an input file", "choose another path")
+        hit = safeio.would_overwrite(json_out, [a, b, settings.source])
+        if hit is not None:
+            raise UsageError(f"--json {json_out} would overwrite an input file ({hit})", "choose another path")
         if not target.parent.is_dir():
             raise UsageError(f"--json {json_out}: folder {target.parent} does not exist")
     before = load_report(a, "report A")
@@ -414,7 +421,8 @@ def _diff(a, b, tolerance, json_out, config, debug) -> int:  # noqa: ANN001
     comparison = compare(before, after, a)
     rows = diff_rows(comparison, limit)
     if json_out is not None:
-        emit(json.dumps(diff_to_dict(a, b, comparison, limit), indent=2, allow_nan=False) + "\n", json_out)
+        emit(json.dumps(diff_to_dict(a, b, comparison, limit), indent=2, allow_nan=False) + "\n", json_out,
+             "--json")
     if json_out != "-":
         terminal.print_diff(rows, comparison, Console(), a, b, limit)
     return EXIT_GATE if any(row.worse for row in rows) else EXIT_OK
@@ -503,6 +511,11 @@ def _fix(model, data, out, prune_dead, leaky, reinit, sites, summary, force, dry
         for other in (model, data, out):
             if other and same_file(target, Path(other)):
                 raise UsageError(f"--summary {summary} would overwrite {other}", "choose another path")
+        from reludoctor import safeio
+
+        hit = safeio.would_overwrite(summary, [model, data])  # an image inside a --data folder too
+        if hit is not None:
+            raise UsageError(f"--summary {summary} would overwrite an input file ({hit})", "choose another path")
         check_destination(target, [], force=True, option="--summary")
     strategy = {"--prune-dead": "prune-dead", "--leaky": "leaky", "--reinit": "reinit"}[chosen[0]]
     err = _stderr()
@@ -513,7 +526,7 @@ def _fix(model, data, out, prune_dead, leaky, reinit, sites, summary, force, dry
                  dormant_tau=dormant_tau, arch=arch, arch_kwargs=arch_kwargs,
                  unsafe_pickle=unsafe_pickle, seed=seed, on_warning=warn)
     if summary is not None:
-        emit(result.to_json(), summary)
+        emit(result.to_json(), summary, "--summary")  # the ledger: external data, images too
     if summary != "-":
         from reludoctor.reporters.fix_summary import print_summary
 
@@ -522,27 +535,89 @@ def _fix(model, data, out, prune_dead, leaky, reinit, sites, summary, force, dry
 
 
 def _guarded(debug: bool, action) -> int:  # noqa: ANN001
-    """Run a command: our errors -> one line and exit 2; anything else -> exit 3."""
-    from reludoctor.errors import ReludoctorError
+    """Run a command: our errors -> one line and exit 2; anything else -> exit 3; SIGINT and
+    SIGTERM -> temporary files removed, one line, exit 130 / 143. The command runs inside an
+    input ledger (``safeio.ledger``): every file it reads is protected from its outputs."""
+    from reludoctor import safeio
+    from reludoctor.errors import ReludoctorError, printable
 
     try:
-        return action()
+        with safeio.ledger():
+            code = action()
+        if _SIGNALLED:  # a signal whose exception something swallowed: still an interruption
+            raise KeyboardInterrupt
+        return code
     except ReludoctorError as exc:
         if debug:
             traceback.print_exc()
         print(f"reludoctor: error: {exc.one_line()}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("reludoctor: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        return _interrupted(getattr(exc, "signum", None))
     except Exception as exc:  # noqa: BLE001 - the last line of defence
         if debug:
             traceback.print_exc()
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        print(f"reludoctor: internal error: {type(exc).__name__}: {detail} "
+        print(f"reludoctor: internal error: {type(exc).__name__}: {printable(detail)} "
               "(re-run with --debug for the traceback, and please report it)", file=sys.stderr)
         return EXIT_INTERNAL
+    finally:
+        safeio.remove_temps()
+
+
+# Signals received (the first one raises Interrupted; later ones are only recorded, so that
+# nothing interrupts the cleanup on the way out), and whether the one line was printed.
+_SIGNALLED: list[int] = []
+_REPORTED: list[int] = []
+
+
+def _interrupted(signum: Optional[int]) -> int:
+    """Remove temporary files, print one line once, return 128 + the signal number."""
+    import signal
+
+    from reludoctor import safeio
+
+    safeio.remove_temps()
+    if signum is None:
+        signum = _SIGNALLED[0] if _SIGNALLED else int(signal.SIGINT)
+    if not _REPORTED:
+        _REPORTED.append(signum)
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        print(f"reludoctor: interrupted ({name})", file=sys.stderr)
+    return 128 + signum
+
+
+def _on_signal(signum: int, frame) -> None:  # noqa: ANN001
+    from reludoctor.errors import Interrupted
+
+    first = not _SIGNALLED
+    _SIGNALLED.append(signum)
+    if first:
+        raise Interrupted(signum)
 
 
 def main() -> None:
-    app()
+    import signal
+
+    from reludoctor import safeio
+
+    for name in ("SIGTERM", "SIGINT"):
+        number = getattr(signal, name, None)
+        if number is not None:
+            try:
+                signal.signal(number, _on_signal)
+            except ValueError:  # not the main thread (an embedding): leave the defaults
+                pass
+    try:
+        app()
+    except KeyboardInterrupt as exc:  # outside a command (click's parsing): still one line
+        sys.exit(_interrupted(getattr(exc, "signum", None)))
+    except SystemExit as exc:
+        if _SIGNALLED:  # click turned it into "Aborted!" and exit 1
+            sys.exit(_interrupted(_SIGNALLED[0]))
+        raise
+    finally:
+        safeio.remove_temps()
