@@ -129,6 +129,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         line = getattr(exc, "lineno", None) or _line_of(str(exc))
+        if line is None and "end of document" in str(exc):
+            line = max(1, len(text.splitlines()))
         where = f", line {line}" if line else ""
         raise ConfigError(f"settings file {path}{where} is not valid TOML: {exc}",
                           "fix the syntax: reludoctor reads this file for its gates") from None
