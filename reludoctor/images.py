@@ -2,7 +2,9 @@
 
 - Discovery: every ``.png``, ``.jpg`` and ``.jpeg`` file (any letter case) under the folder,
   recursively; hidden files and folders (a leading ``.``) and other files are skipped; symlinked
-  folders are not followed. Order: sorted by path components, so class subfolders
+  folders are not followed. An image name that is not a regular file (a FIFO, a device, a
+  symlink loop or a dangling link) is an error naming it, never read; every image found is noted
+  in the input ledger (``reludoctor.safeio``) at discovery, so no output can overwrite one. Order: sorted by path components, so class subfolders
   (``root/cat/1.png``) come folder by folder in the order torchvision's ``ImageFolder`` uses.
   Subfolders are only places to find images: no labels are derived from them.
 - Decoding: Pillow, one batch at a time (a small thread pool decodes the batch's files; Pillow
@@ -20,6 +22,7 @@
 from __future__ import annotations
 
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from reludoctor import safeio
 from reludoctor.errors import DataError, UsageError
 
 SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -79,12 +83,13 @@ def discover(root: Path) -> list[str]:
                 entries = sorted((e for e in listing if not e.name.startswith(".")),
                                  key=lambda e: e.name)
         except OSError as exc:
-            raise DataError(f"{folder}: cannot read folder ({exc.strerror})") from exc
+            raise DataError(f"{folder}: cannot read folder ({safeio.os_reason(exc)})") from exc
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
                 walk(entry.path, f"{prefix}{entry.name}/")
-            elif os.path.splitext(entry.name)[1].lower() in SUFFIXES and entry.is_file():
+            elif os.path.splitext(entry.name)[1].lower() in SUFFIXES and _image_file(entry):
                 found.append(prefix + entry.name)
+                safeio.note_read(entry.path)
             else:
                 others += 1
 
@@ -94,6 +99,19 @@ def discover(root: Path) -> list[str]:
         raise DataError(f"{root}: directory holds no PNG or JPEG images{what}",
                         "put .png/.jpg/.jpeg files in it; subfolders are searched too")
     return found
+
+
+def _image_file(entry: os.DirEntry) -> bool:
+    """An image-named entry: True for a regular file (symlinks followed), False for a symlink
+    to a folder (not followed, as for folders); anything else is refused, naming it."""
+    if entry.is_symlink():
+        try:
+            if entry.is_dir():
+                return False
+        except OSError:
+            pass
+    safeio.check_regular(entry.path, "image", DataError)
+    return True
 
 
 def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
@@ -108,7 +126,7 @@ def decode(path: Path, transform: Transform) -> np.ndarray:
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
+        with safeio.open_regular(path, "image", DataError) as handle, Image.open(handle) as image:
             image.load()
             return _pixels(image, transform, path)
     except DataError:
@@ -116,6 +134,7 @@ def decode(path: Path, transform: Transform) -> np.ndarray:
     except Exception as exc:  # noqa: BLE001 - whatever Pillow raises on a bad file: a data error
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         detail = detail.replace(f" {str(path)!r}", "").replace(f" {path}", "")  # named already
+        detail = re.sub(r" <_io\.\w+ name=[^>]*>", "", detail)  # Pillow names the open handle
         raise DataError(f"{path}: cannot decode image ({detail})",
                         "re-save it as PNG or JPEG, or remove it from the folder") from exc
 
