@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 import zipfile
 from pathlib import Path
+from typing import BinaryIO
 
+from reludoctor import safeio
 from reludoctor.errors import ModelLoadError
 
 TORCH_EXPORT = "torch-export"
@@ -16,11 +19,12 @@ SAFETENSORS = "safetensors"
 ONNX = "onnx"
 
 
-def _zip_kind(path: Path) -> str | None:
+def _zip_kind(path: Path | BinaryIO) -> str | None:
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError):
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError,
+            OverflowError, MemoryError, struct.error):
         return None
     tails = {name.split("/", 1)[1] if "/" in name else name for name in names}
     if "archive_format" in tails or any(t.startswith("models/") and t.endswith(".json") for t in tails):
@@ -84,35 +88,38 @@ def _looks_like_onnx(head: bytes, size: int | None = None) -> bool:
 
 
 def detect_format(path: Path) -> str:
-    if not path.exists():
-        raise ModelLoadError(f"{path}: no such file", "check the model path")
+    """The model file's kind, from its content. Only a regular file is read (a FIFO, a device or
+    a symlink loop is a ModelLoadError at once, never a blocked read), and it is noted in the
+    input ledger (``reludoctor.safeio``) so no output of the run can overwrite it."""
+    path = Path(path)
     if path.is_dir():
         raise ModelLoadError(f"{path}: is a directory, not a model file", "pass the model file")
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as handle:
-            head = handle.read(4096)
-    except OSError as exc:
-        raise ModelLoadError(f"{path}: cannot read ({exc.strerror})", "check file permissions") from exc
-    if size == 0:
-        raise ModelLoadError(f"{path}: empty file", "the model file is truncated")
-    if head[:4] == b"PK\x03\x04":
-        kind = _zip_kind(path)
-        if kind in (TORCH_EXPORT, TORCHSCRIPT, TORCH_SAVE):
-            return kind
-        raise ModelLoadError(
-            f"{path}: a zip archive that is not a PyTorch model (or is truncated)",
-            "expected torch.export.save, torch.jit.save or torch.save output",
-        )
-    if _is_safetensors(head, size):
+    with safeio.open_regular(path, "model", ModelLoadError) as handle:
+        safeio.note_read(path)
         try:
-            (header_len,) = struct.unpack("<Q", head[:8])
-            with path.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            head = handle.read(4096)
+        except OSError as exc:
+            raise ModelLoadError(f"{path}: cannot read ({safeio.os_reason(exc)})",
+                                 "check file permissions") from exc
+        if size == 0:
+            raise ModelLoadError(f"{path}: empty file", "the model file is truncated")
+        if head[:4] == b"PK\x03\x04":
+            kind = _zip_kind(handle)
+            if kind in (TORCH_EXPORT, TORCHSCRIPT, TORCH_SAVE):
+                return kind
+            raise ModelLoadError(
+                f"{path}: a zip archive that is not a PyTorch model (or is truncated)",
+                "expected torch.export.save, torch.jit.save or torch.save output",
+            )
+        if _is_safetensors(head, size):
+            try:
+                (header_len,) = struct.unpack("<Q", head[:8])
                 handle.seek(8)
                 json.loads(handle.read(header_len))
-        except (ValueError, OSError) as exc:
-            raise ModelLoadError(f"{path}: corrupt safetensors header", "re-save the file") from exc
-        return SAFETENSORS
+            except (ValueError, OSError, RecursionError, MemoryError) as exc:
+                raise ModelLoadError(f"{path}: corrupt safetensors header", "re-save the file") from exc
+            return SAFETENSORS
     if head[:1] == b"\x80":  # legacy (non-zip) torch.save pickle
         return TORCH_SAVE
     if path.suffix.lower() == ".onnx" or _looks_like_onnx(head, size):
