@@ -41,6 +41,15 @@ MAX_SYNTHETIC_BYTES = 4 << 30
 # allocated (a zip bomb or a forged directory entry). Only stored and deflated members are read
 # (np.savez / np.savez_compressed write nothing else).
 MAX_DEFLATE_RATIO = 1032
+# A model exported with a fixed batch is fed batches of exactly that many rows, the last one
+# padded by repeating a sample, whatever --batch-size says. The fixed batch and the input shapes
+# come from the (untrusted) model file, so they are bounded before anything is allocated
+# (docs/security.md): a fixed batch above MAX_FIXED_BATCH rows, or whose padded batch of inputs
+# would exceed MAX_PADDED_BATCH_BYTES, is refused with a hint to re-export with a dynamic batch;
+# an input declaring more than MAX_SAMPLE_BYTES per sample is refused as it can never be fed.
+MAX_FIXED_BATCH = 65_536  # rows
+MAX_PADDED_BATCH_BYTES = 1 << 30  # 1 GiB: one padded batch, all inputs together
+MAX_SAMPLE_BYTES = 1 << 31  # 2 GiB: one sample of one input, as the model declares it
 
 Batch = tuple  # one array or tensor per model input, leading axis = samples
 
@@ -143,6 +152,63 @@ class Calibration:
 
 def _rows(array: Any) -> int:
     return int(array.shape[0])
+
+
+def _itemsize(dtype: str | None) -> int:
+    try:
+        return int(np.dtype(dtype).itemsize) if dtype else 1
+    except TypeError:  # bfloat16, float8, string: 2 bytes or fewer, or unknown
+        return 2 if dtype == "bfloat16" else 1
+
+
+def check_model_inputs(specs: Sequence[InputSpec], fixed_batch: int | None, where: str) -> None:
+    """Refuse input shapes a model file declares that no scan could allocate: a sample over
+    MAX_SAMPLE_BYTES, a fixed batch below 1 or over MAX_FIXED_BATCH rows, or whose padded batch
+    would exceed MAX_PADDED_BATCH_BYTES (unknown dimensions count as 1). ModelLoadError, exit 2."""
+    from reludoctor.errors import ModelLoadError
+
+    total = 0
+    for spec in specs:
+        if spec.shape is None or not spec.shape:
+            continue
+        sample = math.prod(d for d in spec.shape[1:] if d is not None) * _itemsize(spec.dtype)
+        if sample > MAX_SAMPLE_BYTES:
+            shown = ", ".join("N" if d is None else str(d) for d in spec.shape)
+            raise ModelLoadError(
+                f"{where}: input '{spec.name}' is declared [{shown}]: one sample would take "
+                f"{sample:,} bytes, more than the limit of {MAX_SAMPLE_BYTES:,}",
+                "the model file is corrupt, or its input shape is wrong")
+        total += sample
+    if fixed_batch is None:
+        return
+    if fixed_batch < 1:
+        raise ModelLoadError(f"{where}: the model declares a batch of {fixed_batch}: no sample can "
+                             "be fed", "re-export the model with a dynamic batch axis")
+    padded = fixed_batch * total
+    if fixed_batch > MAX_FIXED_BATCH or padded > MAX_PADDED_BATCH_BYTES:
+        raise ModelLoadError(
+            f"{where}: the model was exported with a fixed batch of {fixed_batch:,} rows "
+            f"({padded:,} bytes of inputs per batch); every batch is padded to it, and the limits "
+            f"are {MAX_FIXED_BATCH:,} rows and {MAX_PADDED_BATCH_BYTES:,} bytes",
+            "re-export the model with a dynamic batch axis (dynamic_axes / dynamic_shapes)")
+
+
+def check_padding(batch: Sequence[Any], fixed_batch: int, source: str) -> None:
+    """Before a batch is padded to a model's fixed batch: refuse a padded batch of inputs over
+    MAX_PADDED_BATCH_BYTES (the real sizes; ``check_model_inputs`` saw only declared ones)."""
+    total = 0
+    for array in batch:
+        rows = max(_rows(array), 1) if getattr(array, "ndim", 0) else 1
+        if isinstance(array, np.ndarray):
+            size = int(array.nbytes)
+        else:
+            size = int(array.numel()) * int(array.element_size())
+        total += fixed_batch * (size // rows)
+    if total > MAX_PADDED_BATCH_BYTES:
+        raise DataError(
+            f"{source}: padding a batch to the model's fixed batch of {fixed_batch:,} rows would "
+            f"take {total:,} bytes, more than the limit of {MAX_PADDED_BATCH_BYTES:,}",
+            "re-export the model with a dynamic batch axis (dynamic_axes / dynamic_shapes)")
 
 
 def _take(array: Any, rows: Any) -> Any:

@@ -14,7 +14,7 @@ import queue
 import threading
 from typing import Any, Callable, Iterable, Iterator
 
-from reludoctor.data import Calibration
+from reludoctor.data import Calibration, check_padding
 from reludoctor.errors import DataError, ObserverFailure, ReludoctorError, UsageError
 from reludoctor.observers import BatchContext
 
@@ -217,6 +217,7 @@ def run(
             del host
             rows = int(tensors[0].shape[0])
             if fixed_batch is not None and rows < fixed_batch:
+                check_padding(tensors, fixed_batch, calibration.source)  # a size from the file
                 tensors = _pad(tensors, fixed_batch)
                 batch.valid = rows
             else:

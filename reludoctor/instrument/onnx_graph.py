@@ -760,6 +760,11 @@ def _feed(loaded: LoadedModel, arrays: Iterable[Any], source: str, start: int,
     """Model inputs for one batch: numpy, the model's dtypes, shapes checked, padded if fixed."""
     feed: dict[str, np.ndarray] = {}
     rows = None
+    arrays = list(arrays)
+    if pad_to is not None:  # the fixed batch comes from the file: bounded before padding
+        from reludoctor.data import check_padding
+
+        check_padding(arrays, pad_to, source)
     for spec, raw in zip(loaded.inputs, arrays):
         array = _to_numpy(raw)
         if array.ndim == 0:

@@ -9,9 +9,11 @@ loaded. Nothing in an ONNX file executes code; custom-op libraries are never reg
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Any, Iterator
 
+from reludoctor import safeio
 from reludoctor.errors import ModelLoadError
 from reludoctor.loaders.model import InputSpec, LoadedModel
 from reludoctor.loaders.torch import sha256_of  # plain hashlib: does not import torch
@@ -21,7 +23,8 @@ DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
 def _graphs(graph: Any) -> Iterator[Any]:
-    """The graph and every subgraph (If branches, Loop and Scan bodies), depth first."""
+    """The graph (or a function body) and every subgraph (If branches, Loop and Scan bodies)
+    inside it, depth first."""
     yield graph
     for node in graph.node:
         for attribute in node.attribute:
@@ -31,27 +34,33 @@ def _graphs(graph: Any) -> Iterator[Any]:
                 yield from _graphs(subgraph)
 
 
+def _bodies(model: Any) -> Iterator[Any]:
+    """The main graph, every local function's body, and every subgraph inside any of them."""
+    yield from _graphs(model.graph)
+    for function in model.functions:
+        yield from _graphs(function)
+
+
 def _tensors(model: Any) -> Iterator[Any]:
-    """Every TensorProto that can hold data: initializers and tensor attributes, everywhere."""
-    for graph in _graphs(model.graph):
-        yield from graph.initializer
-        for sparse in graph.sparse_initializer:
+    """Every TensorProto that can hold data: initializers (dense and sparse) and tensor
+    attributes (dense and sparse), in the main graph, in local functions and in every subgraph
+    of either (an If branch inside a function body included)."""
+    for body in _bodies(model):
+        yield from getattr(body, "initializer", ())  # a FunctionProto has none
+        for sparse in getattr(body, "sparse_initializer", ()):
             yield sparse.values
             yield sparse.indices
-        for node in graph.node:
+        for node in body.node:
             for attribute in node.attribute:
                 if attribute.HasField("t"):
                     yield attribute.t
                 yield from attribute.tensors
+                sparse_tensors = list(attribute.sparse_tensors)
                 if attribute.HasField("sparse_tensor"):
-                    yield attribute.sparse_tensor.values
-                    yield attribute.sparse_tensor.indices
-    for function in model.functions:
-        for node in function.node:
-            for attribute in node.attribute:
-                if attribute.HasField("t"):
-                    yield attribute.t
-                yield from attribute.tensors
+                    sparse_tensors.insert(0, attribute.sparse_tensor)
+                for sparse in sparse_tensors:
+                    yield sparse.values
+                    yield sparse.indices
 
 
 def _external(tensor: Any) -> bool:
@@ -85,9 +94,18 @@ def _check_external_locations(model: Any, path: Path) -> bool:
             raise ModelLoadError(
                 f"{path}: tensor '{tensor.name}' refers to external data {location!r}, which leaves "
                 f"the model's folder; refused", "external data must lie in the model's folder")
-        if not target.is_file():
+        try:
+            mode = os.stat(target).st_mode
+        except FileNotFoundError:
             raise ModelLoadError(f"{path}: external data file {location!r} of tensor "
-                                 f"'{tensor.name}' is missing", "copy it next to the model file")
+                                 f"'{tensor.name}' is missing", "copy it next to the model file") from None
+        except OSError as exc:
+            raise ModelLoadError(f"{path}: external data file {location!r} of tensor "
+                                 f"'{tensor.name}': {safeio.os_reason(exc)}") from None
+        if not stat.S_ISREG(mode):  # a FIFO would block the read, a device never end
+            raise ModelLoadError(f"{path}: external data {location!r} of tensor '{tensor.name}' is "
+                                 "not a regular file", "external data must be a regular file")
+        safeio.note_read(folder / location)
     return found
 
 
@@ -115,9 +133,9 @@ def _inputs(model: Any) -> list[InputSpec]:
         if value.type.HasField("tensor_type"):
             tensor_type = value.type.tensor_type
             dtype = _dtype_name(tensor_type.elem_type)
-            if tensor_type.HasField("shape"):
-                shape = tuple(int(d.dim_value) if d.HasField("dim_value") else None
-                              for d in tensor_type.shape.dim)
+            if tensor_type.HasField("shape"):  # a negative size (-1 from some exporters): dynamic
+                shape = tuple(int(d.dim_value) if d.HasField("dim_value") and d.dim_value >= 0
+                              else None for d in tensor_type.shape.dim)
         specs.append(InputSpec(value.name, shape, dtype))
     return specs
 
@@ -144,6 +162,9 @@ def _checked(model: Any, where: str) -> LoadedModel:
     if not inputs:
         raise ModelLoadError(f"{where}: the ONNX graph has no inputs to feed")
     fixed = inputs[0].shape[0] if inputs[0].shape else None
+    from reludoctor.data import check_model_inputs
+
+    check_model_inputs(inputs, fixed, where)  # sizes from the file: bounded before allocating
     return LoadedModel("onnx", model, inputs=inputs, fixed_batch=fixed)
 
 
@@ -153,11 +174,16 @@ def load_path(path: Path) -> LoadedModel:
     from onnx.external_data_helper import load_external_data_for_model
 
     path = Path(path)
+    with safeio.open_regular(path, "model", ModelLoadError) as handle:  # never a FIFO or device
+        safeio.note_read(path)
+        try:
+            content = handle.read()
+        except OSError as exc:
+            raise ModelLoadError(f"{path}: cannot read ({safeio.os_reason(exc)})",
+                                 "check the path and permissions") from exc
     try:
-        model = onnx.load_model(str(path), load_external_data=False)
-    except OSError as exc:
-        raise ModelLoadError(f"{path}: cannot read ({exc.strerror or exc})",
-                             "check the path and permissions") from exc
+        model = onnx.load_model_from_string(content)
+        del content
     except Exception as exc:  # protobuf DecodeError and friends: corrupt or not ONNX
         raise ModelLoadError(f"{path}: not a valid ONNX model ({type(exc).__name__})",
                              "the file may be corrupt, truncated or of another format") from exc
