@@ -17,6 +17,7 @@ import math
 import mmap
 import os
 import struct
+import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass, field, replace
@@ -254,7 +255,8 @@ def _cast(array: Any, spec_dtype: str | None) -> Any:
     here, for every source: onnxruntime would misread it and torch refuses it."""
     keep_double = spec_dtype == "float64"
     if isinstance(array, np.ndarray):
-        dtype = np.float32 if array.dtype == np.float64 and not keep_double else _native(array.dtype)
+        dtype = _native(array.dtype)  # ('>f8' != float64: native first, then narrowed)
+        dtype = np.float32 if dtype == np.float64 and not keep_double else dtype
         return np.array(array, dtype=dtype, order="C", copy=True)
     import torch
 
@@ -534,7 +536,9 @@ def _load_pt(handle: Any, path: Path, names: Sequence[str]) -> list[Any]:
     import torch
 
     try:
-        obj = torch.load(handle, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. torch's note on validating sparse tensors
+            warnings.simplefilter("ignore")
+            obj = torch.load(handle, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise DataError(f"{path}: contains pickled Python objects, refused",
                         "save a tensor or a dict of tensors") from exc
