@@ -10,7 +10,6 @@ creates the file ``MARKER`` in its case folder (or, for the write attacks, a fil
 from __future__ import annotations
 
 import builtins
-import hashlib
 import io
 import json
 import os
@@ -18,6 +17,7 @@ import pickle
 import random
 import shutil
 import subprocess
+import threading
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,12 +79,12 @@ class Base:
 
     def __init__(self, root: Path, python: str, env: dict[str, str]):
         self.root = root
-        self.dir = root / "base"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = root / "base"  # made when first needed
         self.python = python
         self.env = env
         self._report: bytes | None = None
         self._ext: dict[str, bytes] | None = None
+        self._lock = threading.Lock()  # the sample test builds cases from two threads
 
     def bytes(self, name: str) -> bytes:
         for folder in (MODELS, DATA):
@@ -94,8 +94,13 @@ class Base:
 
     def report(self) -> bytes:
         """A saved JSON report, written by the CLI under test (so it is valid for that tree)."""
+        with self._lock:
+            return self._make_report()
+
+    def _make_report(self) -> bytes:
         if self._report is None:
             out = self.dir / "r.json"
+            self.dir.mkdir(parents=True, exist_ok=True)
             if not out.exists():
                 subprocess.run([self.python, "-m", "reludoctor", "scan", str(MODELS / "digits_mlp_dead.onnx"),
                                 "--data", str(DATA / "digits_calib_flat.npy"), "--json", str(out), "-q"],
@@ -106,8 +111,9 @@ class Base:
         return self._report
 
     def pngs(self) -> list[bytes]:
-        if getattr(self, "_pngs", None) is None:
-            self._pngs = self._make_pngs()
+        with self._lock:
+            if getattr(self, "_pngs", None) is None:
+                self._pngs = self._make_pngs()
         return self._pngs
 
     def _make_pngs(self) -> list[bytes]:
@@ -124,11 +130,15 @@ class Base:
 
     def external_onnx(self) -> dict[str, bytes]:
         """digits_mlp_dead.onnx re-saved with its initializers in ``weights.bin``."""
+        with self._lock:
+            return self._make_external_onnx()
+
+    def _make_external_onnx(self) -> dict[str, bytes]:
         if self._ext is None:
             import onnx
 
             folder = self.dir / "ext"
-            folder.mkdir(exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
             model = onnx.load(str(MODELS / "digits_mlp_dead.onnx"))
             onnx.save_model(model, str(folder / "model.onnx"), save_as_external_data=True,
                             all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
@@ -254,17 +264,20 @@ def mutation_case(base: Base, fmt: str, index: int, seed: int) -> Case:
             return _copy_pair(base, case_dir, "toml")
 
     elif fmt == "json":
-        mutated, desc = _mutation_bytes("json", base.report(), rng)
+        desc = "a mutation of a saved report (made when the case is built)"
 
         def build(case_dir: Path) -> list[str]:
+            # the base report comes from the CLI under test, so this mutation is drawn at build time
+            mutated, what = _mutation_bytes("json", base.report(), random.Random(f"{seed}:json:{index}"))
+            case.desc = what
             _write(case_dir / "saved.json", mutated)
             (case_dir / "out").mkdir(exist_ok=True)
             return ["report", "saved.json", "--json", "out/report.json"]
 
     else:
         raise ValueError(fmt)
-    digest = hashlib.sha256(desc.encode()).hexdigest()[:6]
-    return Case(f"{fmt}-mut-{index:04d}-{digest}", fmt, "mutation", desc, build)
+    case = Case(f"{fmt}-mut-{index:04d}", fmt, "mutation", desc, build)
+    return case
 
 
 # --------------------------------------------------------------------------- crafted attacks

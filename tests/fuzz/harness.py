@@ -27,6 +27,7 @@ import signal
 import stat
 import sys
 import time
+import zipfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,12 +138,13 @@ def run_case(case: Case, root: Path, settings: Settings, env: dict[str, str], *,
     (root / "outside").mkdir(exist_ok=True)
     logs = root / "logs"
     logs.mkdir(exist_ok=True)
-    record: dict = {"id": case.id, "format": case.fmt, "kind": case.kind, "desc": case.desc}
+    record: dict = {"id": case.id, "format": case.fmt, "kind": case.kind}
     try:
         args = case.build(case_dir)
     except Exception as exc:  # a generator bug: report it, do not count it as a reludoctor outcome
-        record.update(outcome="build_error", flags=[], violations=[f"build error: {exc!r}"], rc=None)
+        record.update(desc=case.desc, outcome="build_error", flags=[], violations=[f"build error: {exc!r}"], rc=None)
         return record
+    record["desc"] = case.desc
     cwd = case_dir
     if args and args[0].startswith("@cwd="):
         cwd = case_dir / args.pop(0)[len("@cwd="):]
@@ -225,6 +227,8 @@ def run_case(case: Case, root: Path, settings: Settings, env: dict[str, str], *,
     record.update(rc=rc, signal=-rc if rc < 0 else None, outcome=outcome, flags=flags, peak_rss_mb=round(rss_mb, 1),
                   wall_s=round(wall, 2), stderr_lines=len(lines), stderr_last=lines[-1][:400] if lines else "",
                   stderr_tail=text[-1500:], modified=modified, outside=[os.path.relpath(p, root) for p in outside])
+    if args[:1] == ["scan"] and len(args) > 1:
+        record["torchscript_model"] = _torchscript_kind(cwd / args[1])
     record["violations"] = violations(case, record)
     if not keep:
         shutil.rmtree(case_dir, ignore_errors=True)
@@ -254,20 +258,25 @@ def violations(case: Case, record: dict) -> list[str]:
         out.append("ran a code-carrying file (exit %d)" % rc)
     if case.must_refuse and rc in (0, 1):
         out.append(f"not refused (exit {rc}): {case.must_refuse}")
-    if case.fmt == "ts" or "digits_cnn.ts" in case.desc:
-        argv = record.get("argv", [])
-        model = argv[1] if len(argv) > 1 else ""
-        if model.endswith(".ts") and rc in (0, 1):
-            out.append(f"TorchScript ran without --trust-model (exit {rc})")
-        elif model.endswith(".ts") and rc == 2 and "--trust-model" not in record.get("stderr_tail", "") \
-                and _looks_like_torchscript(record):
-            out.append("TorchScript refused without naming --trust-model")
+    if record.get("torchscript_model") and rc in (0, 1):
+        out.append(f"TorchScript ran without --trust-model (exit {rc})")
+    elif record.get("torchscript_model") == "archive" and rc == 2 \
+            and "--trust-model" not in record.get("stderr_tail", ""):
+        out.append("TorchScript refused without naming --trust-model")
     return out
 
 
-def _looks_like_torchscript(record: dict) -> bool:
-    # only demand the --trust-model hint while the archive still reads as TorchScript
-    return "zip" not in record.get("stderr_last", "").lower() and "truncate" not in record.get("desc", "")
+def _torchscript_kind(path: Path) -> str | None:
+    """'archive' when path is a readable zip with TorchScript code entries, 'broken' for another
+    .ts file, None when the model is not a .ts file."""
+    if path.suffix != ".ts":
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError):
+        return "broken"
+    return "archive" if any("/code/" in name or name.startswith("code/") for name in names) else "broken"
 
 
 def summarize(records: list[dict]) -> dict[str, dict[str, int]]:
