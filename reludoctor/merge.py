@@ -56,9 +56,11 @@ def merge_files(paths: Sequence[str | Path], warn: Callable[[str], None] | None 
     if len(paths) < 2:
         raise MergeError(f"merge needs at least two reports, got {len(paths)}",
                          "give the JSON reports of every part")
+    from reludoctor.safeio import resolve_path
+
     seen: dict[Path, str] = {}
     for path in paths:
-        resolved = Path(path).resolve()
+        resolved = resolve_path(path, "report", MergeError)
         if resolved in seen:
             raise MergeError(f"report {path} is given twice", "each part must be counted once")
         seen[resolved] = str(path)

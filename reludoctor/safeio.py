@@ -253,3 +253,14 @@ def would_overwrite(destination: str | Path, inputs: "list[str | Path | None]") 
         if target.suffix.lower() in SUFFIXES and target.is_file():
             hit = next((str(target) for folder in folders if folder in target.parents), None)
     return hit
+
+
+def resolve_path(path: str | Path, what: str, error: type[ReludoctorError] = ReludoctorError) -> Path:
+    """``Path(path).resolve()``, with a symlink loop (RuntimeError or ELOOP) as ``error`` naming
+    ``what``: exit 2, not an internal error."""
+    try:
+        return Path(path).resolve()
+    except RuntimeError:
+        raise error(f"{what} {path}: a symlink loop", "give a real file path") from None
+    except OSError as exc:
+        raise error(f"{what} {path}: {_os_reason(exc)}") from None

@@ -23,7 +23,10 @@ def same_file(a: Path, b: Path) -> bool:
             return True
     except OSError:
         pass
-    return a.resolve() == b.resolve()
+    try:
+        return a.resolve() == b.resolve()
+    except (OSError, RuntimeError):  # a symlink loop is no file at all
+        return a.absolute() == b.absolute()
 
 
 def output_format(out: Path, model_format: str) -> str:
@@ -53,7 +56,9 @@ def check_destination(out: Path, inputs: Sequence[Path], force: bool, option: st
                              "overwrites its input", "choose another output path")
     if out.is_dir():
         raise UsageError(f"{option} {out} is a directory", "give a file path")
-    if not out.parent.resolve().is_dir():
+    from reludoctor.safeio import resolve_path
+
+    if not resolve_path(out.parent, f"{option} {out}: folder", UsageError).is_dir():
         raise UsageError(f"{option} {out}: folder {out.parent} does not exist")
     if out.exists() and not force:
         raise UsageError(f"{option} {out} already exists", "pass --force to replace it")

@@ -288,3 +288,15 @@ def test_a_written_report_is_a_plain_readable_file(work):
     assert cli("scan", CNN_ONNX, "--data", CALIB, "-q", "--json", out).exit_code == 0
     assert json.loads(out.read_text())["schema_version"] == 1
     assert out.stat().st_mode & 0o444 and temp_files(work) == []
+
+
+def test_symlink_loops_as_outputs_or_merge_parts_are_exit_2(work):
+    os.symlink("loop-b", work / "loop-a")
+    os.symlink("loop-a", work / "loop-b")
+    saved = work / "a.json"
+    assert cli("scan", CNN_ONNX, "--data", CALIB, "-q", "--json", saved, "--format", "json").exit_code == 0
+    one_line_error(cli("report", saved, "--json", "loop-a"), "--json", "loop-a", "symlink loop")
+    one_line_error(cli("diff", saved, saved, "--json", "loop-a"), "--json", "loop-a", "symlink loop")
+    one_line_error(cli("merge", "loop-a", saved), "loop-a", "symlink loop")
+    one_line_error(cli("fix", CNN_ONNX, "--data", CALIB, "--prune-dead", "-o", "loop-a/x.onnx"),
+                   "loop-a", "symlink loop")
