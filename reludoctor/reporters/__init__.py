@@ -82,11 +82,11 @@ def emit(text: str, destination: str, option: str | None = None) -> None:
                               "check the folder exists and is writable") from None
     try:
         try:
-            if hasattr(os, "fchmod"):  # the temp file is 0600; a report is an ordinary file
-                umask = os.umask(0)
-                os.umask(umask)
-                os.fchmod(fd, 0o666 & ~umask)
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:  # closes fd
+                if hasattr(os, "fchmod"):  # the temp file is 0600; a report is an ordinary file
+                    umask = os.umask(0)
+                    os.umask(umask)
+                    os.fchmod(handle.fileno(), 0o666 & ~umask)
                 handle.write(text)
             safeio.refuse_input(path, option)  # the ledger now knows every file the run read
             os.replace(temp, path)

@@ -65,6 +65,9 @@ elif hold == "mid-write":  # half of the report is in the temporary file
         def __exit__(self, *exc):
             self.handle.close()
 
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
         def write(self, text):
             self.handle.write(text[: len(text) // 2])
             self.handle.flush()
