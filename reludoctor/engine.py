@@ -26,7 +26,16 @@ class ReludoctorWarning(UserWarning):
     """Something the user should know about a scan that still completed."""
 
 
-def load_model(model: Any, *, arch: str | None, arch_kwargs: Any, unsafe_pickle: bool) -> LoadedModel:
+def trusted(trust_model: bool, unsafe_pickle: bool | None) -> bool:
+    """``trust_model``, honouring the deprecated ``unsafe_pickle`` spelling (with a warning)."""
+    if unsafe_pickle is not None:
+        warnings.warn("unsafe_pickle is deprecated: use trust_model (it also covers TorchScript "
+                      "and unverifiable .pt2 archives)", DeprecationWarning, stacklevel=3)
+        return trust_model or bool(unsafe_pickle)
+    return trust_model
+
+
+def load_model(model: Any, *, arch: str | None, arch_kwargs: Any, trust_model: bool = False) -> LoadedModel:
     """Route a path (by its content) or an in-memory model to the PyTorch or ONNX loader."""
     from reludoctor.loaders import detect
 
@@ -42,7 +51,7 @@ def load_model(model: Any, *, arch: str | None, arch_kwargs: Any, unsafe_pickle:
         from reludoctor.loaders import torch as torch_loader
 
         return torch_loader.load_path(path, arch=arch, arch_kwargs=arch_kwargs,
-                                      unsafe_pickle=unsafe_pickle, kind=kind)
+                                      trust_model=trust_model, kind=kind)
     if arch:
         raise UsageError("arch is only for state_dict files, not in-memory models")
     if type(model).__name__ == "ModelProto":  # onnx.ModelProto, without importing onnx here
@@ -105,7 +114,8 @@ def scan(
     method: str = "auto",
     arch: str | None = None,
     arch_kwargs: str | dict | None = None,
-    unsafe_pickle: bool = False,
+    trust_model: bool = False,
+    unsafe_pickle: bool | None = None,
     progress: Progress | None = None,
     on_warning: Callable[[str], None] | None = None,
     gradients: bool = False,
@@ -122,6 +132,10 @@ def scan(
     ``nn.Module``, ``ExportedProgram`` or ``ScriptModule``. ``data``: a path (.npy, .npz,
     .pt), an array or tensor, a dict keyed by input name, an iterable of batches, or None
     for synthetic standard-normal inputs (flagged in the report).
+
+    ``trust_model=True`` allows code from the model file (TorchScript archives, pickled modules,
+    ``.pt2`` archives that fail verification): only for files from a source you trust.
+    ``unsafe_pickle`` is its deprecated former name.
 
     ``gradients=True`` adds a second pass with autograd: gradient flow per site
     (``SiteStats.gradient``, ``Report.gradients``); ``labels`` (a .npy path, array or tensor of
@@ -160,7 +174,8 @@ def scan(
             warnings.warn(message, ReludoctorWarning, stacklevel=3)
 
     autocast = resolve_dtype(dtype)
-    loaded = load_model(model, arch=arch, arch_kwargs=arch_kwargs, unsafe_pickle=unsafe_pickle)
+    loaded = load_model(model, arch=arch, arch_kwargs=arch_kwargs,
+                        trust_model=trusted(trust_model, unsafe_pickle))
     if autocast is not None and loaded.format == "onnx":
         raise UsageError(f"--dtype {dtype} applies to PyTorch models only: an ONNX model runs in "
                          "the precision it was exported in",

@@ -146,7 +146,8 @@ def fix(
     dormant_tau: float = 0.025,
     arch: str | None = None,
     arch_kwargs: str | dict | None = None,
-    unsafe_pickle: bool = False,
+    trust_model: bool = False,
+    unsafe_pickle: bool | None = None,
     seed: int = 0,
     on_warning: Callable[[str], None] | None = None,
     rescan: bool = True,
@@ -158,7 +159,7 @@ def fix(
     Returns the FixSummary; raises ReludoctorError (nothing written) on bad input, a structure it
     cannot handle at all, or a failed verification.
     """
-    from reludoctor.engine import load_model, scan
+    from reludoctor.engine import load_model, scan, trusted
     from reludoctor.fix import output
     from reludoctor.fix.plan import plan, selected_nothing
 
@@ -182,7 +183,8 @@ def fix(
     if out_path is not None:
         output.check_destination(out_path, inputs, force)
 
-    loaded = load_model(model, arch=arch, arch_kwargs=arch_kwargs, unsafe_pickle=unsafe_pickle)
+    trust_model = trusted(trust_model, unsafe_pickle)
+    loaded = load_model(model, arch=arch, arch_kwargs=arch_kwargs, trust_model=trust_model)
     out_format = output.output_format(out_path, loaded.format) if out_path is not None else None
     if out_format == output.TORCH_STATE_DICT and chosen is not Strategy.REINIT:
         raise UsageError(f"-o {out_path}: --{chosen.value} changes the architecture, which a "

@@ -1,7 +1,8 @@
 """PyTorch models: torch.export programs, TorchScript, state_dicts with --arch, in-memory modules.
 
-Untrusted content never executes by default: ``torch.load`` runs with ``weights_only=True``;
-a whole pickled module loads only with ``unsafe_pickle=True`` (the CLI's ``--unsafe-pickle``).
+Untrusted content never executes by default (docs/security.md): a ``.pt2`` archive is verified
+before torch reads it (``pt2_verify``); ``torch.load`` runs with ``weights_only=True``; TorchScript
+archives (code) and whole pickled modules load only with ``trust_model=True`` (``--trust-model``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
+from reludoctor import safeio
 from reludoctor.errors import ModelLoadError, UnsafeModelError, UsageError
 from reludoctor.loaders import detect
 from reludoctor.loaders.model import InputSpec, LoadedModel
@@ -39,10 +41,13 @@ def _quiet_torch() -> Iterator[None]:
 
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with safeio.open_regular(path, "model", ModelLoadError) as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+TRUST_HINT = "re-run with --trust-model only if you trust its source"
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -114,8 +119,8 @@ def _build_arch(arch: str, arch_kwargs: str | dict | None) -> Any:
     if not isinstance(kwargs, dict):
         raise UsageError("--arch-kwargs must be a JSON object", 'e.g. {"num_classes": 10}')
     added = "" not in sys.path and str(Path.cwd()) not in sys.path
-    if added:  # like `python -m`: modules in the current directory are importable
-        sys.path.insert(0, str(Path.cwd()))
+    if added:  # modules in the current directory are importable, but never shadow installed ones
+        sys.path.append(str(Path.cwd()))
     try:
         factory: Any = importlib.import_module(module_name)
         for part in attribute.split("."):
@@ -169,33 +174,20 @@ def load_path(
     *,
     arch: str | None = None,
     arch_kwargs: str | dict | None = None,
-    unsafe_pickle: bool = False,
+    trust_model: bool = False,
     kind: str | None = None,
 ) -> LoadedModel:
-    import torch
-
     kind = kind or detect.detect_format(path)
-    digest = sha256_of(path)
+    safeio.note_read(path)
 
     if kind == detect.TORCH_EXPORT:
-        try:
-            with _quiet_torch():
-                program = torch.export.load(str(path))
-        except Exception as exc:  # corrupt archives fail in many ways inside torch
-            raise ModelLoadError(f"{path}: cannot load torch.export program ({type(exc).__name__}: "
-                                 f"{str(exc).splitlines()[0] if str(exc) else ''})",
-                                 "re-export with torch.export.save") from exc
-        loaded = from_object(program)
+        loaded, digest = _load_program(path, trust_model)
     elif kind == detect.TORCHSCRIPT:
-        try:
-            with _quiet_torch():  # torch 2.9+ deprecates TorchScript loudly
-                module = torch.jit.load(str(path), map_location="cpu")
-        except Exception as exc:
-            raise ModelLoadError(f"{path}: cannot load TorchScript archive ({type(exc).__name__})",
-                                 "re-save with torch.jit.save") from exc
-        loaded = from_object(module)
+        loaded = _load_torchscript(path, trust_model)
+        digest = sha256_of(path)
     elif kind in (detect.TORCH_SAVE, detect.SAFETENSORS):
-        loaded = _load_weights_file(path, kind, arch, arch_kwargs, unsafe_pickle)
+        digest = sha256_of(path)
+        loaded = _load_weights_file(path, kind, arch, arch_kwargs, trust_model)
     else:  # pragma: no cover - detect_format only returns the kinds above
         raise ModelLoadError(f"{path}: unsupported model format {kind}")
     if kind != detect.TORCH_SAVE and kind != detect.SAFETENSORS and arch:
@@ -205,8 +197,55 @@ def load_path(
     return loaded
 
 
+def _load_program(path: Path, trust_model: bool) -> tuple[LoadedModel, str]:
+    """A torch.export archive: read once, verified (unless trusted), loaded from those bytes."""
+    import io
+
+    import torch
+
+    from reludoctor.loaders import pt2_verify
+
+    with safeio.open_regular(path, "model", ModelLoadError) as handle:
+        data = handle.read()
+    if not trust_model:
+        pt2_verify.verify(data, str(path))
+    try:
+        with _quiet_torch():
+            program = torch.export.load(io.BytesIO(data))
+    except Exception as exc:  # corrupt archives fail in many ways inside torch
+        raise ModelLoadError(f"{path}: cannot load torch.export program ({type(exc).__name__}: "
+                             f"{_first_line(exc)})", "re-export with torch.export.save") from exc
+    return from_object(program), hashlib.sha256(data).hexdigest()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else ""
+
+
+def _load_torchscript(path: Path, trust_model: bool) -> LoadedModel:
+    """TorchScript is code: refused unless trusted; then checked and probed in a child process."""
+    import torch
+
+    from reludoctor.loaders import torchscript_check
+
+    if not trust_model:
+        raise UnsafeModelError(
+            f"{path}: a TorchScript archive is code that runs when it is loaded and scanned",
+            f"{TRUST_HINT}, or export the model with torch.export (.pt2) or to ONNX")
+    torchscript_check.check_storages(path)
+    torchscript_check.probe_load(path)
+    try:
+        with _quiet_torch():  # torch 2.9+ deprecates TorchScript loudly
+            module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: cannot load TorchScript archive ({type(exc).__name__})",
+                             "re-save with torch.jit.save") from exc
+    return from_object(module)
+
+
 def _load_weights_file(path: Path, kind: str, arch: str | None, arch_kwargs: Any,
-                       unsafe_pickle: bool) -> LoadedModel:
+                       trust_model: bool) -> LoadedModel:
     import torch
 
     if kind == detect.SAFETENSORS:
@@ -222,21 +261,20 @@ def _load_weights_file(path: Path, kind: str, arch: str | None, arch_kwargs: Any
     else:
         try:
             with _quiet_torch():
-                obj = torch.load(str(path), map_location="cpu", weights_only=not unsafe_pickle)
+                obj = torch.load(str(path), map_location="cpu", weights_only=not trust_model)
         except pickle.UnpicklingError as exc:
-            if unsafe_pickle:
+            if trust_model:
                 raise ModelLoadError(f"{path}: cannot unpickle ({exc})") from exc
             raise UnsafeModelError(
                 f"{path}: contains pickled Python objects (a whole nn.Module?) and loading it "
                 "would execute code from the file",
-                "re-run with --unsafe-pickle only if you trust its source, or save a state_dict "
-                "or a torch.export program instead",
+                f"{TRUST_HINT}, or save a state_dict or a torch.export program instead",
             ) from exc
         except Exception as exc:
             raise ModelLoadError(f"{path}: cannot read torch.save file ({type(exc).__name__})",
                                  "the file may be truncated or corrupt") from exc
 
-    if isinstance(obj, torch.nn.Module):  # only reachable with unsafe_pickle
+    if isinstance(obj, torch.nn.Module):  # only reachable with trust_model
         loaded = from_object(obj)
         loaded.format = "pickled-module"
         return loaded

@@ -79,7 +79,7 @@ def _zip_of_text(art, tmp):  # noqa: ANN001, ANN202
 
 
 def _pickled_module(art, tmp):  # noqa: ANN001, ANN202
-    return art.pickled_module, ["--unsafe-pickle"]
+    return art.pickled_module, ["--trust-model"]
 
 
 def _dict_of_non_tensors(art, tmp):  # noqa: ANN001, ANN202
@@ -124,10 +124,13 @@ def test_pt2_with_garbled_members_is_one_line_exit_2(cli, art, tmp_path):
     assert_input_error(result.exit_code, result.stdout, result.stderr, str(path))
 
 
-def test_pickled_module_loads_with_unsafe_pickle(cli, art):
-    result = cli(art.pickled_module, "--data", art.npy, "--unsafe-pickle")
+def test_pickled_module_loads_with_trust_model(cli, art):
+    result = cli(art.pickled_module, "--data", art.npy, "--trust-model")
     assert result.exit_code == 0, result.stderr
     assert "pickled-module" in result.stdout
+    deprecated = cli(art.pickled_module, "--data", art.npy, "--unsafe-pickle")
+    assert deprecated.exit_code == 0, deprecated.stderr
+    assert "--unsafe-pickle is deprecated" in deprecated.stderr
 
 
 @pytest.mark.parametrize("name, content", [
@@ -214,7 +217,7 @@ def test_malicious_pickle_in_a_real_process(run_cli, tmp_path):
     proc = run_cli("scan", path, "--arch", "reludoctor_cli_zoo:planted")
     assert not marker.exists()
     line = assert_input_error(proc.returncode, proc.stdout, proc.stderr, str(path))
-    assert "--unsafe-pickle" in line
+    assert "--trust-model" in line
 
 
 @pytest.mark.slow
@@ -324,7 +327,7 @@ def test_bad_data_is_one_line_exit_2(cli, art, tmp_path, case):
 def test_data_that_does_not_fit_a_model_without_input_specs(cli, art, tmp_path):
     # TorchScript carries no input shapes: the mismatch surfaces when the model runs.
     np.save(tmp_path / "d.npy", np.ones((10, 5), np.float32))
-    result = cli(art.torchscript, "--data", tmp_path / "d.npy")
+    result = cli(art.torchscript, "--data", tmp_path / "d.npy", "--trust-model")
     assert_input_error(result.exit_code, result.stdout, result.stderr, str(tmp_path / "d.npy"),
                        "samples 0-9")
 
@@ -358,7 +361,7 @@ def test_int_data_for_a_float_state_dict_model(cli, art, tmp_path):
     (["--unit-axis", "0"], ["--unit-axis"]),
     (["--unit-axis", "5"], ["--unit-axis"]),
     (["--method", "magic"], ["--method"]),
-    (["--method", "export", "--data", "{npy}", "--model", "{torchscript}"], ["--method"]),
+    (["--method", "export", "--data", "{npy}", "--trust-model", "--model", "{torchscript}"], ["--method"]),
 ])
 def test_bad_option_values_are_one_line_exit_2(cli, art, args, mentions):
     model = art.pt2
@@ -384,7 +387,7 @@ def test_device_cuda_without_cuda(cli, art):
 
 
 def test_synthetic_data_needs_a_shape_for_a_model_without_specs(cli, art):
-    result = cli(art.torchscript)
+    result = cli(art.torchscript, "--trust-model")
     assert_input_error(result.exit_code, result.stdout, result.stderr, "--input-shape")
 
 

@@ -182,7 +182,7 @@ def test_inputs_are_never_modified_and_no_stray_files(cli, art, tmp_path):
     listing = set(os.listdir(art.root))
     out = tmp_path / "r.json"
     assert cli(art.pt2, "--data", art.npy, "--json", out).exit_code == 0
-    assert cli(art.torchscript, "--data", art.npy).exit_code == 0
+    assert cli(art.torchscript, "--data", art.npy, "--trust-model").exit_code == 0
     assert cli(art.state_dict, "--data", art.npy, "--arch", "reludoctor_cli_zoo:planted").exit_code == 0
     assert {p: (sha256(p), p.stat().st_mtime_ns) for p in inputs} == before
     assert set(os.listdir(art.root)) == listing
@@ -198,11 +198,11 @@ def test_json_overwrites_an_existing_report_atomically(cli, art, tmp_path):
 
 
 @pytest.mark.parametrize("which, args, fmt, method", [
-    ("torchscript", [], "torchscript", "dispatch"),
+    ("torchscript", ["--trust-model"], "torchscript", "dispatch"),
     ("state_dict", ["--arch", "reludoctor_cli_zoo:planted"], "state-dict", "export"),
     ("state_dict", ["--arch", "reludoctor_cli_zoo:planted", "--arch-kwargs", '{"hidden": 16}',
                     "--method", "dispatch"], "state-dict", "dispatch"),
-    ("pickled_module", ["--unsafe-pickle"], "pickled-module", "export"),
+    ("pickled_module", ["--trust-model"], "pickled-module", "export"),
 ])
 def test_every_model_format_scans(cli, art, tmp_path, which, args, fmt, method):
     out = tmp_path / "r.json"
@@ -237,7 +237,7 @@ def test_help(cli):
     assert "scan" in result.stdout
     result = cli("--help")
     assert result.exit_code == 0
-    for option in ("--data", "--json", "--fail-over", "--unsafe-pickle", "--debug", "--quiet"):
+    for option in ("--data", "--json", "--fail-over", "--trust-model", "--debug", "--quiet"):
         assert option in result.stdout
 
 

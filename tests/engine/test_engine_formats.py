@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import reludoctor
-from reludoctor.errors import UsageError
+from reludoctor.errors import UnsafeModelError, UsageError
 from tests import models as zoo
 from tests.engine.oracle import (
     Captured,
@@ -122,7 +122,10 @@ def test_model_files(files, data, oracle, method, name, kwargs, fmt) -> None:
 def test_torchscript_file(files, data, oracle) -> None:
     path = files["torchscript"]
     before = _sha256(path)
-    report = reludoctor.scan(path, data, batch_size=BATCH)  # a Path, not a str
+    with pytest.raises(UnsafeModelError) as refused:  # TorchScript is code
+        reludoctor.scan(path, data, batch_size=BATCH)
+    assert "--trust-model" in refused.value.one_line()
+    report = reludoctor.scan(path, data, batch_size=BATCH, trust_model=True)  # a Path, not a str
     assert report.model.method == "dispatch"
     assert report.model.format == "torchscript"
     assert report.model.sha256 == before == _sha256(path)
@@ -130,7 +133,7 @@ def test_torchscript_file(files, data, oracle) -> None:
     assert_report_matches(report, oracle)
     _check_names(report)
     with pytest.raises(UsageError):
-        reludoctor.scan(path, data, method="export")
+        reludoctor.scan(path, data, method="export", trust_model=True)
 
 
 def test_in_memory_objects(trained, data, oracle, method) -> None:
@@ -160,7 +163,7 @@ def test_in_memory_objects(trained, data, oracle, method) -> None:
 def test_all_formats_agree(files, trained, data) -> None:
     """Same model, same batches: every format reports the same sites and statistics."""
     reference = reludoctor.scan(trained, data, method="dispatch", batch_size=BATCH)
-    for path, kwargs in [(files["pt2"], {}), (files["torchscript"], {}),
+    for path, kwargs in [(files["pt2"], {}), (files["torchscript"], {"trust_model": True}),
                          (files["state_dict_pt"], {"arch": ARCH, "arch_kwargs": ARCH_KWARGS}),
                          (files["safetensors"], {"arch": ARCH, "arch_kwargs": ARCH_KWARGS})]:
         for method in ("export", "dispatch"):
@@ -181,7 +184,7 @@ def test_frozen_torchscript(trained, data, oracle, tmp_path) -> None:
     frozen = torch.jit.freeze(torch.jit.script(trained))
     path = tmp_path / "frozen.pt"
     torch.jit.save(frozen, str(path))
-    report = reludoctor.scan(path, data, batch_size=BATCH)
+    report = reludoctor.scan(path, data, batch_size=BATCH, trust_model=True)
     # freezing folds bn1 into conv1: the values move by float rounding only
     assert_report_matches(report, oracle, check_name=False, max_ambiguous=None)
 

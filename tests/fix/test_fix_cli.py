@@ -119,7 +119,9 @@ def test_refuses_sites_matching_nothing(cli, files, tmp_path):
 
 def test_refuses_torchscript(cli, files, tmp_path):
     _refused(cli, files, tmp_path, files.mlp_ts, "-d", files.x_npy, "-o", tmp_path / "o.pt2",
-             "--prune-dead", contains="TorchScript")
+             "--prune-dead", contains="--trust-model")  # untrusted: code
+    _refused(cli, files, tmp_path, files.mlp_ts, "-d", files.x_npy, "-o", tmp_path / "o.pt2",
+             "--prune-dead", "--trust-model", contains="TorchScript")  # trusted: fix cannot edit it
 
 
 def test_missing_torch_pruning(cli, files, tmp_path, monkeypatch):

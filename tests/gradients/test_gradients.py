@@ -155,7 +155,7 @@ def test_site_names_match_dead_unit_sites_for_every_path():
     exported = reludoctor.scan(FIXTURES / "models" / "digits_cnn.pt2", calib, limit=64,
                                gradients=True, on_warning=quiet)
     scripted = reludoctor.scan(FIXTURES / "models" / "digits_cnn.ts", calib, limit=64,
-                               gradients=True, on_warning=quiet)
+                               gradients=True, on_warning=quiet, trust_model=True)
     fixed = reludoctor.scan(FIXTURES / "models" / "digits_cnn_fixed16.pt2", calib, limit=40,
                             gradients=True, on_warning=quiet)
     dynamic40 = reludoctor.scan(FIXTURES / "models" / "digits_cnn.pt2", calib, limit=40,
