@@ -92,6 +92,9 @@ def xml_safe(text: object) -> str:
     return _NOT_XML.sub("\ufffd", str(text))
 
 
+_PLAIN = frozenset((int, float, bool, type(None)))
+
+
 def printable_copy(value: T) -> T:
     """``value`` with every string in it made printable (``errors.printable``: control characters
     as visible ``\\x1b`` text), walking dataclasses, tuples, lists and dicts: what a terminal
@@ -109,6 +112,8 @@ def printable_copy(value: T) -> T:
                 changes[spec.name] = new
         return dataclasses.replace(value, **changes) if changes else value
     if isinstance(value, (tuple, list)):
+        if all(type(v) in _PLAIN for v in value):  # per-unit numbers: the bulk of a report
+            return value
         items = [printable_copy(v) for v in value]
         if all(a is b for a, b in zip(items, value)):
             return value
