@@ -572,6 +572,24 @@ def _widen_bfloat16(array: Any, spec: InputSpec) -> Any:
     return array
 
 
+def read_labels(path: str | Path) -> np.ndarray:
+    """A labels ``.npy`` file (``--labels``) read as untrusted input, like ``--data``: a regular
+    file only (a FIFO never blocks), noted in the input ledger, its header checked against the
+    file's size, no pickles, returned as an in-memory array in native byte order."""
+    path = Path(path)
+    with safeio.open_regular(path, "--labels", DataError) as handle:
+        safeio.note_read(path)
+        try:
+            head = handle.read(6)
+            handle.seek(0)
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read labels ({safeio.os_reason(exc)})") from exc
+        if head != b"\x93NUMPY":
+            raise DataError(f"{path}: not a .npy file of labels", "save them with np.save")
+        mapped = _load_npy(handle, path)
+        return np.array(mapped, dtype=_native(mapped.dtype), copy=True)
+
+
 def _synthetic(specs: Sequence[InputSpec], input_shape: tuple[int, ...] | None, samples: int,
                seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)

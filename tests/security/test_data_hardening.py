@@ -454,3 +454,26 @@ def test_every_image_is_noted_at_discovery(tmp_path: Path) -> None:
             assert safeio.input_at(folder / name) is not None, name
         assert safeio.input_at(folder / "new.png") is None
         assert calibration.samples == 1
+
+
+def test_labels_reader_is_hardened_and_noted(tmp_path: Path) -> None:
+    """``data.read_labels`` (for ``gradients.load_labels``): regular files only, byte order,
+    the ledger."""
+    from reludoctor.data import read_labels
+
+    labels = np.arange(12, dtype=">i8") % 10
+    path = tmp_path / "labels.npy"
+    np.save(path, labels)
+    with safeio.ledger():
+        got = read_labels(path)
+        assert safeio.input_at(path) is not None
+    assert got.dtype.isnative and got.dtype == np.int64
+    np.testing.assert_array_equal(got, np.arange(12) % 10)
+    short = tmp_path / "short.npy"
+    short.write_bytes(_npy_header_bytes((2 ** 40,), "<i8"))
+    with pytest.raises(DataError, match="declares"):
+        read_labels(short)
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "pipe.npy")
+        with pytest.raises(DataError, match="FIFO"):
+            returns(lambda: read_labels(tmp_path / "pipe.npy"))
