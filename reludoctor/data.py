@@ -12,6 +12,7 @@ ascending index order, one batch at a time.
 
 from __future__ import annotations
 
+import io
 import itertools
 import math
 import mmap
@@ -42,6 +43,7 @@ MAX_SYNTHETIC_BYTES = 4 << 30
 # allocated (a zip bomb or a forged directory entry). Only stored and deflated members are read
 # (np.savez / np.savez_compressed write nothing else).
 MAX_DEFLATE_RATIO = 1032
+MAX_NPY_HEADER_BYTES = 10_000  # numpy's own default max_header_size, checked before reading
 # A model exported with a fixed batch is fed batches of exactly that many rows, the last one
 # padded by repeating a sample, whatever --batch-size says. The fixed batch and the input shapes
 # come from the (untrusted) model file, so they are bounded before anything is allocated
@@ -422,12 +424,22 @@ def _npy_header(stream: Any, where: str) -> tuple[tuple[int, ...], bool, np.dtyp
 
     try:
         version = npformat.read_magic(stream)
-        if version == (1, 0):
-            shape, fortran, dtype = npformat.read_array_header_1_0(stream)
-        elif version in ((2, 0), (3, 0)):
-            shape, fortran, dtype = npformat.read_array_header_2_0(stream)
-        else:
+        if version not in ((1, 0), (2, 0), (3, 0)):
             raise ValueError(f"unknown .npy format version {version}")
+        # The header's length is checked before the header is read (numpy reads it, then checks).
+        length_format = "<H" if version == (1, 0) else "<I"
+        length_field = stream.read(struct.calcsize(length_format))
+        (length,) = struct.unpack(length_format, length_field)
+        if length > MAX_NPY_HEADER_BYTES:
+            raise ValueError(f"a header of {length:,} bytes (the limit is {MAX_NPY_HEADER_BYTES:,})")
+        header = stream.read(length)
+        if len(header) < length:
+            raise ValueError("the header is truncated")
+        copy = io.BytesIO(length_field + header)
+        if version == (1, 0):
+            shape, fortran, dtype = npformat.read_array_header_1_0(copy)
+        else:
+            shape, fortran, dtype = npformat.read_array_header_2_0(copy)
     except _ZIP_ERRORS as exc:
         raise DataError(f"{where}: not a valid .npy header ({_reason(exc)})",
                         "re-save the data with np.save") from exc
