@@ -42,7 +42,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="where cases are built (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep each case's folder")
     parser.add_argument("--only", default=None, help="comma-separated substrings of case ids to run")
+    parser.add_argument("--summarize", type=Path, default=None, metavar="RESULTS",
+                        help="only print the table of an earlier run's .json or (partial) .jsonl")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = parser.parse_args(argv)
+    if args.summarize is not None:
+        text = args.summarize.read_text()
+        if args.summarize.suffix == ".jsonl":
+            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            records = json.loads(text)["records"]
+        print(format_table(summarize(records), markdown=args.markdown))
+        failing = [r for r in records if r.get("violations")]
+        if failing:
+            print(f"\n{len(failing)} cases with violations:")
+            for r in failing:
+                print(f"- {r['id']}: {r['outcome']} rc={r.get('rc')} [{', '.join(r['violations'])}] "
+                      f"{r.get('stderr_last', '')[:200]!r}")
+        return 0
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     unknown = sorted(set(formats) - set(FORMATS))
@@ -83,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         "records": records,
     }
     args.out.write_text(json.dumps(result, indent=1))
-    print(format_table(summary))
+    print(format_table(summary, markdown=args.markdown))
     if not args.keep and args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
     return 1 if result["failing"] else 0

@@ -686,12 +686,12 @@ def crafted_cases(base: Base) -> list[Case]:
     def npz_deflate_bomb(path: Path) -> None:
         import numpy as np
 
-        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
             with archive.open("x.npy", "w", force_zip64=True) as handle:
                 np.lib.format.write_array_header_1_0(
                     handle, {"descr": "<f4", "fortran_order": False, "shape": (2**23, 1, 8, 8)})
-                chunk = b"\x00" * (1 << 20)
-                for _ in range(2048):  # 2 GiB of zeros, ~2 MB compressed
+                chunk = b"\x00" * (16 << 20)
+                for _ in range(128):  # 2 GiB of zeros, ~9 MB compressed
                     handle.write(chunk)
 
     add("npz", "deflate-bomb", ".npz member inflating to 2 GiB of zeros", npz_case(npz_deflate_bomb))
