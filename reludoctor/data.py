@@ -44,6 +44,10 @@ MAX_SYNTHETIC_BYTES = 4 << 30
 # (np.savez / np.savez_compressed write nothing else).
 MAX_DEFLATE_RATIO = 1032
 MAX_NPY_HEADER_BYTES = 10_000  # numpy's own default max_header_size, checked before reading
+# Stored (np.savez) members are memory-mapped like a .npy; deflated (np.savez_compressed) members
+# are inflated into memory whole, at most this many bytes per file (the sum of the members read):
+# a 9 MB file of zeros may legitimately inflate to 2 GiB. Larger data: np.save or np.savez.
+MAX_NPZ_INFLATE_BYTES = 1 << 30
 # A model exported with a fixed batch is fed batches of exactly that many rows, the last one
 # padded by repeating a sample, whatever --batch-size says. The fixed batch and the input shapes
 # come from the (untrusted) model file, so they are bounded before anything is allocated
@@ -440,7 +444,7 @@ def _npy_header(stream: Any, where: str) -> tuple[tuple[int, ...], bool, np.dtyp
             shape, fortran, dtype = npformat.read_array_header_1_0(copy)
         else:
             shape, fortran, dtype = npformat.read_array_header_2_0(copy)
-    except _ZIP_ERRORS as exc:
+    except Exception as exc:  # noqa: BLE001 - numpy parsing untrusted bytes (literal_eval: TokenError, ...)
         raise DataError(f"{where}: not a valid .npy header ({_reason(exc)})",
                         "re-save the data with np.save") from exc
     if dtype.hasobject:
@@ -477,23 +481,61 @@ def _load_npy(handle: Any, path: Path) -> Any:
                         "the file may be corrupt; re-save it with np.save") from exc
 
 
-def _npz_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> np.ndarray:
-    """One .npz member, read whole after its header is checked against the member's size (and
-    that size against what its compressed bytes can hold), in native byte order."""
-    where = f"{path} (array {info.filename[:-4]!r})"
+def _member_where(path: Path, info: zipfile.ZipInfo) -> str:
+    return f"{path} (array {info.filename[:-4]!r})"
+
+
+def _check_member(info: zipfile.ZipInfo, path: Path) -> None:
+    """Refuse members reludoctor does not read (encrypted, other compressions) and directory
+    sizes no compression can justify, before anything is read."""
+    where = _member_where(path, info)
     if info.flag_bits & 0x1:
         raise DataError(f"{where}: the member is encrypted", "save the data with np.savez")
     if info.compress_type == zipfile.ZIP_STORED:
-        ratio = 1
+        justified = info.compress_size
     elif info.compress_type == zipfile.ZIP_DEFLATED:
-        ratio = MAX_DEFLATE_RATIO
+        justified = max(info.compress_size, 1) * MAX_DEFLATE_RATIO + 1024
     else:
         raise DataError(f"{where}: compressed with zip method {info.compress_type}, not read",
                         "save the data with np.savez or np.savez_compressed")
-    if info.file_size > max(info.compress_size, 1) * ratio + 1024:
+    if info.file_size > justified:
         raise DataError(f"{where}: the zip directory declares {info.file_size:,} bytes from "
                         f"{info.compress_size:,} compressed bytes, more than compression allows",
                         "the archive is corrupt or forged; re-save it with np.savez")
+
+
+def _stored_member(handle: Any, info: zipfile.ZipInfo, path: Path) -> Any:
+    """A stored (uncompressed, np.savez) member, memory-mapped in place like a .npy: its local
+    header and .npy header checked against the bytes the archive holds first."""
+    where = _member_where(path, info)
+    size = os.fstat(handle.fileno()).st_size
+    handle.seek(info.header_offset)
+    local = handle.read(30)
+    if len(local) < 30 or local[:4] != b"PK\x03\x04":
+        raise DataError(f"{where}: bad local zip header", "the archive is corrupt; re-save it with np.savez")
+    name_length, extra_length = struct.unpack("<HH", local[26:30])
+    start = info.header_offset + 30 + name_length + extra_length
+    if start + info.file_size > size:
+        raise DataError(f"{where}: the member runs past the end of the file ({size:,} bytes)",
+                        "the archive is truncated; re-save it with np.savez")
+    handle.seek(start)
+    shape, fortran, dtype = _npy_header(handle, where)
+    offset = handle.tell()
+    needed = _declared_bytes(shape, dtype)
+    if needed > start + info.file_size - offset:
+        raise DataError(f"{where}: its header declares {list(shape)} {dtype} ({needed:,} bytes) "
+                        f"but the member holds {max(start + info.file_size - offset, 0):,} bytes of data",
+                        "the archive is truncated or corrupt; re-save it with np.savez")
+    if needed == 0:
+        return np.zeros(shape, dtype=dtype)
+    return np.memmap(handle, dtype=dtype, mode="r", shape=shape, offset=offset,
+                     order="F" if fortran else "C")
+
+
+def _npz_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> np.ndarray:
+    """One deflated .npz member, inflated whole after its header is checked against the member's
+    size (already checked against what its compressed bytes can hold), in native byte order."""
+    where = _member_where(path, info)
     with archive.open(info) as member:
         shape, fortran, dtype = _npy_header(member, where)
         header = member.tell()
@@ -534,7 +576,17 @@ def _load_npz(handle: Any, path: Path, names: Sequence[str]) -> list[Any]:
                     raise DataError(f"{path}: no array for input(s) {', '.join(missing)}",
                                     f"arrays found: {', '.join(keys)}; name each after a model input")
                 wanted = list(names)
-            return [_npz_member(archive, members[key], path) for key in wanted]
+            for key in wanted:
+                _check_member(members[key], path)
+            inflated = sum(members[key].file_size for key in wanted
+                           if members[key].compress_type != zipfile.ZIP_STORED)
+            if inflated > MAX_NPZ_INFLATE_BYTES:
+                raise DataError(f"{path}: its compressed arrays inflate to {inflated:,} bytes, more "
+                                f"than the limit of {MAX_NPZ_INFLATE_BYTES:,} for np.savez_compressed data",
+                                "save large calibration data with np.save (memory-mapped) or np.savez")
+            return [_stored_member(handle, members[key], path)
+                    if members[key].compress_type == zipfile.ZIP_STORED
+                    else _npz_member(archive, members[key], path) for key in wanted]
     except DataError:
         raise
     except _ZIP_ERRORS as exc:

@@ -337,6 +337,46 @@ def test_corrupt_npz_is_a_data_error(tmp_path: Path, payload: bytes) -> None:
     one_line_error(result.exit_code, result.stderr, str(path))
 
 
+def test_compressed_npz_inflating_past_the_limit_is_refused_before_inflating(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deflate bomb (zeros inflate ~1000:1): the members' declared sizes are summed and checked
+    against MAX_NPZ_INFLATE_BYTES before anything is inflated (lowered here to keep the test small)."""
+    from reludoctor import data
+
+    assert data.MAX_NPZ_INFLATE_BYTES == 1 << 30
+    monkeypatch.setattr(data, "MAX_NPZ_INFLATE_BYTES", 1 << 20)
+    path = tmp_path / "bomb.npz"
+    np.savez_compressed(path, np.zeros((8192, 64), np.float32))  # 2 MiB of zeros, ~2 KB on disk
+    assert path.stat().st_size < 100_000
+    with pytest.raises(DataError, match=r"inflate to 2,097,\d+ bytes.*limit of 1,048,576"):
+        load_calibration(path, [FLAT])
+    np.savez(tmp_path / "stored.npz", np.zeros((8192, 64), np.float32))  # stored: mapped, allowed
+    assert load_calibration(tmp_path / "stored.npz", [FLAT]).samples == 8192
+
+
+def test_stored_npz_members_are_memory_mapped_not_read_whole(tmp_path: Path) -> None:
+    values = np.random.default_rng(3).standard_normal((50, 64)).astype(">f4")
+    np.savez(tmp_path / "x.npz", input=values)
+    calibration = load_calibration(tmp_path / "x.npz", [FLAT])
+    assert isinstance(calibration._arrays[0], np.memmap)
+    (got,) = read_all(calibration, batch_size=7)
+    assert got.dtype.isnative
+    np.testing.assert_array_equal(got, values.astype(np.float32))
+
+
+@pytest.mark.parametrize("header", [b"{'descr': '<f4', 'shape': (", b"{'descr': os.system}", b"\xff\xfe"],
+                         ids=["unterminated", "not-a-literal", "not-text"])
+def test_garbage_npy_headers_are_data_errors(tmp_path: Path, header: bytes) -> None:
+    path = tmp_path / "x.npy"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header)
+    with pytest.raises(DataError, match="not a valid .npy header"):
+        load_calibration(path, [FLAT])
+    with zipfile.ZipFile(tmp_path / "x.npz", "w") as archive:
+        archive.writestr("arr_0.npy", path.read_bytes())
+    with pytest.raises(DataError, match="not a valid .npy header"):
+        load_calibration(tmp_path / "x.npz", [FLAT])
+
+
 def test_npz_with_pickled_objects_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "objects.npz"
     np.savez(path, np.array([{"a": 1}, None], dtype=object))
