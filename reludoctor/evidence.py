@@ -60,6 +60,23 @@ class ProducerEvidence:
     def units(self) -> int:
         return int(self.weight_norm.shape[0])
 
+    @property
+    def signal_scale(self) -> np.ndarray:
+        """How large each unit's weighted input ``scale * (w . x)`` is, up to the layer's input
+        scale (shared by all its units, so only ratios between units mean anything):
+
+        - after a BatchNorm: ``|scale| * sqrt(running_var)``, its running variance being that of
+          ``w . x + bias`` (``|gamma|`` when the statistics are current). Not ``|scale| * |w|``:
+          BatchNorm makes the weight norm arbitrary, and ``|w| / sqrt(running_var)`` depends on
+          how the rows align with the input's covariance;
+        - otherwise: ``|scale| * |w|`` (the incoming weight norm).
+
+        A unit whose signal scale is a small fraction of its alive neighbours' has a weak input.
+        """
+        if self.running_var is not None:
+            return np.abs(self.scale) * np.sqrt(np.maximum(self.running_var, 0.0))
+        return np.abs(self.scale) * self.weight_norm
+
 
 def _np(tensor: Any) -> np.ndarray | None:
     if tensor is None:

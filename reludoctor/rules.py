@@ -28,8 +28,9 @@ LEAKY = "nn.LeakyReLU(0.01)"
 RELU_LIKE_OPS = ("relu", "relu6", "clamp", "threshold", "clip")  # output 0 below the bound
 
 # Thresholds (kept here so tests and the README can name them).
-BIAS_REACH = 0.1  # a dead unit is bias-explained when its input alone reaches >= 10% of -shift
-BIAS_OUTLIER_MAD = 3.0  # ... and its shift lies this many MADs below the alive units' median
+BIAS_REACH = 0.1  # "negligible": below 10% of the layer's typical reach (or of the unit's shift)
+BIAS_OUTLIER_MAD = 3.0  # a bias is an outlier this many MADs below the median of the layer's shifts
+WEAK_SIGNAL = 0.1  # a weak input: signal scale below 10% of the alive units' median
 COLLAPSED = 0.01  # incoming weight norm below 1% of the alive units' median norm
 HE_ROW_NORM = math.sqrt(2.0)  # expected row norm under kaiming_normal_(fan_in, relu)
 DEPTH_MIN_SITES = 3
@@ -198,42 +199,94 @@ def dead_site(site: SiteStats, context: Context) -> Iterable[Finding]:
 CAUSES = ("collapsed-weights", "negative-bias", "input-never-positive", "weak-input", "unexplained")
 
 
-def dead_causes(site: SiteStats, producer: Any) -> dict[int, str]:
-    """Why each dead unit is dead, from its producer (pre-activation = scale * w.x + shift).
+@dataclass(frozen=True)
+class _Layer:
+    """Per-unit quantities of a site's producer and the layer-wide references the causes use."""
 
-    ``reach`` = max pre-activation - shift: the largest value the weighted input alone reached.
+    peak: np.ndarray  # max pre-activation
+    shift: np.ndarray
+    reach: np.ndarray  # peak - shift: the largest value of the weighted input alone
+    dead: np.ndarray
+    alive: np.ndarray
+    reach_ref: float | None  # median |reach| of the alive units (None: no alive unit)
+    signal: np.ndarray  # ProducerEvidence.signal_scale
+    signal_ref: float | None  # median signal scale of the alive units (else of all units)
+    shift_centre: float  # median shift over all units
+    shift_mad: float
+    shift_floor: float  # a shift below it is an outlier of the layer
+    alive_shift: float  # median shift of the alive units (else of all units)
 
-    - collapsed-weights: the unit's incoming weight norm is below COLLAPSED of the alive units'
-      median (or of the He scale when none is alive);
-    - weak-input: the weighted input is negligible next to the shift (|reach| < BIAS_REACH *
-      |shift|), or the whole site no longer sees its input (``input_insensitive``): the signal
-      reaching the layer is too small or too uniform (a vanishing signal), not one unit's fault;
-    - negative-bias: the weighted input alone would fire (reach > 0) but a shift far below the
-      layer's (BIAS_OUTLIER_MAD MADs under the median over all its units) holds it down;
-    - input-never-positive: the weighted input itself is never > 0 on the data: the incoming
-      weights point away from the data (typical after too large a learning rate);
-    - unexplained: none of these (e.g. a marginal unit whose reach and shift nearly cancel).
-    """
+
+def _layer(site: SiteStats, producer: Any) -> _Layer:
     peak = np.asarray(site.max_preactivation, dtype=np.float64)
-    shift = producer.shift
-    reach = peak - shift
-    norms = producer.weight_norm
+    shift = np.asarray(producer.shift, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        reach = peak - shift
     dead, alive = _split(site)
-    healthy = norms[alive & (norms > 0)]
-    reference = float(np.median(healthy)) if healthy.size else HE_ROW_NORM
+    reaches = np.abs(reach[alive & np.isfinite(reach)])
+    reach_ref = float(np.median(reaches)) if reaches.size else None
+    signal = np.asarray(producer.signal_scale, dtype=np.float64)
+    pool = signal[alive & np.isfinite(signal) & (signal > 0)]
+    if not pool.size:
+        pool = signal[np.isfinite(signal) & (signal > 0)]
+    signal_ref = float(np.median(pool)) if pool.size else None
     centre = float(np.median(shift))
     mad = float(np.median(np.abs(shift - centre)))
     floor = min(centre - BIAS_OUTLIER_MAD * max(mad, 1e-3 * max(1.0, abs(centre))), 0.0)
+    alive_shift = float(np.median(shift[alive])) if alive.any() else centre
+    return _Layer(peak, shift, reach, dead, alive, reach_ref, signal, signal_ref, centre, mad, floor,
+                  alive_shift)
+
+
+def dead_causes(site: SiteStats, producer: Any) -> dict[int, str]:
+    """Why each dead unit is dead, from its producer (pre-activation = scale * w.x + shift).
+
+    ``reach`` = max pre-activation - shift: the largest value the weighted input alone reached;
+    ``reach_ref`` = the median |reach| of the alive units (the layer's typical input reach);
+    ``signal`` = ``ProducerEvidence.signal_scale`` (``|gamma|`` through a BatchNorm, the weight
+    norm otherwise), ``signal_ref`` its median over the alive units. In this order:
+
+    - collapsed-weights: the unit's incoming weight norm is below COLLAPSED of the alive units'
+      median (or of the He scale when none is alive);
+    - weak-input: the whole site no longer sees its input (``input_insensitive``: a vanishing
+      signal, not one unit's fault); or the weighted input is negligible next to the shift, the
+      shift counting for no more than the layer's typical reach (``|reach| < BIAS_REACH *
+      min(|shift|, reach_ref)``: an extreme shift does not make a normal input look
+      negligible); or the unit's signal is weak: ``signal < WEAK_SIGNAL * signal_ref`` and
+      ``reach < BIAS_REACH * reach_ref``;
+    - negative-bias (the textbook dying ReLU): the weighted input alone fires like its
+      neighbours' (``reach >= BIAS_REACH * reach_ref``), the shift is an outlier of the layer
+      (BIAS_OUTLIER_MAD MADs below the median of all its units' shifts), and with the alive
+      units' median shift the unit would fire (``reach + alive_shift > 0``);
+    - input-never-positive: the weighted input itself is never > 0 on the data: the incoming
+      weights point away from the data (typical after too large a learning rate);
+    - unexplained: none of these (e.g. a marginal unit whose reach and shift nearly cancel).
+
+    Without alive units (a dead site) the references fall back: no reach_ref (so ``|reach| <
+    BIAS_REACH * |shift|`` and no reach condition on negative-bias), signal_ref over all units.
+    """
+    layer = _layer(site, producer)
+    peak, shift, reach = layer.peak, layer.shift, layer.reach
+    norms = producer.weight_norm
+    healthy = norms[layer.alive & (norms > 0)]
+    reference = float(np.median(healthy)) if healthy.size else HE_ROW_NORM
     insensitive = input_insensitive(site)
+    reach_ref = layer.reach_ref
     causes = {}
-    for u in map(int, np.flatnonzero(dead)):
-        if not math.isfinite(peak[u]):
+    for u in map(int, np.flatnonzero(layer.dead)):
+        if not math.isfinite(peak[u]) or not math.isfinite(shift[u]):
             causes[u] = "unexplained"
-        elif norms[u] < COLLAPSED * reference:
+            continue
+        cap = abs(shift[u]) if reach_ref is None else min(abs(shift[u]), reach_ref)
+        weak_signal = (layer.signal_ref is not None and layer.signal[u] < WEAK_SIGNAL * layer.signal_ref
+                       and (reach_ref is None or reach[u] < BIAS_REACH * reach_ref))
+        fires_like_neighbours = reach_ref is None or reach[u] >= BIAS_REACH * reach_ref
+        if norms[u] < COLLAPSED * reference:
             causes[u] = "collapsed-weights"
-        elif insensitive or abs(reach[u]) < BIAS_REACH * abs(shift[u]):
+        elif insensitive or abs(reach[u]) < BIAS_REACH * cap or weak_signal:
             causes[u] = "weak-input"
-        elif reach[u] > 0 and shift[u] < floor:
+        elif (reach[u] > 0 and fires_like_neighbours and shift[u] < layer.shift_floor
+              and reach[u] + layer.alive_shift > 0):
             causes[u] = "negative-bias"
         elif reach[u] <= 0:
             causes[u] = "input-never-positive"
@@ -273,10 +326,8 @@ def negative_bias(site: SiteStats, context: Context) -> Iterable[Finding]:
     explained = [u for u, cause in causes.items() if cause == "negative-bias"]
     if not explained:
         return
-    peak = np.asarray(site.max_preactivation, dtype=np.float64)
-    shift = producer.shift
-    reach = peak - shift
-    _, alive = _split(site)
+    layer = _layer(site, producer)
+    shift, reach, alive = layer.shift, layer.reach, layer.alive
     via = "BatchNorm beta" if producer.norm_layer else "bias"
     param = (f"{producer.norm_layer}.bias" if producer.norm_layer else f"{producer.layer}.bias")
     worst = explained[int(np.argmin(shift[explained]))]
@@ -289,7 +340,10 @@ def negative_bias(site: SiteStats, context: Context) -> Iterable[Finding]:
                  f"alone reaches {reach[worst]:.3g})"),
         evidence={"units": explained, "effective_bias": [_r(shift[u]) for u in explained],
                   "input_reach": [_r(reach[u]) for u in explained],
-                  "alive_effective_bias_median": _r(_median(shift[alive])), "parameter": param,
+                  "alive_effective_bias_median": _r(_median(shift[alive])),
+                  "effective_bias_median": _r(layer.shift_centre), "effective_bias_mad": _r(layer.shift_mad),
+                  "outlier_below": _r(layer.shift_floor), "alive_input_reach_median": _r(layer.reach_ref),
+                  "parameter": param,
                   "dead_vs_alive": dead_vs_alive(site, producer)},
         suggestion=(f"re-initialise {param} for units {_preview(explained)} (e.g. to 0"
                     + (", and BatchNorm gamma to 1" if producer.norm_layer else "")
