@@ -203,6 +203,10 @@ def check_model_inputs(specs: Sequence[InputSpec], fixed_batch: int | None, wher
 def check_padding(batch: Sequence[Any], fixed_batch: int, source: str) -> None:
     """Before a batch is padded to a model's fixed batch: refuse a padded batch of inputs over
     MAX_PADDED_BATCH_BYTES (the real sizes; ``check_model_inputs`` saw only declared ones)."""
+    if fixed_batch > MAX_FIXED_BATCH:  # loaders refuse it already; a caller's model may not
+        raise DataError(f"{source}: the model's fixed batch of {fixed_batch:,} rows is more than "
+                        f"the limit of {MAX_FIXED_BATCH:,}: every batch would be padded to it",
+                        "re-export the model with a dynamic batch axis (dynamic_axes / dynamic_shapes)")
     total = 0
     for array in batch:
         rows = max(_rows(array), 1) if getattr(array, "ndim", 0) else 1

@@ -241,6 +241,18 @@ def test_padding_is_bounded_by_the_real_sample_size(tmp_path: Path) -> None:
         reludoctor.scan(path, tmp_path / "x.npy", device="cpu", on_warning=lambda message: None)
 
 
+def test_padding_refuses_a_fixed_batch_over_the_row_limit_whatever_the_loader() -> None:
+    """``check_padding`` (the ONNX feed and the PyTorch batch loop both call it before padding)
+    also holds the row limit, for models whose loader did not check it."""
+    import torch
+
+    from reludoctor.data import check_padding
+
+    with pytest.raises(DataError, match="fixed batch of 10,000,000"):
+        check_padding((torch.zeros(3, 8),), 10 ** 7, "x.npy")
+    check_padding((torch.zeros(3, 8), np.zeros((3, 2), np.int64)), MAX_FIXED_BATCH, "x.npy")
+
+
 def test_a_small_fixed_batch_still_pads(tmp_path: Path) -> None:
     import reludoctor
 
