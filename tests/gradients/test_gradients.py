@@ -264,7 +264,12 @@ def test_onnx_through_onnx2torch_matches_pytorch():
         assert o.gradient.rms_output == pytest.approx(t.gradient.rms_output, rel=1e-3)
         assert o.gradient.rms_preactivation == pytest.approx(t.gradient.rms_preactivation, rel=1e-3)
         assert o.gradient.zero_by_mask == pytest.approx(t.gradient.zero_by_mask, abs=1e-3)
-        assert o.gradient.weight_grad_norm == pytest.approx(t.gradient.weight_grad_norm, rel=1e-3)
+        # None where no producer layer is known (compared as such: pytest >= 9.2 refuses
+        # approx(None), which once made this test pass or fail with the pytest version)
+        assert (o.gradient.weight_grad_norm is None) == (t.gradient.weight_grad_norm is None)
+        if t.gradient.weight_grad_norm is not None:
+            assert o.gradient.weight_grad_norm == pytest.approx(t.gradient.weight_grad_norm, rel=1e-3)
+    assert torch_report.sites[0].gradient.weight_grad_norm is not None  # act: straight after conv
     validate(onnx_report.to_dict())
 
 
