@@ -285,7 +285,7 @@ def check_schema_version(data: Any) -> None:
         raise ReportFormatError("not a reludoctor report: it has no schema_version")
     version = data["schema_version"]
     if isinstance(version, bool) or not isinstance(version, int):
-        raise ReportFormatError(f"schema_version {version!r} is not an integer")
+        raise ReportFormatError(f"schema_version {version!r:.60} is not an integer")
     if version not in SUPPORTED_SCHEMA_VERSIONS:
         raise ReportFormatError(
             f"schema_version {version} is not supported: this reludoctor reads schema_version "

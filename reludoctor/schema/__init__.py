@@ -64,9 +64,16 @@ def validate(report: Any, *, use_jsonschema: bool | None = None) -> None:
         raise _error([f"{_where(path)}: {text}" for path, text in messages], _where(messages[0][0]))
 
 
+MESSAGE_CHARS = 300  # an offending value is quoted, never in full: reports are untrusted input
+
+
+def _short(text: str, limit: int = MESSAGE_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _error(messages: list[str], path: str) -> ReportValidationError:
     more = f" (and {len(messages) - 1} more)" if len(messages) > 1 else ""
-    text = f"report does not match the reludoctor report schema: {messages[0]}{more}"
+    text = f"report does not match the reludoctor report schema: {_short(messages[0])}{more}"
     return ReportValidationError(text, path, messages)
 
 

@@ -253,3 +253,14 @@ def test_missing_and_directory_reports_keep_their_messages(work):
     one_line_error(cli("report", work / "nope.json"), "nope.json", "not found")
     (work / "folder.json").mkdir()
     one_line_error(cli("report", work / "folder.json"), "folder.json", "directory")
+
+
+@pytest.mark.parametrize("change", ["schema_version", "sites", "model"])
+def test_error_lines_quote_huge_values_only_in_part(work, saved_report, change):
+    """A report is untrusted: a 1 MB value in it does not become a 1 MB error line."""
+    data = json.loads(report_text(saved_report))
+    data[change] = "A" * 1_000_000 if change != "model" else {"k" * 100_000: 1}
+    bad = work / "huge.json"
+    bad.write_text(json.dumps(data))
+    line = one_line_error(cli("report", bad), "huge.json")
+    assert len(line) < 1000
