@@ -169,7 +169,7 @@ def _parse(data: dict[str, Any], path: Path, where: str) -> Settings:
     for raw_key, value in data.items():
         key = raw_key.replace("_", "-")
         if key not in KEYS:
-            raise ConfigError(f"{path}: unknown key {raw_key!r} in {where}",
+            raise ConfigError(f"{path}: unknown key {raw_key!r:.80} in {where}",
                               f"known keys: {', '.join(KEYS)}")
         label = f"{path}: {raw_key}"
         if key == "fail-over":
@@ -183,7 +183,7 @@ def _parse(data: dict[str, Any], path: Path, where: str) -> Settings:
             if not isinstance(value, dict):
                 raise ConfigError(f"{label} must be a table of \"glob pattern\" = max dead ratio")
             values["site_limits"] = tuple(
-                (pattern, ratio(limit, f"{label}.{pattern!r}")) for pattern, limit in value.items())
+                (pattern, ratio(limit, f"{label}.{pattern!r:.80}")) for pattern, limit in value.items())
         elif key == "baseline":
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"{label} must be the path of a JSON report")
@@ -202,7 +202,7 @@ def ratio(value: Any, label: str) -> float:
     """A dead-ratio limit: a number in [0, 1] (NaN refused)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) \
             or not math.isfinite(value) or not 0 <= value <= 1:
-        raise ConfigError(f"{label} = {value!r} must be a ratio between 0 and 1")
+        raise ConfigError(f"{label} = {value!r:.80} must be a ratio between 0 and 1")
     return float(value)
 
 
@@ -211,7 +211,7 @@ def fail_on_value(value: str, label: str) -> str:
     text = value.strip().lower()
     if text in SEVERITIES or RULE_ID.match(text):
         return text
-    raise ConfigError(f"{label}: {value!r} is neither a severity ({', '.join(SEVERITIES)}) "
+    raise ConfigError(f"{label}: {value!r:.80} is neither a severity ({', '.join(SEVERITIES)}) "
                       "nor a rule id such as dead-site")
 
 
@@ -219,11 +219,11 @@ def site_limit(text: str, label: str = "--fail-over-site") -> tuple[str, float]:
     """'layer4.*=0.2' -> ('layer4.*', 0.2)."""
     pattern, sep, number = text.rpartition("=")
     if not sep or not pattern:
-        raise ConfigError(f"{label} {text!r} is not PATTERN=RATIO", "e.g. --fail-over-site 'layer4.*=0.2'")
+        raise ConfigError(f"{label} {text!r:.80} is not PATTERN=RATIO", "e.g. --fail-over-site 'layer4.*=0.2'")
     try:
         limit = float(number)
     except ValueError:
-        raise ConfigError(f"{label} {text!r}: {number!r} is not a number") from None
+        raise ConfigError(f"{label} {text!r:.80}: {number!r:.40} is not a number") from None
     return pattern, ratio(limit, f"{label} {pattern}")
 
 

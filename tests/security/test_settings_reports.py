@@ -264,3 +264,10 @@ def test_error_lines_quote_huge_values_only_in_part(work, saved_report, change):
     bad.write_text(json.dumps(data))
     line = one_line_error(cli("report", bad), "huge.json")
     assert len(line) < 1000
+
+
+def test_settings_errors_quote_huge_keys_and_values_only_in_part(work, saved_report):
+    write(work / "reludoctor.toml", '"' + "k" * 100_000 + '" = 1\n')
+    assert len(one_line_error(cli("report", saved_report), "unknown key")) < 1000
+    write(work / "reludoctor.toml", 'fail-on = "' + "x!" * 100_000 + '"\n')
+    assert len(one_line_error(cli("report", saved_report), "fail-on")) < 1000
