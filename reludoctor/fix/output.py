@@ -30,7 +30,12 @@ def same_file(a: Path, b: Path) -> bool:
 
 
 def output_format(out: Path, model_format: str) -> str:
-    """The format OUT's suffix asks for, checked against the input model's kind."""
+    """The format OUT's suffix asks for, checked against the input model's kind. Called once the
+    model is loaded, before the scan: OUT may not be a file the load read (the input ledger knows
+    an ONNX model's external-data files by now), whatever --force says."""
+    from reludoctor.safeio import refuse_input
+
+    refuse_input(out, "-o")
     kind = SUFFIXES.get(out.suffix.lower())
     is_onnx = model_format == "onnx"
     if kind is None:

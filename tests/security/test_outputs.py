@@ -178,6 +178,18 @@ def test_fix_output_at_the_external_data_file_is_refused_even_with_force(work, e
     assert digest(weights) == before and temp_files(work) == []
 
 
+def test_fix_output_at_the_external_data_file_is_refused_before_the_scan(work, external_onnx, monkeypatch):
+    import reludoctor.engine
+
+    def no_scan(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("the scan ran before -o was checked against the external data")
+
+    monkeypatch.setattr(reludoctor.engine, "scan", no_scan)
+    model, weights = external_onnx
+    result = cli("fix", model, "--data", CALIB, "--prune-dead", "-o", weights, "--force")
+    one_line_error(result, "-o", "weights.onnx", "input file")
+
+
 def test_fix_summary_at_the_external_data_file_is_refused(work, external_onnx):
     model, weights = external_onnx
     before = digest(weights)
