@@ -106,7 +106,7 @@ def _plan_outputs(outputs: dict[str, Optional[str]], stdout_format: Optional[str
         if dest == "-":
             continue
         option = OUTPUT_OPTIONS[fmt]
-        target = Path(dest).resolve()
+        target = safeio.resolve_path(dest, option, UsageError)
         if target.is_dir():
             raise UsageError(f"{option} {dest} is a directory", "give a file path")
         hit = safeio.would_overwrite(dest, inputs)
@@ -205,6 +205,12 @@ def _write_outputs(report, planned: list[tuple[str, str]], stdout_format: Option
         emit(render(stdout_format, report, options), "-")
 
 
+def _trust(trust_model: bool, unsafe_pickle: bool, warn) -> bool:  # noqa: ANN001
+    if unsafe_pickle:
+        warn("--unsafe-pickle is deprecated and will be removed: use --trust-model")
+    return trust_model or unsafe_pickle
+
+
 def _gate_exit(report, err) -> int:  # noqa: ANN001
     from rich.markup import escape
 
@@ -233,6 +239,8 @@ FAIL_OVER_SITE_OPTION = typer.Option(None, "--fail-over-site", metavar="PATTERN=
 BASELINE_OPTION = typer.Option(None, "--baseline", metavar="OLD.json", help="An older JSON report: fail only on what got worse (units newly dead); list still-dead, newly dead and revived units.")
 CONFIG_OPTION = typer.Option(None, "--config", metavar="FILE", help="Settings file (default: reludoctor.toml, or pyproject.toml with a tool.reludoctor table, searched upwards from here).")
 DEBUG_OPTION = typer.Option(False, "--debug", help="Show tracebacks of internal errors.")
+TRUST_MODEL_OPTION = typer.Option(False, "--trust-model", help="Allow code from the model file: TorchScript archives, pickled nn.Modules, .pt2 archives that fail verification. This EXECUTES CODE from the file: only for files from a source you trust.")
+UNSAFE_PICKLE_OPTION = typer.Option(False, "--unsafe-pickle", hidden=True, help="Deprecated: use --trust-model.")
 
 
 @app.command()
@@ -267,7 +275,8 @@ def scan(
     arch: Optional[str] = typer.Option(None, "--arch", help="Architecture for a state_dict: package.module:factory."),
     arch_kwargs: Optional[str] = typer.Option(None, "--arch-kwargs", help="JSON keyword arguments for the --arch factory."),
     method: str = typer.Option("auto", "--method", help="How call sites are observed: auto, export (torch.export) or dispatch (TorchDispatchMode)."),
-    unsafe_pickle: bool = typer.Option(False, "--unsafe-pickle", help="Allow loading a fully pickled nn.Module. This EXECUTES CODE from the file: only for files you trust."),
+    trust_model: bool = TRUST_MODEL_OPTION,
+    unsafe_pickle: bool = UNSAFE_PICKLE_OPTION,
     gradients: bool = typer.Option(False, "--gradients/--no-gradients", help="Also measure gradient flow per site (a backward pass over the calibration data; ONNX models through onnx2torch)."),
     labels: Optional[str] = typer.Option(None, "--labels", metavar="FILE", help="Class labels (.npy of ints, one per sample) for the gradient pass's cross-entropy; default: the model's own argmax."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -281,9 +290,9 @@ def scan(
 
 def _scan(model, data, json_out, markdown_out, junit_out, sarif_out, html_out, stdout_format,  # noqa: ANN001
           top, batch_size, limit, device, input_shape, unit_axis, near_dead, dormant_tau, fail_over,
-          fail_on, fail_over_site, baseline, config, arch, arch_kwargs, method, unsafe_pickle,
-          gradients, labels, quiet, debug, sample=None, seed=0, resize=None, center_crop=None,
-          normalize=None, dtype=None) -> int:
+          fail_on, fail_over_site, baseline, config, arch, arch_kwargs, method, trust_model,
+          unsafe_pickle, gradients, labels, quiet, debug, sample=None, seed=0, resize=None,
+          center_crop=None, normalize=None, dtype=None) -> int:
     from reludoctor.baseline import load_report
     from reludoctor.distributed import is_writer
     from reludoctor.engine import scan as run_scan
@@ -320,7 +329,7 @@ def _scan(model, data, json_out, markdown_out, junit_out, sarif_out, html_out, s
             model, data, batch_size=batch_size, device=device, limit=limit,
             input_shape=_parse_shape(input_shape), unit_axis=unit_axis, near_dead=near_dead,
             dormant_tau=dormant_tau, method=method, arch=arch, arch_kwargs=arch_kwargs,
-            unsafe_pickle=unsafe_pickle, progress=progress, on_warning=warn,
+            trust_model=_trust(trust_model, unsafe_pickle, warn), progress=progress, on_warning=warn,
             gradients=gradients, labels=labels,
             sample=sample, seed=seed, resize=resize, center_crop=center_crop, normalize=normalize,
             dtype=dtype,
@@ -408,7 +417,7 @@ def _diff(a, b, tolerance, json_out, config, debug) -> int:  # noqa: ANN001
     settings = _settings(config, None, None, None, None, None, tolerance)
     limit = settings.tolerance if settings.tolerance is not None else 0.0
     if json_out not in (None, "-"):
-        target = Path(json_out).resolve()
+        target = safeio.resolve_path(json_out, "--json", UsageError)
         if target.is_dir():
             raise UsageError(f"--json {json_out} is a directory", "give a file path")
         hit = safeio.would_overwrite(json_out, [a, b, settings.source])
@@ -477,7 +486,8 @@ def fix_command(
     seed: int = typer.Option(0, "--seed", help="Seed of --reinit's Kaiming initialisation."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Architecture for a state_dict: package.module:factory."),
     arch_kwargs: Optional[str] = typer.Option(None, "--arch-kwargs", help="JSON keyword arguments for the --arch factory."),
-    unsafe_pickle: bool = typer.Option(False, "--unsafe-pickle", help="Allow loading a fully pickled nn.Module. This EXECUTES CODE from the file: only for files you trust."),
+    trust_model: bool = TRUST_MODEL_OPTION,
+    unsafe_pickle: bool = UNSAFE_PICKLE_OPTION,
     debug: bool = DEBUG_OPTION,
 ) -> None:
     """Write a repaired model: prune dead units, switch to LeakyReLU, or re-initialise (ReDo)."""
@@ -487,7 +497,8 @@ def fix_command(
 
 
 def _fix(model, data, out, prune_dead, leaky, reinit, sites, summary, force, dry_run,  # noqa: ANN001
-         batch_size, limit, device, dormant_tau, seed, arch, arch_kwargs, unsafe_pickle, debug) -> int:
+         batch_size, limit, device, dormant_tau, seed, arch, arch_kwargs, trust_model, unsafe_pickle,
+         debug) -> int:
     from rich.console import Console
 
     from reludoctor.errors import UsageError
@@ -524,7 +535,7 @@ def _fix(model, data, out, prune_dead, leaky, reinit, sites, summary, force, dry
     result = fix(model, data, out, strategy=strategy, alpha=leaky, sites=tuple(sites or ()),
                  force=force, dry_run=dry_run, batch_size=batch_size, limit=limit, device=device,
                  dormant_tau=dormant_tau, arch=arch, arch_kwargs=arch_kwargs,
-                 unsafe_pickle=unsafe_pickle, seed=seed, on_warning=warn)
+                 trust_model=_trust(trust_model, unsafe_pickle, warn), seed=seed, on_warning=warn)
     if summary is not None:
         emit(result.to_json(), summary, "--summary")  # the ledger: external data, images too
     if summary != "-":
