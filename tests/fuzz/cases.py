@@ -473,28 +473,17 @@ def crafted_cases(base: Base) -> list[Case]:
         add("ts", f"empty-storage-{record.replace('/', '')}", f"TorchScript with tensor storage record {record} emptied",
             ts_empty_storage(record), must_refuse="TorchScript is refused without --trust-model")
 
+    ts_writer: dict[str, bytes] = {}
+
     def ts_from_file(case_dir: Path) -> list[str]:
-        import torch
-
-        target = str(case_dir.parent.parent / "outside" / f"{case_dir.name}.from_file")
-
-        class Writer(torch.nn.Module):
-            def __init__(self, path: str):
-                super().__init__()
-                self.path = path
-                self.fc = torch.nn.Linear(64, 16)
-
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                t = torch.from_file(self.path, shared=True, size=16, dtype=torch.uint8)
-                t.fill_(65)
-                return torch.relu(self.fc(x.flatten(1)))
-
-        torch.manual_seed(0)
-        torch.jit.script(Writer(target)).save(str(case_dir / "model.ts"))
+        _write(case_dir / "model.ts", ts_writer["bytes"])
         _write(case_dir / "data.npy", base.bytes("digits_calib_flat.npy"))
         (case_dir / "out").mkdir(exist_ok=True)
         return scan_args("model.ts", "data.npy")
 
+    # scripted now, while this file's source on disk matches the loaded module (torch.jit reads it)
+    # (relative to the case folder, where the case runs: ROOT/cases/ID -> ROOT/outside)
+    ts_writer["bytes"] = _torchscript_writer("../../outside/ts-crafted-forward-writes-file.from_file")
     add("ts", "forward-writes-file", "scripted forward calls from_file(shared=True) then fill_ (writes a file)",
         ts_from_file, carries_code=True)
 
@@ -854,6 +843,28 @@ def crafted_cases(base: Base) -> list[Case]:
     add("json", "json-at-saved-report", "report --json pointing at the saved report it reads",
         report_json_at_self, must_refuse="output path is an input")
     return cases
+
+
+def _torchscript_writer(target: str) -> bytes:
+    """A scripted module whose forward maps ``target`` with from_file(shared=True) and fills it."""
+    import torch
+
+    class Writer(torch.nn.Module):
+        def __init__(self, path: str):
+            super().__init__()
+            self.path = path
+            self.fc = torch.nn.Linear(64, 16)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            t = torch.from_file(self.path, shared=True, size=16, dtype=torch.uint8)
+            t.fill_(65)
+            # use the written tensor, or TorchScript drops the calls as dead code
+            return torch.relu(self.fc(x.flatten(1))) + t.sum().to(torch.float32) * 0.0
+
+    torch.manual_seed(0)
+    buf = io.BytesIO()
+    torch.jit.save(torch.jit.script(Writer(target)), buf)
+    return buf.getvalue()
 
 
 def _npy_bytes(dtype: str, shape: tuple[int, ...]) -> bytes:

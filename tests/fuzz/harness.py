@@ -297,13 +297,14 @@ def summarize(records: list[dict]) -> dict[str, dict[str, int]]:
             row["exit 2 + traceback"] += outcome == "exit2_traceback"
             row["wrote outside"] += "wrote_outside" in r["flags"]
             row["wrong report"] += "wrong_report" in r["flags"]
+            row["build errors"] += outcome == "build_error"
             row["violations"] += bool(r.get("violations"))
     order = [f for f in FORMATS if f in table] + ["all"]
     return {f: dict(table[f]) for f in order}
 
 
 def format_table(summary: dict[str, dict[str, int]], markdown: bool = False) -> str:
-    cols = ("format",) + HEADERS + ("exit 2 + traceback", "wrote outside", "wrong report", "violations")
+    cols = ("format",) + HEADERS + ("exit 2 + traceback", "wrote outside", "wrong report", "build errors", "violations")
     rows = [[fmt] + [str(counts.get(c, 0)) for c in cols[1:]] for fmt, counts in summary.items()]
     if markdown:
         lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
