@@ -15,10 +15,21 @@ MODELS = ROOT / "fixtures" / "models"
 DATA = ROOT / "fixtures" / "data"
 
 FLOAT_SUMS = {"dormant_score"}
-SUM_TOLERANCE = 1e-9
+# The same batches summed in another order agree to ~1e-12; but ranks of a torchrun scan run with
+# another thread count than one process, so their activations (GEMMs) differ in the last bits
+# and the sums of |output| by ~1e-7: 1e-6 holds for both.
+SUM_TOLERANCE = 1e-6
+# Per-unit extremes are exact for the same arithmetic, but a GEMM's last bits depend on its
+# shape and thread count (oneDNN/MKL pick kernels by both): another batching, or ranks running
+# one thread each, may move a float32 maximum by an ulp or two. Dead sets and counts stay exact.
+EXTREMES = {"max_preactivation", "min_preactivation"}
+EXTREME_TOLERANCE = 1e-6
 
 
-def _same_floats(a: list, b: list, where: str, rel: float = SUM_TOLERANCE) -> None:
+def _same_floats(a: list | None, b: list | None, where: str, rel: float = SUM_TOLERANCE) -> None:
+    if a is None or b is None:
+        assert a is b, where
+        return
     assert len(a) == len(b), where
     for x, y in zip(a, b):
         if x is None or y is None:
@@ -28,10 +39,10 @@ def _same_floats(a: list, b: list, where: str, rel: float = SUM_TOLERANCE) -> No
 
 
 def assert_same_sites(got: dict, want: dict, rel: float = SUM_TOLERANCE) -> None:
-    """Two report dicts have the same sites: names, order, dead sets, counts, rates, maxima,
-    minima, histograms exactly; sums of |output| and dormant scores within ``rel`` (the same
-    batches summed in another order: 1e-9; other batches, whose float32 partial sums differ:
-    about 1e-6)."""
+    """Two report dicts have the same sites: names, order, dead sets, counts, rates and histograms
+    exactly; maxima and minima within EXTREME_TOLERANCE (float32 GEMM rounding); sums of |output|
+    and dormant scores within ``rel`` (SUM_TOLERANCE; other batches, whose float32 partial sums
+    differ: 1e-5)."""
     assert [s["name"] for s in got["sites"]] == [s["name"] for s in want["sites"]]
     for mine, theirs in zip(got["sites"], want["sites"]):
         name = mine["name"]
@@ -39,6 +50,8 @@ def assert_same_sites(got: dict, want: dict, rel: float = SUM_TOLERANCE) -> None
         for key in mine:
             if key in FLOAT_SUMS:
                 _same_floats(mine[key], theirs[key], f"{name}.{key}", rel)
+            elif key in EXTREMES:
+                _same_floats(mine[key], theirs[key], f"{name}.{key}", max(rel, EXTREME_TOLERANCE))
             elif key == "accumulators":
                 assert mine[key]["positive_count"] == theirs[key]["positive_count"], name
                 _same_floats(mine[key]["abs_output_sum"], theirs[key]["abs_output_sum"],
