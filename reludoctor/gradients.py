@@ -170,13 +170,9 @@ def load_labels(labels: Any) -> Any:
         return None
     source = str(labels) if isinstance(labels, (str, Path)) else f"in-memory {type(labels).__name__}"
     if isinstance(labels, (str, Path)):
-        path = Path(labels)
-        if not path.is_file():
-            raise DataError(f"{path}: no such labels file", "pass a .npy file of class indices")
-        try:
-            labels = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise DataError(f"{path}: cannot read labels ({exc})", "save them with np.save") from exc
+        from reludoctor.data import read_labels
+
+        labels = read_labels(labels)  # untrusted like --data: regular file, checked, noted
     if isinstance(labels, torch.Tensor):
         tensor = labels.detach().cpu()
     else:
@@ -289,6 +285,9 @@ def _run(plan: _Pass, calibration: Any, *, device: Any, batch_size: int, fixed_b
                 tensors = tuple(_to_tensor(a, device) for a in arrays)
                 rows = int(tensors[0].shape[0])
                 if fixed_batch is not None and rows < fixed_batch:
+                    from reludoctor.data import check_padding
+
+                    check_padding(tensors, fixed_batch, calibration.source)
                     tensors = _pad(tensors, fixed_batch)
                     context.valid = rows
                 else:

@@ -87,7 +87,10 @@ def from_object(model: Any) -> LoadedModel:
     import torch
 
     if isinstance(model, torch.export.ExportedProgram):
+        from reludoctor.data import check_model_inputs
+
         inputs, fixed = _exported_inputs(model)
+        check_model_inputs(inputs, fixed, "the exported program")
         return LoadedModel("torch-export", model.module(), exported=model, inputs=inputs,
                            fixed_batch=fixed)
     if isinstance(model, torch.jit.ScriptModule):

@@ -201,7 +201,7 @@ def test_label_and_option_errors(tmp_path):
         reludoctor.scan(model, x, gradients=True, labels=np.zeros(12, dtype=np.int64), on_warning=quiet)
     with pytest.raises(DataError, match="labels"):
         reludoctor.scan(model, x, gradients=True, labels=np.full(10, 99), on_warning=quiet)
-    with pytest.raises(DataError, match="no such labels file"):
+    with pytest.raises(DataError, match="--labels .*missing.npy: no such file"):
         reludoctor.scan(model, x, gradients=True, labels=tmp_path / "missing.npy", on_warning=quiet)
     # with --limit, the first `limit` labels are used
     report = reludoctor.scan(model, data((6,), samples=20), limit=10, gradients=True,

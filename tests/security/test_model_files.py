@@ -358,3 +358,34 @@ def test_arch_does_not_let_the_current_directory_shadow_installed_packages(tmp_p
                             capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     assert not marker.exists()  # local_arch imported the installed torchvision
+
+
+# --- sizes a model or labels file declares --------------------------------------------------
+
+def test_a_pt2_fixed_batch_above_the_limit_is_refused_at_load(tmp_path):
+    """A program exported with a static batch of 70,000 rows would pad every batch to it."""
+    from reludoctor.data import MAX_FIXED_BATCH
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())
+    rows = MAX_FIXED_BATCH + 4464
+    program = torch.export.export(model, (torch.zeros(rows, 4),))
+    torch.export.save(program, tmp_path / "fixed.pt2")
+    with pytest.raises(ModelLoadError, match="fixed batch of 70,000"):
+        import reludoctor
+
+        reludoctor.scan(tmp_path / "fixed.pt2", np.zeros((8, 4), np.float32))
+
+
+@pytest.mark.slow
+def test_labels_fifo_does_not_block_and_labels_are_protected_outputs(tmp_path):
+    fifo = tmp_path / "labels.npy"
+    os.mkfifo(fifo)
+    result = _scan(str(PT2), "--data", str(FLAT), "--gradients", "--labels", str(fifo))
+    _assert_refused(result, "--labels", "FIFO")
+    labels = tmp_path / "labels2.npy"
+    np.save(labels, np.zeros(360, np.int64))
+    before = labels.read_bytes()
+    result = _scan(str(PT2), "--data", str(FLAT), "--gradients", "--labels", str(labels),
+                   "--json", str(labels))
+    _assert_refused(result, "--json")
+    assert labels.read_bytes() == before
