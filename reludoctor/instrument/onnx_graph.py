@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -729,6 +730,62 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*[A-Z_]+\s*:\s*")
+_ORT_SOURCE = re.compile(r"\S*\.(?:h|hpp|cc|cpp|cu):\d+\s+")
+_ORT_NOISE = ("please fix either the inputs/outputs or the model",)
+MAX_ORT_MESSAGE = 600
+
+
+def _skip_signature(text: str) -> str:
+    """Drop a C++ function signature (``ns::f(args) const``) that onnxruntime puts before a check."""
+    match = re.match(r"[\w:~<>,*& ]*::[\w~<>]+\(", text)
+    if not match:
+        return text
+    depth, index = 0, match.end() - 1
+    while index < len(text):
+        depth += {"(": 1, ")": -1}.get(text[index], 0)
+        index += 1
+        if depth == 0:
+            break
+    rest = text[index:].lstrip()
+    return rest[len("const"):].lstrip() if rest.startswith("const ") else rest
+
+
+def _ort_message(exc: BaseException) -> str:
+    """An onnxruntime error on one line, keeping its decisive part.
+
+    onnxruntime puts the error class on the first line and the detail that tells the user what
+    to change (``index: 0 Got: 32 Expected: 2``, the node and its status message) on the next
+    lines, behind C++ source locations; keep the detail, drop the prefix and the locations.
+    """
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    parts = []
+    for line in text.splitlines():
+        line = _ORT_PREFIX.sub("", line.strip())
+        while (found := _ORT_SOURCE.search(line)) is not None:
+            line = line[:found.start()] + _skip_signature(line[found.end():])
+        line = " ".join(line.split())
+        if line and not any(noise in line.lower() for noise in _ORT_NOISE):
+            parts.append(line.rstrip(";"))
+    message = "; ".join(parts) or type(exc).__name__
+    if len(message) > MAX_ORT_MESSAGE:  # keep both ends: the node names the place, the end the cause
+        head = MAX_ORT_MESSAGE // 3
+        message = message[:head].rstrip() + " … " + message[-(MAX_ORT_MESSAGE - head - 3):].lstrip()
+    return message
+
+
+def _quiet_run_options() -> Any:
+    """RunOptions that keep onnxruntime from logging a failed run to stderr: the error is raised
+    to the caller, which reports it in one line."""
+    import onnxruntime
+
+    options = onnxruntime.RunOptions()
+    options.log_severity_level = 4  # fatal only
+    return options
+
+
 def _open_session(model: Any, original: Any, providers: list[Any], where: str,
                   threads: int | None = None) -> Any:
     """Create the instrumented session; tell a model onnxruntime rejects from our own failure."""
@@ -741,10 +798,10 @@ def _open_session(model: Any, original: Any, providers: list[Any], where: str,
         try:
             _session(plain, providers)
         except Exception as plain_exc:
-            raise ModelLoadError(f"{where}: onnxruntime cannot load the model: {_first_line(plain_exc)}",
+            raise ModelLoadError(f"{where}: onnxruntime cannot load the model: {_ort_message(plain_exc)}",
                                  "the file may be corrupt or use operators onnxruntime lacks") from plain_exc
         raise RuntimeError(f"the instrumented ONNX graph was rejected by onnxruntime: "
-                           f"{_first_line(exc)}") from exc
+                           f"{_ort_message(exc)}") from exc
 
 
 def _to_numpy(array: Any) -> np.ndarray:
@@ -934,9 +991,9 @@ def _probe_shapes(model: Any, sites: list[_Found], feed: dict[str, np.ndarray],
         names.append(name)
     session = _open_session(_with_extra(model, extra), model, providers, where)
     try:
-        values = session.run(names, feed)
+        values = session.run(names, feed, _quiet_run_options())
     except Exception as exc:
-        raise DataError(f"{where}: the model failed on the first batch: {_first_line(exc)}",
+        raise DataError(f"{where}: the model failed on the first batch: {_ort_message(exc)}",
                         "check that the data matches the model's inputs (shape, dtype, count)") from exc
     for site, value in zip(sites, values):
         dims = list(value.shape)
@@ -1022,11 +1079,11 @@ class OnnxInstrument:
                 continue
             padded = next(iter(feed.values())).shape[0]
             try:
-                values = self.session.run(self.output_names, feed)
+                values = self.session.run(self.output_names, feed, _quiet_run_options())
             except Exception as exc:  # onnxruntime rejected the data (shape, dtype, a runtime check)
                 raise DataError(
                     f"{calibration.source}: the model failed on samples {seen}-{seen + valid - 1}: "
-                    f"{_first_line(exc)}",
+                    f"{_ort_message(exc)}",
                     "check that the data matches the model's inputs (shape, dtype, count)") from exc
             results = dict(zip(self.output_names, values))
             for observer in self.observers:
