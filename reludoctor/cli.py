@@ -241,6 +241,7 @@ CONFIG_OPTION = typer.Option(None, "--config", metavar="FILE", help="Settings fi
 DEBUG_OPTION = typer.Option(False, "--debug", help="Show tracebacks of internal errors.")
 TRUST_MODEL_OPTION = typer.Option(False, "--trust-model", help="Allow code from the model file: TorchScript archives, pickled nn.Modules, .pt2 archives that fail verification. This EXECUTES CODE from the file: only for files from a source you trust.")
 UNSAFE_PICKLE_OPTION = typer.Option(False, "--unsafe-pickle", hidden=True, help="Deprecated: use --trust-model.")
+IMPORT_OPTION = typer.Option(None, "--import", metavar="MODULE", help="Import MODULE before loading the model, e.g. an op library such as torchvision whose operators (torchvision::nms) the model calls (torchvision is imported by itself when a TorchScript archive calls its ops). Trusted code. Repeatable.")
 
 
 @app.command()
@@ -277,6 +278,7 @@ def scan(
     method: str = typer.Option("auto", "--method", help="How call sites are observed: auto, export (torch.export) or dispatch (TorchDispatchMode)."),
     trust_model: bool = TRUST_MODEL_OPTION,
     unsafe_pickle: bool = UNSAFE_PICKLE_OPTION,
+    imports: Optional[list[str]] = IMPORT_OPTION,
     gradients: bool = typer.Option(False, "--gradients/--no-gradients", help="Also measure gradient flow per site (a backward pass over the calibration data; ONNX models through onnx2torch)."),
     labels: Optional[str] = typer.Option(None, "--labels", metavar="FILE", help="Class labels (.npy of ints, one per sample) for the gradient pass's cross-entropy; default: the model's own argmax."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -292,7 +294,7 @@ def _scan(model, data, json_out, markdown_out, junit_out, sarif_out, html_out, s
           top, batch_size, limit, device, input_shape, unit_axis, near_dead, dormant_tau, fail_over,
           fail_on, fail_over_site, baseline, config, arch, arch_kwargs, method, trust_model,
           unsafe_pickle, gradients, labels, quiet, debug, sample=None, seed=0, resize=None,
-          center_crop=None, normalize=None, dtype=None) -> int:
+          center_crop=None, normalize=None, dtype=None, imports=None) -> int:
     from reludoctor.baseline import load_report
     from reludoctor.distributed import is_writer
     from reludoctor.engine import scan as run_scan
@@ -332,7 +334,7 @@ def _scan(model, data, json_out, markdown_out, junit_out, sarif_out, html_out, s
             trust_model=_trust(trust_model, unsafe_pickle, warn), progress=progress, on_warning=warn,
             gradients=gradients, labels=labels,
             sample=sample, seed=seed, resize=resize, center_crop=center_crop, normalize=normalize,
-            dtype=dtype,
+            dtype=dtype, imports=tuple(imports or ()),
         )
     finally:
         if progress_bar is not None:
@@ -488,6 +490,7 @@ def fix_command(
     arch_kwargs: Optional[str] = typer.Option(None, "--arch-kwargs", help="JSON keyword arguments for the --arch factory."),
     trust_model: bool = TRUST_MODEL_OPTION,
     unsafe_pickle: bool = UNSAFE_PICKLE_OPTION,
+    imports: Optional[list[str]] = IMPORT_OPTION,
     debug: bool = DEBUG_OPTION,
 ) -> None:
     """Write a repaired model: prune dead units, switch to LeakyReLU, or re-initialise (ReDo)."""
@@ -498,7 +501,7 @@ def fix_command(
 
 def _fix(model, data, out, prune_dead, leaky, reinit, sites, summary, force, dry_run,  # noqa: ANN001
          batch_size, limit, device, dormant_tau, seed, arch, arch_kwargs, trust_model, unsafe_pickle,
-         debug) -> int:
+         debug, imports=None) -> int:
     from rich.console import Console
 
     from reludoctor.errors import UsageError
@@ -535,7 +538,8 @@ def _fix(model, data, out, prune_dead, leaky, reinit, sites, summary, force, dry
     result = fix(model, data, out, strategy=strategy, alpha=leaky, sites=tuple(sites or ()),
                  force=force, dry_run=dry_run, batch_size=batch_size, limit=limit, device=device,
                  dormant_tau=dormant_tau, arch=arch, arch_kwargs=arch_kwargs,
-                 trust_model=_trust(trust_model, unsafe_pickle, warn), seed=seed, on_warning=warn)
+                 trust_model=_trust(trust_model, unsafe_pickle, warn), seed=seed, on_warning=warn,
+                 imports=tuple(imports or ()))
     if summary is not None:
         emit(result.to_json(), summary, "--summary")  # the ledger: external data, images too
     if summary != "-":

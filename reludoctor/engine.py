@@ -35,10 +35,17 @@ def trusted(trust_model: bool, unsafe_pickle: bool | None) -> bool:
     return trust_model
 
 
-def load_model(model: Any, *, arch: str | None, arch_kwargs: Any, trust_model: bool = False) -> LoadedModel:
-    """Route a path (by its content) or an in-memory model to the PyTorch or ONNX loader."""
+def load_model(model: Any, *, arch: str | None, arch_kwargs: Any, trust_model: bool = False,
+               imports: Any = ()) -> LoadedModel:
+    """Route a path (by its content) or an in-memory model to the PyTorch or ONNX loader.
+
+    ``imports``: modules imported first (``--import``), e.g. op libraries such as torchvision."""
     from reludoctor.loaders import detect
 
+    if imports:
+        from reludoctor.loaders import torch as torch_loader
+
+        imports = torch_loader.import_modules(imports)
     if isinstance(model, (str, Path)):
         path = Path(model)
         kind = detect.detect_format(path)
@@ -51,7 +58,7 @@ def load_model(model: Any, *, arch: str | None, arch_kwargs: Any, trust_model: b
         from reludoctor.loaders import torch as torch_loader
 
         return torch_loader.load_path(path, arch=arch, arch_kwargs=arch_kwargs,
-                                      trust_model=trust_model, kind=kind)
+                                      trust_model=trust_model, kind=kind, imports=imports)
     if arch:
         raise UsageError("arch is only for state_dict files, not in-memory models")
     if type(model).__name__ == "ModelProto":  # onnx.ModelProto, without importing onnx here
@@ -125,6 +132,7 @@ def scan(
     resize: int | None = None,
     center_crop: int | None = None,
     normalize: str | None = None,
+    imports: Any = (),
 ) -> Report:
     """Observe every ReLU-family call site of ``model`` over ``data`` and return a Report.
 
@@ -135,7 +143,9 @@ def scan(
 
     ``trust_model=True`` allows code from the model file (TorchScript archives, pickled modules,
     ``.pt2`` archives that fail verification): only for files from a source you trust.
-    ``unsafe_pickle`` is its deprecated former name.
+    ``unsafe_pickle`` is its deprecated former name. ``imports``: modules to import before the
+    model loads (``--import``), e.g. ``["torchvision"]`` for a TorchScript archive that calls
+    ``torchvision::nms`` (torchvision is imported by itself when installed).
 
     ``gradients=True`` adds a second pass with autograd: gradient flow per site
     (``SiteStats.gradient``, ``Report.gradients``); ``labels`` (a .npy path, array or tensor of
@@ -175,7 +185,7 @@ def scan(
 
     autocast = resolve_dtype(dtype)
     loaded = load_model(model, arch=arch, arch_kwargs=arch_kwargs,
-                        trust_model=trusted(trust_model, unsafe_pickle))
+                        trust_model=trusted(trust_model, unsafe_pickle), imports=imports)
     if autocast is not None and loaded.format == "onnx":
         raise UsageError(f"--dtype {dtype} applies to PyTorch models only: an ONNX model runs in "
                          "the precision it was exported in",

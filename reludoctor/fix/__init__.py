@@ -151,13 +151,15 @@ def fix(
     seed: int = 0,
     on_warning: Callable[[str], None] | None = None,
     rescan: bool = True,
+    imports: Sequence[str] = (),
 ) -> FixSummary:
     """Scan ``model`` on ``data``, apply ``strategy`` and write the repaired model to ``out``.
 
     ``model``: a path (.pt2, state_dict with ``arch``, .onnx), an nn.Module, ExportedProgram or
     onnx.ModelProto (never modified). ``sites``: glob patterns on site names (default: all).
     Returns the FixSummary; raises ReludoctorError (nothing written) on bad input, a structure it
-    cannot handle at all, or a failed verification.
+    cannot handle at all, or a failed verification. ``imports``: modules imported before the model
+    loads (op libraries, ``--import``).
     """
     from reludoctor.engine import load_model, scan, trusted
     from reludoctor.fix import output
@@ -184,7 +186,8 @@ def fix(
         output.check_destination(out_path, inputs, force)
 
     trust_model = trusted(trust_model, unsafe_pickle)
-    loaded = load_model(model, arch=arch, arch_kwargs=arch_kwargs, trust_model=trust_model)
+    loaded = load_model(model, arch=arch, arch_kwargs=arch_kwargs, trust_model=trust_model,
+                        imports=imports)
     out_format = output.output_format(out_path, loaded.format) if out_path is not None else None
     if out_format == output.TORCH_STATE_DICT and chosen is not Strategy.REINIT:
         raise UsageError(f"-o {out_path}: --{chosen.value} changes the architecture, which a "

@@ -12,8 +12,10 @@ import hashlib
 import importlib
 import inspect
 import json
+import importlib.util
 import logging
 import pickle
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -147,6 +149,35 @@ def _build_arch(arch: str, arch_kwargs: str | dict | None) -> Any:
     return model
 
 
+def import_modules(names: Any) -> list[str]:
+    """Import the op libraries the user names (``--import torchvision``): trusted code, imported
+    before the model loads so that the operators it registers (``torchvision::nms``) exist.
+    Returns the names imported, in order, without repeats."""
+    done: list[str] = []
+    for name in names or ():
+        name = str(name).strip()
+        if not name or name in done:
+            continue
+        if not all(part.isidentifier() for part in name.split(".")):
+            raise UsageError(f"--import {name!r} is not a module name", "e.g. --import torchvision")
+        added = "" not in sys.path and str(Path.cwd()) not in sys.path
+        if added:  # as for --arch: modules in the current directory, never shadowing installed ones
+            sys.path.append(str(Path.cwd()))
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise UsageError(f"--import {name}: cannot import ({exc})",
+                             "check the module name and that its package is installed") from exc
+        except Exception as exc:  # the user's module failed while importing: bad input, not our crash
+            raise ModelLoadError(f"--import {name}: importing it raised {type(exc).__name__}: "
+                                 f"{_first_line(exc)}") from exc
+        finally:
+            if added:
+                sys.path.remove(str(Path.cwd()))
+        done.append(name)
+    return done
+
+
 def _unwrap_state_dict(obj: Any) -> dict | None:
     import torch
 
@@ -179,14 +210,16 @@ def load_path(
     arch_kwargs: str | dict | None = None,
     trust_model: bool = False,
     kind: str | None = None,
+    imports: Any = (),
 ) -> LoadedModel:
     kind = kind or detect.detect_format(path)
     safeio.note_read(path)
+    imports = import_modules(imports)  # op libraries first: the model may call their operators
 
     if kind == detect.TORCH_EXPORT:
         loaded, digest = _load_program(path, trust_model)
     elif kind == detect.TORCHSCRIPT:
-        loaded = _load_torchscript(path, trust_model)
+        loaded = _load_torchscript(path, trust_model, imports)
         digest = sha256_of(path)
     elif kind in (detect.TORCH_SAVE, detect.SAFETENSORS):
         digest = sha256_of(path)
@@ -226,8 +259,12 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:200] if text else ""
 
 
-def _load_torchscript(path: Path, trust_model: bool) -> LoadedModel:
-    """TorchScript is code: refused unless trusted; then checked and probed in a child process."""
+def _load_torchscript(path: Path, trust_model: bool, imports: list[str] | None = None) -> LoadedModel:
+    """TorchScript is code: refused unless trusted; then checked and probed in a child process.
+
+    Operators of other libraries (``ops.torchvision.nms``) exist only once their library is
+    imported: ``imports`` (``--import``) are, in the probe too, and torchvision is imported by
+    itself when the archive calls its operators and it is installed."""
     import torch
 
     from reludoctor.loaders import torchscript_check
@@ -237,14 +274,43 @@ def _load_torchscript(path: Path, trust_model: bool) -> LoadedModel:
             f"{path}: a TorchScript archive is code that runs when it is loaded and scanned",
             f"{TRUST_HINT}, or export the model with torch.export (.pt2) or to ONNX")
     torchscript_check.check_storages(path)
-    torchscript_check.probe_load(path)
+    imports = list(imports or [])
+    namespaces = torchscript_check.op_namespaces(path)
+    for namespace in sorted(namespaces & set(AUTO_IMPORTS)):
+        module_name = AUTO_IMPORTS[namespace]
+        if module_name not in imports and importlib.util.find_spec(module_name) is not None:
+            imports += import_modules([module_name])
+    torchscript_check.probe_load(path, imports)
     try:
         with _quiet_torch():  # torch 2.9+ deprecates TorchScript loudly
             module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
+        unknown = _UNKNOWN_OP.search(str(exc))
+        if unknown is not None:
+            raise ModelLoadError(f"{path}: the TorchScript archive calls operator {unknown.group(1)}, "
+                                 "which no loaded library registers",
+                                 _op_library_hint(unknown.group(1), imports)) from exc
         raise ModelLoadError(f"{path}: cannot load TorchScript archive ({type(exc).__name__})",
                              "re-save with torch.jit.save") from exc
     return from_object(module)
+
+
+# Operator namespaces whose library is imported by itself when installed (it is a dependency of
+# many shipped models and imports nothing but torch).
+AUTO_IMPORTS = {"torchvision": "torchvision"}
+_UNKNOWN_OP = re.compile(r"Unknown builtin op: ([A-Za-z_][\w.]*::[A-Za-z_]\w*)")
+
+
+def _op_library_hint(op: str, imports: list[str]) -> str:
+    namespace = op.split("::", 1)[0]
+    module_name = AUTO_IMPORTS.get(namespace, namespace)
+    if namespace in AUTO_IMPORTS and importlib.util.find_spec(module_name) is None:
+        return f"install the library that defines it (pip install {module_name}), then re-run"
+    if module_name in imports:
+        return (f"{module_name} is imported but does not register {op}: check that its version "
+                "matches the one the model was saved with, or --import the module that defines it")
+    return (f"pass --import MODULE naming the library that defines it, e.g. --import {module_name}; "
+            f"in Python, imports=[\"{module_name}\"]")
 
 
 def _load_weights_file(path: Path, kind: str, arch: str | None, arch_kwargs: Any,

@@ -14,7 +14,9 @@ first ``addmm`` reads unallocated memory: SIGSEGV). So:
 from __future__ import annotations
 
 import io
+import json
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -103,13 +105,49 @@ def check_storages(path: Path) -> None:
                              "re-save with torch.jit.save") from None
 
 
-_PROBE = "import sys, torch\ntorch.jit.load(sys.argv[1], map_location='cpu')\n"
+# The child imports the op libraries the parent imported (``--import``, torchvision), from the
+# parent's module search path, so that the archive's operators resolve there as they do here.
+_PROBE = (
+    "import importlib, json, sys\n"
+    "path, imports, search = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])\n"
+    "sys.path[:] = search + [p for p in sys.path if p not in search]\n"
+    "import torch\n"
+    "for name in imports:\n"
+    "    importlib.import_module(name)\n"
+    "torch.jit.load(path, map_location='cpu')\n"
+)
+
+MAX_CODE_BYTES = 64 << 20  # the code entries read to find operator namespaces
+_OP_CALL = re.compile(rb"\bops\.([A-Za-z_]\w*)\.[A-Za-z_]\w*\s*\(")
+_BUILTIN_NAMESPACES = {"aten", "prim", "quantized", "_caffe2", "profiler", "cuda", "_quantized"}
 
 
-def probe_load(path: Path) -> None:
-    """Load the archive in a child process first: a crash there is an error here, not our death."""
+def op_namespaces(path: Path) -> set[str]:
+    """The operator namespaces (``torchvision`` of ``ops.torchvision.nms(...)``) the archive's
+    serialized code calls, other than torch's own. Read as text: nothing is executed."""
+    found: set[str] = set()
+    budget = MAX_CODE_BYTES
     try:
-        result = subprocess.run([sys.executable, "-c", _PROBE, str(path)], capture_output=True,
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                parts = info.filename.split("/")
+                if "code" not in parts[:2] or not info.filename.endswith(".py"):
+                    continue
+                if info.file_size > budget:
+                    break
+                budget -= info.file_size
+                found.update(m.group(1).decode() for m in _OP_CALL.finditer(archive.read(info)))
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError, NotImplementedError):
+        return set()  # the load reports a damaged archive
+    return found - _BUILTIN_NAMESPACES
+
+
+def probe_load(path: Path, imports: list[str] | None = None) -> None:
+    """Load the archive in a child process first: a crash there is an error here, not our death."""
+    search = [p for p in sys.path if p]
+    try:
+        result = subprocess.run([sys.executable, "-c", _PROBE, str(path), json.dumps(list(imports or [])),
+                                 json.dumps(search)], capture_output=True,
                                 timeout=PROBE_TIMEOUT_S, stdin=subprocess.DEVNULL, check=False)
     except subprocess.TimeoutExpired:
         raise ModelLoadError(f"{path}: loading the TorchScript archive did not finish in "

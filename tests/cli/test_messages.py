@@ -92,3 +92,165 @@ def test_onnx_kernel_failure_is_one_line_without_onnxruntime_log(run_cli, tmp_pa
     line = assert_input_error(result.returncode, result.stdout, result.stderr, str(data), "bad_reshape")
     assert "Input shape:{32,4}, requested shape:{-1,7}" in line
     assert "onnxruntime_src" not in line
+
+
+# --- TorchScript archives that call other libraries' operators ------------------------------
+
+_OPS_MODULE = '''"""Registers rdtest::twice (x * 2): an op library that only exists once imported."""
+import torch
+
+_LIB = torch.library.Library("rdtest", "DEF")
+_LIB.define("twice(Tensor x) -> Tensor")
+_LIB.impl("twice", lambda x: x * 2, "CompositeExplicitAutograd")
+'''
+
+_SAVE_CUSTOM = '''import sys, warnings
+import torch
+sys.path.insert(0, sys.argv[2])
+import rdtest_ops  # noqa: F401
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = torch.nn.Linear(8, 8)
+        with torch.no_grad():
+            self.fc.bias[2] = -1e3
+
+    def forward(self, x):
+        return torch.relu(torch.ops.rdtest.twice(self.fc(x)))
+
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    torch.jit.save(torch.jit.script(Net()), sys.argv[1])
+'''
+
+
+class _NmsNet:
+    """A scripted module whose forward calls torchvision.ops.nms (torchvision::nms)."""
+
+    @staticmethod
+    def build():  # noqa: ANN205
+        import torch
+        import torchvision
+
+        class Net(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                torch.manual_seed(0)
+                self.fc = torch.nn.Linear(8, 8)
+                with torch.no_grad():
+                    self.fc.bias[5] = -1e3  # planted dead
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                h = torch.relu(self.fc(x))
+                boxes = torch.stack([h[:, 0], h[:, 1], h[:, 0] + h[:, 2] + 1, h[:, 1] + h[:, 3] + 1], 1)
+                keep = torchvision.ops.nms(boxes, h[:, 4], 0.5)
+                return h + keep.shape[0]
+
+        return Net().eval()
+
+
+def _dead_after_fc(fc, x: np.ndarray, scale: float = 1.0) -> list[int]:  # noqa: ANN001
+    """The oracle: units of relu(scale * fc(x)) that are never positive on x."""
+    import torch
+
+    with torch.no_grad():
+        pre = scale * fc(torch.from_numpy(x))
+    return [int(u) for u in torch.nonzero((pre > 0).sum(0) == 0).flatten()]
+
+
+@pytest.mark.slow
+def test_torchscript_calling_torchvision_ops_loads_in_a_fresh_process(run_cli, tmp_path):
+    """torchvision is imported by itself (the archive calls ops.torchvision.nms); the probe
+    child and the scan both resolve the op; the dead set matches the oracle."""
+    import json
+    import warnings
+
+    import torch
+
+    pytest.importorskip("torchvision")
+    model = _NmsNet.build()
+    path = tmp_path / "nms.ts"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(model), path)
+    assert b"ops.torchvision.nms" in b"".join(  # the premise: the archive names the op
+        __import__("zipfile").ZipFile(path).read(n) for n in __import__("zipfile").ZipFile(path).namelist()
+        if n.endswith(".py"))
+    x = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    expected = _dead_after_fc(model.fc, x)
+    assert expected == [5]
+    for extra in ([], ["--import", "torchvision"]):
+        result = run_cli("scan", path, "--data", tmp_path / "x.npy", "--trust-model", "-q",
+                         "--json", "-", *extra, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        assert [site["dead_units"] for site in report["sites"]] == [expected]
+
+
+@pytest.mark.slow
+def test_torchscript_with_unregistered_op_names_it_and_import_loads_it(run_cli, tmp_path):
+    """An op whose library is not imported: one line naming the op and --import; with
+    --import MODULE (a module in the current directory) it scans, dead set as the oracle."""
+    import json
+    import subprocess
+    import sys
+
+    (tmp_path / "rdtest_ops.py").write_text(_OPS_MODULE)
+    path = tmp_path / "twice.ts"
+    (tmp_path / "save_twice.py").write_text(_SAVE_CUSTOM)  # torch.jit.script reads the source
+    saved = subprocess.run([sys.executable, str(tmp_path / "save_twice.py"), str(path), str(tmp_path)],
+                           capture_output=True, text=True)
+    assert saved.returncode == 0, saved.stderr
+    x = np.random.default_rng(1).standard_normal((64, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+
+    refused = run_cli("scan", path, "--data", tmp_path / "x.npy", "--trust-model", "-q", cwd=tmp_path)
+    line = assert_input_error(refused.returncode, refused.stdout, refused.stderr, str(path),
+                              "rdtest::twice", "--import")
+
+    result = run_cli("scan", path, "--data", tmp_path / "x.npy", "--trust-model", "-q",
+                     "--import", "rdtest_ops", "--json", "-", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    import torch
+
+    torch.manual_seed(0)
+    fc = torch.nn.Linear(8, 8)  # the same initialisation as _SAVE_CUSTOM
+    with torch.no_grad():
+        fc.bias[2] = -1e3
+    sites = json.loads(result.stdout)["sites"]
+    assert [site["dead_units"] for site in sites] == [_dead_after_fc(fc, x, 2.0)]
+    assert line  # the refusal above was one line
+
+
+def test_import_of_a_missing_module_is_one_line_exit_2(cli, art, tmp_path):
+    """--import on scan and fix: a module that does not exist is bad input (exit 2), named."""
+    result = cli(art.pt2, "--data", art.npy, "--import", "no_such_module_rd11")
+    assert_input_error(result.exit_code, result.stdout, result.stderr, "no_such_module_rd11")
+    result = cli(art.pt2, "--data", art.npy, "--prune-dead", "-o", tmp_path / "out.pt2",
+                 "--import", "no_such_module_rd11", command="fix")
+    assert_input_error(result.exit_code, result.stdout, result.stderr, "no_such_module_rd11")
+    assert not (tmp_path / "out.pt2").exists()
+
+
+def test_python_api_imports_are_imported_before_loading(art, tmp_path, monkeypatch):
+    """scan(imports=[...]) and fix(imports=[...]) import the modules (here one that records it)."""
+    import sys
+
+    from reludoctor.engine import scan
+    from reludoctor.errors import UsageError
+    from reludoctor.fix import fix
+
+    (tmp_path / "rd11_marker_mod.py").write_text("import builtins\nbuiltins._rd11_imported = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "rd11_marker_mod", raising=False)
+    report = scan(art.pt2, art.npy, imports=["rd11_marker_mod"], on_warning=lambda m: None)
+    assert "rd11_marker_mod" in sys.modules
+    assert {s.name: list(s.dead_units) for s in report.sites if s.dead_units} == \
+        {k: list(v) for k, v in art.expected.items() if v}
+    with pytest.raises(UsageError, match="no_such_module_rd11"):
+        fix(art.pt2, art.npy, tmp_path / "o.pt2", strategy="prune-dead", imports=["no_such_module_rd11"])
