@@ -78,8 +78,31 @@ def _export(module: Any, calibration: Calibration, device: Any) -> Any:
     if example[0].shape[0] < 2:  # a batch of 1 would be specialised as a constant
         example = tuple(torch.cat([t, t]) for t in example)
     batch = Dim("batch")
-    return torch.export.export(module, example, dynamic_shapes=tuple({0: batch} for _ in example),
-                               strict=False)
+    with _quiet_export():
+        return torch.export.export(module, example, dynamic_shapes=tuple({0: batch} for _ in example),
+                                   strict=False)
+
+
+@contextlib.contextmanager
+def _quiet_export() -> Iterator[None]:
+    """Keep torch quiet while it tries to export: a failed capture prints its partial graph to
+    stderr (1,700 lines for a large model) and logs warnings through torch's own handlers. The
+    scan says what matters in one warning (the fallback to TorchDispatchMode)."""
+    import io
+    import logging
+
+    names = ["torch", *(name for name in list(logging.root.manager.loggerDict) if name.startswith("torch."))]
+    loggers = [(logger, logger.level) for logger in map(logging.getLogger, names)]
+    sink = io.StringIO()
+    try:
+        for logger, _ in loggers:
+            logger.setLevel(logging.CRITICAL + 1)
+        with warnings.catch_warnings(), contextlib.redirect_stderr(sink), contextlib.redirect_stdout(sink):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in loggers:
+            logger.setLevel(level)
 
 
 @contextlib.contextmanager

@@ -254,3 +254,65 @@ def test_python_api_imports_are_imported_before_loading(art, tmp_path, monkeypat
         {k: list(v) for k, v in art.expected.items() if v}
     with pytest.raises(UsageError, match="no_such_module_rd11"):
         fix(art.pt2, art.npy, tmp_path / "o.pt2", strategy="prune-dead", imports=["no_such_module_rd11"])
+
+
+# --- torch.export falls back to TorchDispatchMode: one line, no graph dump -------------------
+
+_DATA_DEPENDENT = '''import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(8, 16)
+        self.fc2 = nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x))
+        if h.sum() > 0:  # data-dependent control flow: torch.export cannot capture it
+            h = h * 2
+        return torch.relu(self.fc2(h))
+
+
+def net():
+    torch.manual_seed(0)
+    model = Net()
+    with torch.no_grad():
+        model.fc1.bias[3] = -1e3  # planted dead
+    return model
+'''
+
+
+@pytest.mark.slow
+def test_export_fallback_is_one_warning_line_without_graph_dump(run_cli, tmp_path):
+    """torch.export fails on data-dependent control flow and prints the partial graph on
+    stderr; the user sees exactly one line saying the scan fell back, and the right report."""
+    import importlib.util
+    import json
+
+    import torch
+
+    (tmp_path / "ddflow_rd11.py").write_text(_DATA_DEPENDENT)
+    spec = importlib.util.spec_from_file_location("ddflow_rd11", tmp_path / "ddflow_rd11.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.net()
+    torch.save(model.state_dict(), tmp_path / "dd.pt")
+    x = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    expected = _dead_after_fc(model.fc1, x)
+    assert 3 in expected
+
+    for quiet in (["-q"], []):
+        result = run_cli("scan", tmp_path / "dd.pt", "--arch", "ddflow_rd11:net", "--data",
+                         tmp_path / "x.npy", "--json", "-", *quiet, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr[:2000]
+        assert "torch.export could not capture" in lines[0] and "TorchDispatchMode" in lines[0]
+        assert lines[0].startswith("warning:")
+        assert "def forward" not in result.stderr and "aten" not in result.stderr
+        report = json.loads(result.stdout)
+        assert report["model"]["method"] == "dispatch"
+        assert report["sites"][0]["dead_units"] == expected
