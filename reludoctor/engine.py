@@ -213,6 +213,9 @@ def scan(
         raise UsageError(f"--dtype {dtype} applies to PyTorch models only: an ONNX model runs in "
                          "the precision it was exported in",
                          "drop --dtype (or convert the ONNX model to float16 yourself)")
+    from reludoctor.instrument.precheck import refuse_without_candidates
+
+    refuse_without_candidates(loaded)  # a known graph without any ReLU-family op: before the data
     calibration = load_calibration(data, loaded.inputs, limit=limit, input_shape=input_shape,
                                    seed=seed, sample=sample, resize=resize, center_crop=center_crop,
                                    normalize=normalize)
@@ -376,6 +379,9 @@ def _observe(loaded: LoadedModel, calibration: Calibration, method: str, device:
                     warn("torch.export could not capture the model "
                          f"({type(exc).__name__}); observing with TorchDispatchMode instead")
         if graph_module is not None:
+            from reludoctor.instrument.precheck import check_program
+
+            check_program(keep["program"], loaded.path or "model")  # before the calibration pass
             graph_module.to(device)
             sites = instrument_graph_module(graph_module, context, unit_axis)
             keep["graph_module"] = graph_module

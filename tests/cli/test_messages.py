@@ -316,3 +316,111 @@ def test_export_fallback_is_one_warning_line_without_graph_dump(run_cli, tmp_pat
         report = json.loads(result.stdout)
         assert report["model"]["method"] == "dispatch"
         assert report["sites"][0]["dead_units"] == expected
+
+
+# --- no ReLU-family op: told before the calibration pass when the graph is known -------------
+
+
+class _NeverIterate:
+    """A data source that fails the test if anything reads a batch from it."""
+
+    def __iter__(self):  # noqa: ANN204
+        raise AssertionError("the calibration data was read before the no-ReLU check")
+
+
+def _silu_module():  # noqa: ANN202
+    import torch
+    from torch import nn
+
+    class SiluNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(8, 16)
+            self.b = nn.Linear(16, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return nn.functional.silu(self.b(nn.functional.silu(self.a(x))))
+
+    torch.manual_seed(0)
+    return SiluNet().eval()
+
+
+def _silu_onnx():  # noqa: ANN202
+    """x -> Gemm -> x * Sigmoid(x) (SiLU as exporters write it), twice."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, inits, current = [], [], "x"
+    for i, (k, n) in enumerate([(8, 16), (16, 4)]):
+        inits += [numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), f"w{i}"),
+                  numpy_helper.from_array(np.zeros(n, np.float32), f"b{i}")]
+        nodes += [helper.make_node("Gemm", [current, f"w{i}", f"b{i}"], [f"g{i}"], name=f"fc{i}"),
+                  helper.make_node("Sigmoid", [f"g{i}"], [f"s{i}"]),
+                  helper.make_node("Mul", [f"g{i}", f"s{i}"], [f"y{i}"])]
+        current = f"y{i}"
+    graph = helper.make_graph(nodes, "silu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                              [helper.make_tensor_value_info(current, TensorProto.FLOAT, ["N", 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_no_relu_exported_program_is_refused_before_any_batch(tmp_path):
+    import torch
+
+    from reludoctor.engine import scan
+    from reludoctor.errors import NoSitesError
+
+    program = torch.export.export(_silu_module(), (torch.randn(4, 8),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, tmp_path / "silu.pt2")
+    for target in (program, tmp_path / "silu.pt2"):
+        with pytest.raises(NoSitesError) as info:
+            scan(target, _NeverIterate())
+        assert "no ReLU-family op in the exported graph" in str(info.value)
+        assert "silu x2" in str(info.value)
+        assert info.value.exit_code == 2
+
+
+def test_no_relu_onnx_is_refused_before_any_batch():
+    from reludoctor.engine import scan
+    from reludoctor.errors import NoSitesError
+
+    with pytest.raises(NoSitesError) as info:
+        scan(_silu_onnx(), _NeverIterate())
+    assert "no ReLU-family node in the ONNX graph" in str(info.value)
+    assert "SiLU x2" in str(info.value)
+
+
+def test_no_relu_module_is_refused_after_export_before_the_pass():
+    """An nn.Module's graph is known once exported: the error comes from that check (it names the
+    exported graph), not from the end of the calibration pass ("no ReLU-family activation ran")."""
+    from reludoctor.engine import scan
+    from reludoctor.errors import NoSitesError
+
+    model = _silu_module()
+    with pytest.raises(NoSitesError) as info:
+        scan(model, np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32))
+    assert "no ReLU-family op in the exported graph" in str(info.value)
+    assert "ran" not in str(info.value)
+
+
+def test_no_relu_cli_is_one_line_exit_2(cli, tmp_path):
+    import onnx
+
+    onnx.save(_silu_onnx(), tmp_path / "silu.onnx")
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32))
+    result = cli(tmp_path / "silu.onnx", "--data", tmp_path / "x.npy")
+    assert_input_error(result.exit_code, result.stdout, result.stderr, str(tmp_path / "silu.onnx"),
+                       "no ReLU-family", "SiLU")
+
+
+def test_a_relu_inside_an_unknown_library_op_is_not_refused_early():
+    """The early check is loose: an op of another library may hide a ReLU, so it lets the scan
+    go on (here an ONNX node of a custom domain; onnxruntime then refuses the unknown op)."""
+    from onnx import helper
+
+    from reludoctor.instrument.precheck import _onnx_ops
+
+    model = _silu_onnx()
+    model.graph.node.append(helper.make_node("MyRelu", ["y1"], ["z"], domain="com.example"))
+    assert _onnx_ops(model)[1] is True
+    assert _onnx_ops(_silu_onnx())[1] is False
