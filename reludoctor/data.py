@@ -28,6 +28,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from reludoctor import safeio
+from reludoctor.binding import Binding, bind
 from reludoctor.errors import DataError, UsageError
 from reludoctor.loaders.model import InputSpec
 from reludoctor.sampling import check_options as check_selection
@@ -58,7 +59,7 @@ MAX_FIXED_BATCH = 65_536  # rows
 MAX_PADDED_BATCH_BYTES = 1 << 30  # 1 GiB: one padded batch, all inputs together
 MAX_SAMPLE_BYTES = 1 << 31  # 2 GiB: one sample of one input, as the model declares it
 
-Batch = tuple  # one array or tensor per model input, leading axis = samples
+Batch = tuple  # one array or tensor per fed model input (``Calibration.binding``), leading axis = samples
 
 
 @dataclass
@@ -74,6 +75,35 @@ class Calibration:
     _indices: Any = None  # sorted sample indices to read (a --sample subset); None: the first `samples`
     _images: Any = None  # a reludoctor.images.ImageFolder (the model's one input), instead of _arrays
     notes: list[str] = field(default_factory=list)  # for the user (warnings), e.g. a sample too large
+    # Which array feeds which input, the constants, the batch axes (reludoctor.binding); for an
+    # iterable of batches, decided on its first item (from _specs, _constants, _batch_axes).
+    _binding: Binding | None = None
+    _specs: list[InputSpec] | None = None
+    _constants: dict[str, Any] | None = None
+    _batch_axes: dict[str, int] | None = None
+
+    @property
+    def binding(self) -> Binding:
+        """How a batch is passed to the model (known once the first batch of an iterable is read)."""
+        if self._binding is None:
+            self.example(1)
+        assert self._binding is not None
+        return self._binding
+
+    def _bind_item(self, item: Any) -> Batch:
+        """The fed arrays of one item of an iterable, binding the inputs on the first item."""
+        if self._binding is None:
+            data = item if isinstance(item, dict) else (
+                list(item) if isinstance(item, (tuple, list)) else [item])
+            binding, arrays, notes = bind(self._specs or [InputSpec("input", None, None)], data,
+                                          source=self.source, constants=self._constants,
+                                          batch_axes=self._batch_axes)
+            self._binding = binding
+            self._names = binding.names
+            self._dtypes = [spec.dtype for spec in binding.fed]
+            self.notes.extend(notes)
+            return tuple(arrays)
+        return self._binding.take(item, self.source)
 
     @property
     def indexable(self) -> bool:
@@ -102,7 +132,7 @@ class Calibration:
         except StopIteration:
             raise DataError(f"{self.source}: no samples", "the calibration data is empty") from None
         self._iterable = itertools.chain([first], iterator)
-        return tuple(_cast(b[:rows], None) for b in _select_inputs(first, self._names or [], self.source))
+        return tuple(_cast(b[:rows], None) for b in self._bind_item(first))
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
         if self.indexable:
@@ -137,7 +167,8 @@ class Calibration:
         seen = 0
         names = self._names or []
         for item in self._iterable or ():
-            batch = _select_inputs(item, names, self.source)
+            batch = self._bind_item(item)
+            names = self._names or []
             if self._limit is not None:
                 room = self._limit - seen
                 if room <= 0:
@@ -178,7 +209,9 @@ def check_model_inputs(specs: Sequence[InputSpec], fixed_batch: int | None, wher
     for spec in specs:
         if spec.shape is None or not spec.shape:
             continue
-        sample = math.prod(d for d in spec.shape[1:] if d is not None) * _itemsize(spec.dtype)
+        batch_axis = spec.batch_axis if spec.batch_axis is not None else -1
+        sample = math.prod(d for i, d in enumerate(spec.shape) if d is not None and i != batch_axis) \
+            * _itemsize(spec.dtype)
         if sample > MAX_SAMPLE_BYTES:
             shown = ", ".join("N" if d is None else str(d) for d in spec.shape)
             raise ModelLoadError(
@@ -382,9 +415,18 @@ def _check_shapes(arrays: list[Any], specs: Sequence[InputSpec], source: str) ->
                 f"model expects [{shown}]", "pass data of the model's input shape")
 
 
-def _load_file(path: Path, names: Sequence[str]) -> list[Any]:
+def _wanted_keys(keys: Sequence[str], specs: Sequence[InputSpec]) -> list[str]:
+    """The arrays of a named file to read: those named after an input; a lone array whatever its
+    name (it feeds the model's one required input, ``reludoctor.binding``)."""
+    names = {spec.name for spec in specs}
+    matched = [k for k in keys if k in names]
+    return matched or (list(keys) if len(keys) == 1 else [])
+
+
+def _load_file(path: Path, specs: Sequence[InputSpec]) -> dict[str, Any] | list[Any]:
     """Read a data file: a regular file only (a FIFO never blocks, a symlink loop or a device is
-    an input error), noted in the input ledger; every malformed file is a DataError."""
+    an input error), noted in the input ledger; every malformed file is a DataError. Returns the
+    arrays by name (.npz, a dict in a .pt; None for those no input needs, left unread) or in order."""
     with safeio.open_regular(path, "--data", DataError) as handle:
         safeio.note_read(path)
         try:
@@ -403,10 +445,10 @@ def _load_file(path: Path, names: Sequence[str]) -> list[Any]:
                                 "re-save it with np.savez or torch.save") from exc
             handle.seek(0)
             if entries and all(e.endswith(".npy") for e in entries):
-                return _load_npz(handle, path, names)
-            return _load_pt(handle, path, names)
+                return _load_npz(handle, path, specs)
+            return _load_pt(handle, path, specs)
         if head[:1] == b"\x80":
-            return _load_pt(handle, path, names)
+            return _load_pt(handle, path, specs)
     raise DataError(f"{path}: not a .npy, .npz or .pt file", "save data with np.save or torch.save")
 
 
@@ -566,20 +608,13 @@ def _npz_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> 
     return array
 
 
-def _load_npz(handle: Any, path: Path, names: Sequence[str]) -> list[Any]:
+def _load_npz(handle: Any, path: Path, specs: Sequence[InputSpec]) -> dict[str, Any]:
     try:
         with zipfile.ZipFile(handle) as archive:
             members = {info.filename[:-4]: info for info in archive.infolist()
                        if info.filename.endswith(".npy")}
             keys = list(members)
-            if len(names) == 1 and len(keys) == 1:
-                wanted = keys
-            else:
-                missing = [n for n in names if n not in members]
-                if missing:
-                    raise DataError(f"{path}: no array for input(s) {', '.join(missing)}",
-                                    f"arrays found: {', '.join(keys)}; name each after a model input")
-                wanted = list(names)
+            wanted = _wanted_keys(keys, specs)
             for key in wanted:
                 _check_member(members[key], path)
             inflated = sum(members[key].file_size for key in wanted
@@ -588,9 +623,10 @@ def _load_npz(handle: Any, path: Path, names: Sequence[str]) -> list[Any]:
                 raise DataError(f"{path}: its compressed arrays inflate to {inflated:,} bytes, more "
                                 f"than the limit of {MAX_NPZ_INFLATE_BYTES:,} for np.savez_compressed data",
                                 "save large calibration data with np.save (memory-mapped) or np.savez")
-            return [_stored_member(handle, members[key], path)
+            read = {key: _stored_member(handle, members[key], path)
                     if members[key].compress_type == zipfile.ZIP_STORED
-                    else _npz_member(archive, members[key], path) for key in wanted]
+                    else _npz_member(archive, members[key], path) for key in wanted}
+            return {key: read.get(key) for key in keys}
     except DataError:
         raise
     except _ZIP_ERRORS as exc:
@@ -598,7 +634,7 @@ def _load_npz(handle: Any, path: Path, names: Sequence[str]) -> list[Any]:
                         "re-save it with np.savez") from exc
 
 
-def _load_pt(handle: Any, path: Path, names: Sequence[str]) -> list[Any]:
+def _load_pt(handle: Any, path: Path, specs: Sequence[InputSpec]) -> dict[str, Any] | list[Any]:
     import pickle
 
     import torch
@@ -613,18 +649,12 @@ def _load_pt(handle: Any, path: Path, names: Sequence[str]) -> list[Any]:
     except Exception as exc:
         raise DataError(f"{path}: cannot load ({type(exc).__name__})", "the file may be corrupt") from exc
     if isinstance(obj, torch.Tensor):
-        obj = {names[0]: obj} if len(names) == 1 else {"": obj}
-    if isinstance(obj, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in obj):
-        obj = dict(zip(names, obj))
+        return [obj]
+    if isinstance(obj, (tuple, list)) and obj and all(isinstance(t, torch.Tensor) for t in obj):
+        return list(obj)
     if not isinstance(obj, dict):
         raise DataError(f"{path}: holds a {type(obj).__name__}", "save a tensor or a dict of tensors")
-    if len(names) == 1 and len(obj) == 1:
-        return list(obj.values())
-    missing = [n for n in names if n not in obj]
-    if missing:
-        raise DataError(f"{path}: no tensor for input(s) {', '.join(missing)}",
-                        f"keys found: {', '.join(map(str, obj))}")
-    return [obj[n] for n in names]
+    return {str(k): v for k, v in obj.items()}
 
 
 def _widen_bfloat16(array: Any, spec: InputSpec) -> Any:
@@ -663,10 +693,14 @@ def _synthetic(specs: Sequence[InputSpec], input_shape: tuple[int, ...] | None, 
     rng = np.random.default_rng(seed)
     arrays = []
     for index, spec in enumerate(specs):
+        axis = spec.batch_axis
+        rest = None if spec.shape is None or axis is None else \
+            [d for i, d in enumerate(spec.shape) if i != axis]
         if input_shape is not None and index == 0:
             shape = tuple(input_shape)
-        elif spec.shape is not None and all(d is not None for d in spec.shape[1:]):
-            shape = tuple(int(d) for d in spec.shape[1:])  # type: ignore[arg-type]
+            axis = 0
+        elif rest is not None and all(d is not None for d in rest):
+            shape = tuple(int(d) for d in rest)  # type: ignore[arg-type]
         else:
             raise UsageError(f"cannot tell the shape of input '{spec.name}' for synthetic data",
                              "pass --data, or --input-shape C,H,W (without the batch)")
@@ -679,7 +713,8 @@ def _synthetic(specs: Sequence[InputSpec], input_shape: tuple[int, ...] | None, 
                              f"[{samples}, {', '.join(map(str, shape))}] would take {needed:,} "
                              f"bytes, more than the limit of {MAX_SYNTHETIC_BYTES:,}",
                              "pass --data, or fewer samples with --limit")
-        arrays.append(rng.standard_normal((samples, *shape), dtype=np.float32))
+        array = rng.standard_normal((samples, *shape), dtype=np.float32)
+        arrays.append(np.moveaxis(array, 0, axis or 0))  # in the model's layout
     return arrays
 
 
@@ -695,6 +730,8 @@ def load_calibration(
     center_crop: int | None = None,
     normalize: str | None = None,
     image_workers: int | None = None,
+    constants: Any = None,
+    batch_axes: Any = None,
 ) -> Calibration:
     """Resolve any supported data source into a Calibration aligned with the model's inputs.
 
@@ -702,10 +739,20 @@ def load_calibration(
     which also seeds synthetic data), read in index order; with ``limit``, drawn from the first
     ``limit``. ``resize``, ``center_crop``, ``normalize``: for a folder of images (see
     ``reludoctor.images``), refused for other sources.
+
+    Inputs are bound by name (``.npz`` keys, dict keys) or, for unnamed arrays, to the required
+    inputs in order; optional inputs nobody gives stay at their defaults (``reludoctor.binding``).
+    ``constants``: name -> value (``--const``), the same for every batch. ``batch_axes``: name ->
+    the axis of that input's samples (default: 0, or where an ONNX input declares its batch).
     """
+    from reludoctor.binding import check_names, parse_batch_axes, parse_constants
+
     check_selection(limit=limit, sample=sample, seed=seed)
     specs = list(specs) or [InputSpec("input", None, None)]
-    names = [s.name for s in specs]
+    constants = parse_constants(constants)
+    batch_axes = parse_batch_axes(batch_axes)
+    check_names(specs, constants, batch_axes)
+    bound = {"constants": constants, "batch_axes": batch_axes}
     synthetic = data is None
     is_folder = isinstance(data, (str, Path)) and Path(data).is_dir()
     image_options = [name for name, value in (("--resize", resize), ("--center-crop", center_crop),
@@ -715,61 +762,77 @@ def load_calibration(
                          "drop the option, or pass a folder of PNG/JPEG files")
     if is_folder:
         return _load_images(Path(data), specs, limit=limit, sample=sample, seed=seed, resize=resize,
-                            center_crop=center_crop, normalize=normalize, workers=image_workers)
+                            center_crop=center_crop, normalize=normalize, workers=image_workers,
+                            **bound)
+    given: Any
     if synthetic:
         if sample is not None:
             raise UsageError("--sample picks from calibration data, and there is none",
                              "pass --data; for synthetic inputs set their count with --limit")
-        arrays = _synthetic(specs, input_shape, limit or DEFAULT_SYNTHETIC_SAMPLES, seed)
+        wanted = [s for s in specs if s.name not in constants]
+        wanted = [s for s in wanted if not s.optional] or wanted[:1]
+        arrays = _synthetic(wanted, input_shape, limit or DEFAULT_SYNTHETIC_SAMPLES, seed)
+        given = {s.name: a for s, a in zip(wanted, arrays)}
         source = "synthetic standard normal"
     elif isinstance(data, (str, Path)):
-        arrays = _load_file(Path(data), names)
+        given = _load_file(Path(data), specs)
         source = str(data)
     elif isinstance(data, np.ndarray) or type(data).__name__ == "Tensor":
-        arrays, source = [data], f"in-memory {type(data).__name__}"
+        given, source = [data], f"in-memory {type(data).__name__}"
     elif isinstance(data, dict):
-        arrays = list(_select_inputs(data, names, "in-memory dict"))
-        source = "in-memory dict"
+        given, source = data, "in-memory dict"
     elif isinstance(data, Iterable):
         if sample is not None:
             raise UsageError("--sample needs data of known length (a file, an array or a tensor), "
                              "not an iterable of batches", "sample the batches yourself, or use limit")
         return Calibration(f"in-memory {type(data).__name__}", False, None, _iterable=data,
-                           _names=names, _limit=limit)
+                           _limit=limit, _specs=specs, _constants=constants, _batch_axes=batch_axes)
     else:
         raise UsageError(f"cannot read calibration data of type {type(data).__name__}",
                          "pass a path, an array, a tensor or an iterable of batches")
 
-    if len(arrays) != len(specs):
-        raise DataError(f"{source}: {len(arrays)} arrays for a model with {len(specs)} inputs",
-                        "an .npz needs one array per input, named after it")
-    for array, spec in zip(arrays, specs):
+    binding, arrays, notes = bind(specs, given, source=source, **bound)
+    fed = list(binding.fed)
+    for array, spec in zip(arrays, fed):
         _validate(array, spec.dtype, spec.name, source)
-    arrays = [_widen_bfloat16(array, spec) for array, spec in zip(arrays, specs)]
-    _check_shapes(arrays, specs, source)
+    arrays = [_widen_bfloat16(array, spec) for array, spec in zip(arrays, fed)]
     if _rows(arrays[0]) == 0:
         raise DataError(f"{source}: no samples", "the calibration data is empty")
     chosen = select(_rows(arrays[0]), limit=None if synthetic else limit, sample=sample, seed=seed)
     described = chosen.describe(seed)
     return Calibration(f"{source} ({described})" if described else source, synthetic, chosen.count,
-                       _arrays=arrays, _names=names, _dtypes=[s.dtype for s in specs],
-                       _indices=chosen.indices, notes=[chosen.note] if chosen.note else [])
+                       _arrays=arrays, _names=binding.names, _dtypes=[s.dtype for s in fed],
+                       _indices=chosen.indices, notes=notes + ([chosen.note] if chosen.note else []),
+                       _binding=binding, _specs=specs)
 
 
 def _load_images(root: Path, specs: Sequence[InputSpec], *, limit: int | None, sample: int | None,
                  seed: int, resize: int | None, center_crop: int | None, normalize: str | None,
-                 workers: int | None) -> Calibration:
-    """A folder of PNG/JPEG images for a one-input model, decoded batch by batch."""
+                 workers: int | None, constants: dict[str, Any], batch_axes: dict[str, int],
+                 ) -> Calibration:
+    """A folder of PNG/JPEG images for the model's one required input (the others optional or
+    constants), decoded batch by batch; a list input (detection models) gets one tensor per image."""
     from reludoctor import images
+    from reludoctor.binding import Binding, _inputs_text
 
-    if len(specs) != 1:
-        raise DataError(f"{root}: a folder of images feeds one input, the model takes {len(specs)} "
-                        f"({', '.join(s.name for s in specs)})", "pass an .npz with one array per input")
-    folder = images.open_folder(root, specs[0], resize=resize, center_crop=center_crop,
+    candidates = [s for s in specs if s.name not in constants]
+    required = [s for s in candidates if not s.optional]
+    if len(required) > 1 or not candidates:
+        raise DataError(f"{root}: a folder of images feeds one input, the model takes "
+                        f"{len(required)} ({_inputs_text(specs, constants)})",
+                        "pass an .npz with one array per input, or the others with --const")
+    spec = (required or [s for s in candidates if s.kind != "value"] or candidates)[:1][0]
+    axis = batch_axes.get(spec.name, 0)
+    if axis != 0 and spec.kind == "tensor":
+        raise UsageError(f"--batch-axis {spec.name}={axis}: images are fed [N, C, H, W] (batch on axis 0)")
+    folder = images.open_folder(root, spec, resize=resize, center_crop=center_crop,
                                 normalize=normalize, workers=workers)
     chosen = select(len(folder), limit=limit, sample=sample, seed=seed)
     details = "; ".join(filter(None, [folder.transform.describe(), chosen.describe(seed)]))
-    return Calibration(f"{root} ({details})", False, chosen.count, _names=[specs[0].name],
-                       _dtypes=[specs[0].dtype], _indices=chosen.indices, _images=folder,
-                       notes=[chosen.note] if chosen.note else [])
+    source = f"{root} ({details})"
+    origins = {spec.name: f"images in {root}" + (", one tensor per image" if spec.kind == "tensors" else "")}
+    binding = Binding(tuple(specs), (spec,), (0,), (0,), dict(constants), {}, origins)
+    return Calibration(source, False, chosen.count, _names=[spec.name],
+                       _dtypes=[spec.dtype], _indices=chosen.indices, _images=folder,
+                       notes=[chosen.note] if chosen.note else [], _binding=binding, _specs=list(specs))
 

@@ -198,6 +198,10 @@ def run(
 ) -> int:
     """Run every calibration batch through ``forward``; returns the number of samples seen.
 
+    Each batch is passed as ``calibration.binding`` says: by position or by name, constants
+    added, each input in the model's layout (its batch axis), optional inputs left at their
+    defaults.
+
     ``dtype`` (torch.bfloat16 / torch.float16, or None) runs ``forward`` under
     ``torch.autocast``; the observers still accumulate in float32/float64. ``prefetch``
     batches are prepared ahead in a background thread (0: none).
@@ -211,8 +215,10 @@ def run(
                  else contextlib.nullcontext())
     prepared = Prefetcher(calibration.batches(batch_size),
                           lambda arrays: tuple(_host_tensor(a, device) for a in arrays), prefetch)
+    binding = None
     with torch.inference_mode(), prepared:
         for host in prepared:
+            binding = binding or calibration.binding
             tensors = tuple(_to_device(t, device) for t in host)
             del host
             rows = int(tensors[0].shape[0])
@@ -226,16 +232,17 @@ def run(
                 before_forward()
             try:
                 with precision:
-                    forward(*tensors)
+                    binding.call(forward, tensors, device)
             except (ObserverFailure, ReludoctorError):  # ours, not the model's
                 raise
             except Exception as exc:  # the model rejected the data: shape, dtype, guards
                 detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                hint = "check that the data matches the model's inputs (shape, dtype, count)"
+                if not binding.plain or len(binding.fed) > 1:
+                    hint += f"; {binding.describe()}"
                 raise DataError(
                     f"{calibration.source}: the model failed on samples {seen}-{seen + rows - 1}: "
-                    f"{type(exc).__name__}: {detail}",
-                    "check that the data matches the model's inputs (shape, dtype, count)",
-                ) from exc
+                    f"{type(exc).__name__}: {detail}", hint) from exc
             seen += rows
             if progress is not None:
                 progress(seen, calibration.samples)

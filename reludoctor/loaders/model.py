@@ -11,6 +11,11 @@ class InputSpec:
     name: str
     shape: tuple[int | None, ...] | None  # None entries are dynamic (the batch, usually)
     dtype: str | None  # numpy dtype name, e.g. "float32", "int64"
+    # How calibration data binds to it (``reludoctor.binding``):
+    optional: bool = False  # has a default: bound only when the data or a constant gives it
+    batch_axis: int | None = 0  # where its samples lie; None: not per-sample (fed whole, a constant)
+    kind: str = "tensor"  # tensor | tensors (a list, one tensor per sample) | value (int, str, ...)
+    keyword: bool = False  # passed by name only (a keyword-only parameter)
 
 
 @dataclass

@@ -122,9 +122,18 @@ def _dtype_name(elem_type: int) -> str | None:
         return TensorProto.DataType.Name(elem_type).lower()
 
 
-def _inputs(model: Any) -> list[InputSpec]:
+def _inputs(model: Any) -> tuple[list[InputSpec], int | None]:
+    """The graph's inputs and the model's fixed batch (None: dynamic).
+
+    A size written as a number <= 0 (``dim_value: -1`` or 0, as some exporters write a dynamic
+    size), a ``dim_param`` or no size at all is dynamic (None). Each input's batch axis is its
+    first dynamic dimension (``state [2, batch, 128]``: axis 1). A model whose inputs are all of
+    fixed shape has a fixed batch, the first input's first size; each input's batch axis is then
+    its first axis of that size. An input without a batch axis (a scalar ``sr``, an ``h
+    [1, 1, 128]`` next to dynamic inputs) is fed whole: a constant (``--const``, or an array of
+    exactly its shape)."""
     initializers = {t.name for t in model.graph.initializer}
-    specs = []
+    found = []
     for value in model.graph.input:
         if value.name in initializers:  # IR < 4 lists initializers as (overridable) inputs
             continue
@@ -133,11 +142,24 @@ def _inputs(model: Any) -> list[InputSpec]:
         if value.type.HasField("tensor_type"):
             tensor_type = value.type.tensor_type
             dtype = _dtype_name(tensor_type.elem_type)
-            if tensor_type.HasField("shape"):  # a negative size (-1 from some exporters): dynamic
-                shape = tuple(int(d.dim_value) if d.HasField("dim_value") and d.dim_value >= 0
+            if tensor_type.HasField("shape"):
+                shape = tuple(int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0
                               else None for d in tensor_type.shape.dim)
-        specs.append(InputSpec(value.name, shape, dtype))
-    return specs
+        found.append((value.name, shape, dtype))
+    dynamic = any(shape is None or None in shape for _, shape, _ in found)
+    fixed = None
+    if not dynamic and found and found[0][1]:
+        fixed = found[0][1][0]
+    specs = []
+    for name, shape, dtype in found:
+        axis: int | None = 0
+        if shape is not None:
+            if dynamic:
+                axis = shape.index(None) if None in shape else None
+            else:
+                axis = shape.index(fixed) if fixed in shape else None
+        specs.append(InputSpec(name, shape, dtype, batch_axis=axis))
+    return specs, fixed
 
 
 def opset_of(model: Any) -> int | None:
@@ -158,10 +180,9 @@ def _checked(model: Any, where: str) -> LoadedModel:
     if opset is not None and opset < MIN_OPSET:
         raise ModelLoadError(f"{where}: ONNX opset {opset} is too old (reludoctor needs {MIN_OPSET}+)",
                              "convert it with onnx.version_converter.convert_version")
-    inputs = _inputs(model)
+    inputs, fixed = _inputs(model)
     if not inputs:
         raise ModelLoadError(f"{where}: the ONNX graph has no inputs to feed")
-    fixed = inputs[0].shape[0] if inputs[0].shape else None
     from reludoctor.data import check_model_inputs
 
     check_model_inputs(inputs, fixed, where)  # sizes from the file: bounded before allocating

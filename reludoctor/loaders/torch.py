@@ -75,13 +75,59 @@ def _exported_inputs(program: Any) -> tuple[list[InputSpec], int | None]:
     return specs, fixed
 
 
+def _input_kind(annotation: Any) -> str:
+    """tensor, tensors (a list of tensors, one per sample: detection models' ``images``) or
+    value (an int, float, bool or str argument: a constant), from a type annotation."""
+    if annotation is inspect.Parameter.empty or annotation is None:
+        return "tensor"
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", None) \
+        if isinstance(annotation, type) else str(annotation)
+    text = str(text).replace("typing.", "").replace("torch.", "").strip()
+    if "Tensor" in text:
+        head = text.split("[", 1)[0].split("|")[0].strip()
+        if head.startswith("Optional") and "[" in text:
+            head = text.split("[", 2)[1].split("|")[0].strip()
+        return "tensors" if head in ("list", "List", "Sequence", "tuple", "Tuple") else "tensor"
+    first = text.split("|")[0].split("[")[0].strip()
+    if first in ("int", "float", "bool", "str", "Optional", "Union", "Literal", "list", "List",
+                 "tuple", "Tuple", "dict", "Dict"):
+        return "value"
+    return "tensor"
+
+
 def _signature_inputs(forward: Any) -> list[InputSpec]:
+    """A forward's parameters as inputs: those with a default are optional (bound only when the
+    data or a constant gives them), keyword-only ones are passed by name, ``*args``/``**kwargs``
+    are not inputs (a forward taking only ``*args`` has one input, "input")."""
     try:
-        params = inspect.signature(forward).parameters.values()
+        params = list(inspect.signature(forward).parameters.values())
     except (TypeError, ValueError):
         return [InputSpec("input", None, None)]
-    names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return [InputSpec(name, None, None) for name in names] or [InputSpec("input", None, None)]
+    specs = []
+    for param in params:
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        specs.append(InputSpec(param.name, None, None,
+                               optional=param.default is not inspect.Parameter.empty,
+                               kind=_input_kind(param.annotation),
+                               keyword=param.kind == param.KEYWORD_ONLY))
+    if not any(not s.keyword for s in specs) and any(p.kind == p.VAR_POSITIONAL for p in params):
+        specs.insert(0, InputSpec("input", None, None))
+    return specs or [InputSpec("input", None, None)]
+
+
+def _script_inputs(model: Any) -> list[InputSpec]:
+    """A ScriptModule's forward arguments, typed by its schema."""
+    specs = []
+    for argument in model.forward.schema.arguments[1:]:
+        text = str(argument.type)
+        kind = "tensors" if text in ("List[Tensor]", "Tensor[]") else \
+            "tensor" if "Tensor" in text else "value"
+        has_default = argument.has_default_value() if hasattr(argument, "has_default_value") \
+            else argument.default_value is not None
+        specs.append(InputSpec(argument.name, None, None, optional=bool(has_default), kind=kind,
+                               keyword=bool(getattr(argument, "kwarg_only", False))))
+    return specs
 
 
 def from_object(model: Any) -> LoadedModel:
@@ -96,8 +142,7 @@ def from_object(model: Any) -> LoadedModel:
         return LoadedModel("torch-export", model.module(), exported=model, inputs=inputs,
                            fixed_batch=fixed)
     if isinstance(model, torch.jit.ScriptModule):
-        args = model.forward.schema.arguments[1:]
-        return LoadedModel("torchscript", model, inputs=[InputSpec(a.name, None, None) for a in args])
+        return LoadedModel("torchscript", model, inputs=_script_inputs(model))
     if isinstance(model, torch.nn.Module):
         return LoadedModel("module", model, inputs=_signature_inputs(model.forward))
     raise UsageError(
