@@ -94,6 +94,9 @@ class SiteStats:
     histogram: Histogram
     gradient: SiteGradient | None = None  # scan(gradients=True) only; null otherwise
     accumulators: SiteAccumulators | None = None  # raw sums for merging; None in older reports
+    # Why ``unit_axis`` holds the units: "producer conv", "consumer conv", "linear on last axis",
+    # "features of [N, F]", "--unit-axis", ... (None in older reports).
+    unit_axis_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,18 @@ class UnobservedSite:
 
     name: str
     op: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class IgnoredOp:
+    """A ReLU-like op that is not an activation, so not a site (box clipping of detection
+    models, a clamp of integers or to a data-dependent bound), and why. One entry per call site
+    and reason, whatever the number of calls (so the list does not depend on the batch size)."""
+
+    op: str
+    name: str  # PyTorch: module path plus the op, as a site would be named; ONNX: the node name
+    module: str  # PyTorch: the module path issuing the call ('' for the root); ONNX: its scope
     reason: str
 
 
@@ -244,6 +259,7 @@ class Report:
     gates: GateOutcome | None = None  # when gates were configured; None (null) otherwise
     gradients: GradientInfo = field(default_factory=lambda: GradientInfo(False, reason=NOT_REQUESTED))
     dtype: str = "float32"  # the forward pass's precision: float32, or bfloat16/float16 autocast
+    ignored_ops: tuple[IgnoredOp, ...] = ()  # ReLU-like ops that are not activations, and why
 
     def site(self, name: str) -> SiteStats:
         for site in self.sites:

@@ -29,6 +29,7 @@ def site_stats(
     counts: UnitCounts,
     near_dead: float,
     dormant_tau: float,
+    unit_axis_reason: str | None = None,
 ) -> SiteStats:
     positions = max(counts.positions, 1)
     rate = counts.positive / positions
@@ -70,6 +71,7 @@ def site_stats(
         histogram=Histogram(_floats(HIST_EDGES), tuple(int(c) for c in counts.hist)),
         accumulators=SiteAccumulators(tuple(int(c) for c in counts.positive),
                                       _floats(counts.abs_output_sum)),
+        unit_axis_reason=unit_axis_reason,
     )
 
 

@@ -53,10 +53,22 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from reludoctor.errors import DataError, ModelLoadError, NoSitesError, ObserverFailure, UsageError
-from reludoctor.instrument.sites import SiteSpec, choose_unit_axis, default_unit_axis, unique_names
+from reludoctor.instrument.sites import (
+    CONSTANT_ORIGIN,
+    INDEXED,
+    INPUT_ORIGIN,
+    LAYER,
+    Origin,
+    SiteSpec,
+    choose_unit_axis,
+    not_an_activation,
+    strongest,
+    unique_names,
+    unit_axis_choice,
+)
 from reludoctor.loaders.model import LoadedModel
 from reludoctor.observers import HIST_EDGES, HIST_SAMPLE, UnitCounts
-from reludoctor.report import UnobservedSite
+from reludoctor.report import IgnoredOp, UnobservedSite
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 # HardSigmoid(x; alpha, 0) = clip(alpha * x, 0, 1): 1 for every normal float x > 0, 0 for x <= 0.
@@ -75,6 +87,20 @@ PASS_THROUGH = {
 CONV_OPS = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "FusedConv", "NhwcFusedConv"}
 LINEAR_OPS = {"MatMul", "Gemm", "MatMulInteger", "QLinearMatMul", "Einsum", "FusedMatMul",
               "FusedGemm", "MatMulNBits"}
+# What is an activation: the rules of ``sites`` (its docstring), on ONNX op types. Op types
+# whose output is a layer's (as sites.LAYER_OPS; Gather from an initializer is an embedding):
+LAYER_OPS = CONV_OPS | LINEAR_OPS | {
+    "BatchNormalization", "InstanceNormalization", "LayerNormalization", "GroupNormalization",
+    "SimplifiedLayerNormalization", "SkipLayerNormalization", "SkipSimplifiedLayerNormalization",
+    "RMSNormalization", "LSTM", "GRU", "RNN", "Attention", "MultiHeadAttention", "EmbedLayerNormalization",
+}
+# Op types that pick elements by data-dependent indices (as sites.INDEXING_OPS); Gather by
+# computed indices or on the last axis, and Slice with a step on the last axis, too.
+INDEXING_OPS = {"GatherElements", "GatherND", "NonZero", "TopK", "Compress", "Unique"}
+METADATA_OPS = {"Shape", "Size"}  # a tensor's size, not its values: a constant
+# Ops through which an activation's output reaches its consumer unchanged (unit-axis choice).
+FORWARD_OPS = {"Identity", "Dropout", "Cast"}
+INTEGER_TYPES = {2, 3, 4, 5, 6, 7, 9, 12, 13, 21, 22}  # (u)int8/16/32/64, bool, (u)int4
 RELU_FAMILY = {"Relu", "Clip", "Max", "LeakyRelu", "PRelu"}
 FUSED_ACTIVATION_OPS = {"FusedConv", "FusedGemm", "NhwcFusedConv", "FusedMatMul"}
 FUSED_ACTIVATIONS = {"Relu": "relu", "Clip": "clip", "LeakyRelu": "leaky_relu"}
@@ -106,6 +132,8 @@ class _Found:
     dims: tuple | None = None  # full shape of X, None entries unknown; None: rank unknown
     elem_type: int = 0
     axis: int = 1
+    consumer: str | None = None  # "conv" | "linear": the layer the activation feeds
+    axis_reason: str = ""
 
 
 class _Scope:
@@ -116,6 +144,54 @@ class _Scope:
         self.producers = {out: node for node in graph.node for out in node.output if out}
         self.initializers = {t.name: t for t in graph.initializer}
         self.graph_inputs = {v.name for v in graph.input}
+        self.origins: dict[str, Origin] = {}  # node outputs, filled in graph order
+        self.consumers: dict[str, list] = {}
+        for node in graph.node:
+            for name in node.input:
+                if name:
+                    self.consumers.setdefault(name, []).append(node)
+
+    def origin(self, name: str) -> Origin:
+        """Where a tensor comes from (``sites.Origin``): inputs of any graph are inputs."""
+        scope: _Scope | None = self
+        while scope is not None:
+            if name in scope.origins:
+                return scope.origins[name]
+            if name in scope.initializers:
+                return CONSTANT_ORIGIN
+            if name in scope.graph_inputs:
+                return INPUT_ORIGIN
+            scope = scope.parent
+        return CONSTANT_ORIGIN  # a Constant node (its output is set) or an unknown name
+
+    def values(self, name: str) -> np.ndarray | None:
+        """The value of a constant (initializer or Constant node), else None."""
+        from onnx import numpy_helper
+
+        kind, found = self._lookup(name)
+        try:
+            if kind == "initializer":
+                return numpy_helper.to_array(found)
+            if kind == "node" and found.op_type == "Constant":
+                return _constant_node_value(found)
+        except Exception:  # noqa: BLE001 - an unreadable constant is just "not known"
+            return None
+        return None
+
+    def elem_type(self, name: str) -> int:
+        """The element type of a constant, 0 when not a constant or unknown."""
+        kind, found = self._lookup(name)
+        if kind == "initializer":
+            return int(found.data_type)
+        if kind == "node" and found.op_type == "Constant":
+            for attribute in found.attribute:
+                if attribute.name == "value":
+                    return int(attribute.t.data_type)
+                if attribute.name in ("value_int", "value_ints"):
+                    return INT64
+                if attribute.name in ("value_float", "value_floats"):
+                    return FLOAT
+        return 0
 
     def producer(self, name: str) -> Any:
         scope: _Scope | None = self
@@ -218,8 +294,10 @@ def _literal_list(text: str) -> list[str]:
     return value
 
 
-def _classify(node: Any, scope: _Scope, opset: int) -> tuple[str, float | None, str, bool] | None:
-    """(op, upper, pre-activation name, signed output) for a ReLU-family node, else None."""
+def _classify(node: Any, scope: _Scope, opset: int,
+              ) -> tuple[str, float | None, str, bool, str | None] | None:
+    """(op, upper, pre-activation name, signed output, reason it is no activation or None) for
+    a ReLU-family node (by op and bounds), else None."""
     if node.domain not in DEFAULT_DOMAINS or not node.input or not node.output:
         return None
     kind = node.op_type
@@ -227,16 +305,16 @@ def _classify(node: Any, scope: _Scope, opset: int) -> tuple[str, float | None, 
         if not (kind == "Max" and len(node.input) == 2):
             return None  # an activation of a constant has no batch and no units
     if kind == "Relu":
-        return "relu", None, node.input[0], False
+        return "relu", None, node.input[0], False, None
     if kind == "LeakyRelu":
-        return "leaky_relu", None, node.input[0], True
+        return "leaky_relu", None, node.input[0], True, None
     if kind == "PRelu":
-        return "prelu", None, node.input[0], True
+        return "prelu", None, node.input[0], True, None
     if kind == "Max" and len(node.input) == 2:
         for index in (0, 1):
             other = node.input[1 - index]
             if scope.scalar(node.input[index]) == 0.0 and other and not scope.is_constant(other):
-                return "relu", None, other, False
+                return "relu", None, other, False, None
         return None
     if kind == "Clip":
         if opset >= 11:
@@ -245,6 +323,10 @@ def _classify(node: Any, scope: _Scope, opset: int) -> tuple[str, float | None, 
                 return None
             low = scope.scalar(names[0])
             high = scope.scalar(names[1]) if names[1] else None
+            if low == 0.0 and names[1] and high is None:
+                return ("clip", None, node.input[0], False,
+                        "its upper bound is not a constant (a tensor computed by the model, e.g. "
+                        "an image size)")
         else:
             low = _attribute(node, "min", None)
             high = _attribute(node, "max", None)
@@ -254,8 +336,60 @@ def _classify(node: Any, scope: _Scope, opset: int) -> tuple[str, float | None, 
         if high is not None and not math.isfinite(high):
             high = None
         op = "relu6" if high == 6.0 else "clip"
-        return op, high, node.input[0], False
+        return op, high, node.input[0], False, None
     return None
+
+
+def _node_origin(node: Any, scope: _Scope, types: dict, extra: list[Origin]) -> Origin:
+    """The origin of a node's outputs (``sites.derive`` for ONNX op types); ``extra``: the
+    origins of its subgraphs' outputs."""
+    top = strongest([scope.origin(name) for name in node.input if name] + extra)
+    kind = node.op_type
+    if top.kind == "constant" or kind in METADATA_OPS:
+        return CONSTANT_ORIGIN
+    if kind in LAYER_OPS:
+        return Origin(LAYER, kind)
+    if kind in INDEXING_OPS:
+        return Origin(INDEXED, kind)
+    data = node.input[0] if node.input else ""
+    rank = len(types[data][1]) if data in types and types[data][1] is not None else None
+    if kind == "Gather" and len(node.input) >= 2:
+        if scope.is_constant(data):
+            return Origin(LAYER, "Gather from an initializer (embedding)")
+        if scope.values(node.input[1]) is None:
+            return Origin(INDEXED, "Gather by computed indices")
+        axis = int(_attribute(node, "axis", 0))
+        if axis == -1 or (rank is not None and axis == rank - 1):
+            return Origin(INDEXED, "Gather on the last axis")
+    if kind == "Slice" and len(node.input) >= 5 and node.input[4]:
+        steps = scope.values(node.input[4])
+        axes = scope.values(node.input[3]) if node.input[3] else None
+        if steps is not None:
+            steps = [int(v) for v in np.asarray(steps).reshape(-1)]
+            axes = ([int(v) for v in np.asarray(axes).reshape(-1)] if axes is not None
+                    else list(range(len(steps))))
+            for axis, step in zip(axes, steps):
+                if step != 1 and (axis == -1 or (rank is not None and axis == rank - 1)):
+                    return Origin(INDEXED, f"Slice with step {step} on the last axis")
+    return top
+
+
+def _consumer_kind(name: str, scope: _Scope, depth: int = 8) -> str | None:
+    """The kind ("conv" | "linear") of the layers an activation output feeds, through
+    Identity/Dropout/Cast: a convolution when any consumer is one."""
+    frontier, kinds = [name], set()
+    for _ in range(depth):
+        next_frontier = []
+        for tensor in frontier:
+            for node in scope.consumers.get(tensor, []):
+                if node.op_type in FORWARD_OPS:
+                    next_frontier.extend(o for o in node.output[:1] if o)
+                elif node.op_type in CONV_OPS:
+                    kinds.add("conv")
+                elif node.op_type in LINEAR_OPS:
+                    kinds.add("linear")
+        frontier = next_frontier
+    return "conv" if "conv" in kinds else "linear" if "linear" in kinds else None
 
 
 def _is_hard_gate(pre: str, upper: float | None, scope: _Scope) -> bool:
@@ -293,12 +427,26 @@ def _producer_kind(name: str, scope: _Scope, depth: int = 8) -> str | None:
 class _Discovery:
     sites: list[_Found] = field(default_factory=list)
     gates: int = 0  # hard-swish / hard-sigmoid gates recognised
+    ignored: list[IgnoredOp] = field(default_factory=list)  # ReLU-like nodes that are no activation
 
 
-def _discover(model: Any, opset: int) -> _Discovery:
+def _floating(node: Any, pre: str, scope: _Scope, types: dict) -> bool:
+    """Whether the pre-activation holds floating-point values (unknown: assumed so)."""
+    elem_type = types.get(pre, (0, None))[0]
+    if not elem_type:  # Max(x, 0): the constant 0 has x's type
+        elem_type = next((scope.elem_type(name) for name in node.input
+                          if name and name != pre and scope.elem_type(name)), 0)
+    return elem_type not in INTEGER_TYPES
+
+
+def _discover(model: Any, opset: int, types: dict | None = None) -> _Discovery:
+    """The ReLU-family nodes of every graph, in graph order, and the ReLU-like ones that are no
+    activation (``sites``' rules: a data-dependent bound, integers, an input from indexing or
+    from constants only). ``types``: ``_value_types`` of the model, when known."""
     found = _Discovery()
+    types = types or {}
 
-    def walk(graph: Any, parent: _Scope | None, path: tuple, blocked: str | None) -> None:
+    def walk(graph: Any, parent: _Scope | None, path: tuple, blocked: str | None) -> _Scope:
         scope = _Scope(graph, parent)
         for index, node in enumerate(graph.node):
             site_name = node.name or (node.output[0] if node.output else node.op_type)
@@ -316,14 +464,20 @@ def _discover(model: Any, opset: int) -> _Discovery:
                                    "materialised; scan the model as exported instead"))
             classified = _classify(node, scope, opset)
             if classified is not None:
-                op, upper, pre, signed = classified
+                op, upper, pre, signed, reason = classified
+                if reason is None:
+                    reason = not_an_activation(scope.origin(pre), _floating(node, pre, scope, types))
                 if op in ("relu6", "clip") and _is_hard_gate(pre, upper, scope):
                     found.gates += 1
+                elif reason is not None:
+                    found.ignored.append(IgnoredOp(op, site_name, _module_of(node), reason))
                 else:
                     site = _Found(site_name, op, _module_of(node), 0.0, upper, pre, node.output[0],
                                   signed, path, unobserved=blocked)
                     site.producer = _producer_kind(pre, scope)
+                    site.consumer = _consumer_kind(node.output[0], scope)
                     found.sites.append(site)
+            extra: list[Origin] = []
             # then_branch before else_branch (onnx.helper stores attributes sorted by name)
             ordered = sorted(node.attribute, key=lambda a: a.name != "then_branch")
             for attribute in ordered:
@@ -340,7 +494,13 @@ def _discover(model: Any, opset: int) -> _Discovery:
                         else:
                             reason = (f"inside a subgraph of {where} {node.op_type} node, which "
                                       "reludoctor does not instrument")
-                    walk(subgraph, scope, (*path, (index, key)), reason)
+                    inner = walk(subgraph, scope, (*path, (index, key)), reason)
+                    extra.extend(inner.origin(value.name) for value in subgraph.output)
+            origin = _node_origin(node, scope, types, extra)
+            for name in node.output:
+                if name:
+                    scope.origins[name] = origin
+        return scope
 
     walk(model.graph, None, (), None)
     names = unique_names([site.name for site in found.sites])
@@ -398,17 +558,15 @@ def _value_types(model: Any) -> dict[str, tuple[int, tuple | None]]:
     return types
 
 
-def _unit_axis(ndim: int, producer: str | None, override: int | None) -> int:
-    """Channels (axis 1) after a convolution, the last axis after MatMul/Gemm; else as PyTorch."""
+def _unit_axis(ndim: int, producer: str | None, override: int | None,
+               consumer: str | None = None) -> tuple[int, str]:
+    """(axis, reason): the last axis after MatMul/Gemm of any rank > 2; else as PyTorch
+    (``sites.unit_axis_choice``: a Conv producing or consuming a [N, A, B] means axis 1)."""
     if override is not None:
-        return choose_unit_axis(ndim, producer, override)
-    if ndim <= 2:
-        return 1
-    if producer == "linear":
-        return ndim - 1
-    if producer == "conv":
-        return 1
-    return default_unit_axis(ndim, None)
+        return choose_unit_axis(ndim, producer, override), "--unit-axis"
+    if ndim > 3 and producer == "linear":
+        return ndim - 1, "linear on last axis"
+    return unit_axis_choice(ndim, producer, consumer, None)
 
 
 # ------------------------------------------------------------------- phase 2: augment the graph
@@ -1023,7 +1181,9 @@ class OnnxInstrument:
                      "version cannot inline: they are not observed (install onnx >= 1.16)")
             else:
                 model = onnx.inliner.inline_local_functions(model)  # a copy: sites inside functions
-        discovery = _discover(model, opset)
+        types = _value_types(model)
+        discovery = _discover(model, opset, types)
+        self.ignored = list(discovery.ignored)
         if discovery.gates:
             warn(f"{discovery.gates} hard-swish/hard-sigmoid gate(s) (HardSwish, HardSigmoid or "
                  "x * Clip(x + 3, 0, 6) / 6) are smooth gates, not ReLUs: not reported as sites")
@@ -1036,7 +1196,6 @@ class OnnxInstrument:
                                    f"observable: {self.unobserved[0].reason}")
             raise NoSitesError(f"{self.where}: no ReLU-family node in the ONNX graph",
                                "reludoctor observes Relu, Clip(min=0), Max(x, 0), LeakyRelu and PRelu")
-        types = _value_types(model)
         unknown = []
         for site in sites:
             elem_type, dims = types.get(site.x, (0, None))
@@ -1062,7 +1221,8 @@ class OnnxInstrument:
             raise NoSitesError(f"{self.where}: no ReLU-family site could be observed "
                                f"({self.unobserved[0].reason})")
         for site in sites:
-            site.axis = _unit_axis(len(site.dims or ()), site.producer, unit_axis)
+            site.axis, site.axis_reason = _unit_axis(len(site.dims or ()), site.producer, unit_axis,
+                                                     site.consumer)
         augmented, plans = _augmented_model(model, sites, opset, self.rows)
         self.session = _open_session(augmented, model, providers, self.where, threads)
         del augmented
@@ -1095,7 +1255,7 @@ class OnnxInstrument:
 
     def sites(self) -> list[tuple[SiteSpec, OnnxSiteObserver]]:
         return [(SiteSpec(o.site.name, o.site.op, o.site.module, o.site.lower, o.site.upper,
-                          o.site.axis, False), o) for o in self.observers]
+                          o.site.axis, False, o.site.axis_reason), o) for o in self.observers]
 
 
 def observe_onnx(
@@ -1107,10 +1267,14 @@ def observe_onnx(
     unit_axis: int | None,
     progress: Progress | None,
     warn: Warn,
+    ignored: list | None = None,
 ) -> tuple[list[tuple[SiteSpec, OnnxSiteObserver]], int, list[UnobservedSite]]:
-    """Instrument ``loaded`` (an ONNX model) in-graph and run the calibration data through it."""
+    """Instrument ``loaded`` (an ONNX model) in-graph and run the calibration data through it.
+    ``ignored`` receives the ReLU-like nodes that are not activations (``report.IgnoredOp``)."""
     instrument = OnnxInstrument(loaded, calibration, device=device, batch_size=batch_size,
                                 unit_axis=unit_axis, warn=warn)
+    if ignored is not None:
+        ignored.extend(instrument.ignored)
     samples = instrument.run(calibration, progress)
     for observer in instrument.observers:
         if observer.padding_counted:
