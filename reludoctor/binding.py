@@ -329,8 +329,8 @@ def check_names(specs: Sequence[InputSpec], constants: Mapping[str, Any],
     for option, given in (("--const", constants), ("--batch-axis", batch_axes)):
         unknown = [name for name in given if name not in names]
         if unknown:
-            raise UsageError(f"{option} {unknown[0]}: the model has no input of that name",
-                             f"its inputs: {_inputs_text(specs, constants)}")
+            raise UsageError(f"{option} {unknown[0]}: the model has no input of that name "
+                             f"(its inputs: {_inputs_text(specs, constants)})")
 
 
 def _primary(candidates: Sequence[InputSpec]) -> list[InputSpec]:

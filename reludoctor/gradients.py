@@ -215,12 +215,39 @@ def loss_of(kind: str, output: Any, labels: Any) -> Any:
     return 0.5 * out.pow(2).sum()
 
 
-def _first_tensor(output: Any) -> Any:
-    import torch
-    from torch.utils._pytree import tree_leaves
+def _output_tensors(output: Any, depth: int = 0) -> Iterator[Any]:
+    """The tensors in a model's output, in order: a tensor; a dict, a Hugging Face
+    ``ModelOutput`` or a dataclass (its ``logits`` first); a tuple or list; nested up to 8 deep."""
+    import dataclasses
 
-    for leaf in tree_leaves(output):
-        if isinstance(leaf, torch.Tensor) and leaf.is_floating_point():
+    import torch
+
+    if isinstance(output, torch.Tensor):
+        yield output
+        return
+    if depth > 8 or output is None or isinstance(output, (str, bytes, int, float, bool)):
+        return
+    if isinstance(output, dict) or hasattr(output, "keys") and hasattr(output, "__getitem__"):
+        try:
+            items = [(key, output[key]) for key in output.keys()]
+        except Exception:  # noqa: BLE001 - an object that only looks like a mapping
+            items = []
+    elif dataclasses.is_dataclass(output) and not isinstance(output, type):
+        items = [(f.name, getattr(output, f.name, None)) for f in dataclasses.fields(output)]
+    elif isinstance(output, (tuple, list)):
+        items = list(enumerate(output))
+    else:
+        return
+    items.sort(key=lambda item: item[0] != "logits")  # stable: logits first, the rest in order
+    for _, value in items:
+        yield from _output_tensors(value, depth + 1)
+
+
+def _first_tensor(output: Any) -> Any:
+    """The output the gradient loss is taken on: the first floating-point tensor of the output
+    (``logits`` first in a dict, ``ModelOutput`` or dataclass)."""
+    for leaf in _output_tensors(output):
+        if leaf.is_floating_point():
             return leaf
     raise GradientsUnavailable("the model has no floating-point output to differentiate")
 
@@ -277,6 +304,7 @@ def _run(plan: _Pass, calibration: Any, *, device: Any, batch_size: int, fixed_b
     loss_kind: str | None = None
     seen = 0
     context = plan.context
+    binding = calibration.binding  # how a batch is passed: by position or name, constants, axes
     # Gradients even when the caller runs scan() under no_grad or inference_mode.
     with _grads_restored(plan.params), torch.inference_mode(False), torch.enable_grad():
         try:
@@ -304,7 +332,7 @@ def _run(plan: _Pass, calibration: Any, *, device: Any, batch_size: int, fixed_b
                 if plan.before_forward is not None:
                     plan.before_forward()
                 try:
-                    output = _first_tensor(plan.forward(*inputs))
+                    output = _first_tensor(binding.call(plan.forward, inputs, device))
                 except (GradientsUnavailable, ReludoctorError):
                     raise
                 except Exception as exc:

@@ -971,29 +971,30 @@ def _to_numpy(array: Any) -> np.ndarray:
 
 
 def _feed(loaded: LoadedModel, arrays: Iterable[Any], source: str, start: int,
-          pad_to: int | None) -> tuple[dict[str, np.ndarray], int]:
-    """Model inputs for one batch: numpy, the model's dtypes, shapes checked, padded if fixed."""
+          pad_to: int | None, binding: Any = None) -> tuple[dict[str, np.ndarray], int]:
+    """Model inputs for one batch: numpy, the model's dtypes, shapes checked, padded if fixed.
+
+    ``arrays``: the fed inputs of ``binding`` (samples on axis 0), each moved back to its batch
+    axis here; the binding's constants are added (``reludoctor.binding``). Without a binding,
+    every input of the model in order, samples on axis 0."""
+    from reludoctor.binding import check_array
+
     feed: dict[str, np.ndarray] = {}
     rows = None
     arrays = list(arrays)
+    specs = list(binding.fed) if binding is not None else list(loaded.inputs)
+    axes = list(binding.axes) if binding is not None else [0] * len(specs)
     if pad_to is not None:  # the fixed batch comes from the file: bounded before padding
         from reludoctor.data import check_padding
 
         check_padding(arrays, pad_to, source)
-    for spec, raw in zip(loaded.inputs, arrays):
+    for spec, axis, raw in zip(specs, axes, arrays):
         array = _to_numpy(raw)
         if array.ndim == 0:
             raise DataError(f"{source}: input '{spec.name}' is a scalar, not a batch of samples",
                             "the first axis must index samples")
         rows = array.shape[0] if rows is None else rows
-        if spec.shape is not None:
-            expected = spec.shape[1:]
-            got = array.shape[1:]
-            if len(got) != len(expected) or any(e is not None and e != g for e, g in zip(expected, got)):
-                shown = ", ".join("N" if d is None else str(d) for d in spec.shape)
-                raise DataError(
-                    f"{source}: input '{spec.name}' has shape [N, {', '.join(map(str, got))}] but the "
-                    f"model expects [{shown}]", "pass data of the model's input shape")
+        check_array(spec, axis, np.moveaxis(array, 0, axis), source)
         if spec.dtype is not None and array.dtype.name != spec.dtype:
             try:
                 want: np.dtype | None = np.dtype(spec.dtype)
@@ -1011,7 +1012,9 @@ def _feed(loaded: LoadedModel, arrays: Iterable[Any], source: str, start: int,
         if pad_to is not None and array.shape[0] < pad_to:
             filler = np.repeat(array[-1:], pad_to - array.shape[0], axis=0)
             array = np.concatenate([array, filler])
-        feed[spec.name] = np.ascontiguousarray(array)
+        feed[spec.name] = np.ascontiguousarray(np.moveaxis(array, 0, axis))
+    if binding is not None:
+        feed.update(binding.onnx_constants())
     return feed, int(rows or 0)
 
 
@@ -1211,7 +1214,8 @@ class OnnxInstrument:
         sites = [s for s in sites if id(s) not in nested_unknown]
         unknown = [s for s in unknown if id(s) not in nested_unknown]
         if unknown:
-            first, _ = _feed(loaded, calibration.example(self.rows), calibration.source, 0, self.fixed)
+            first, _ = _feed(loaded, calibration.example(self.rows), calibration.source, 0, self.fixed,
+                             calibration.binding)
             _probe_shapes(model, unknown, first, providers, self.where)
         for site in [s for s in sites if not s.dims]:
             self.unobserved.append(UnobservedSite(site.name, site.op,
@@ -1234,10 +1238,11 @@ class OnnxInstrument:
         """Every calibration batch through the session; returns the number of samples seen."""
         seen = 0
         for arrays in calibration.batches(self.rows):
-            feed, valid = _feed(self.loaded, arrays, calibration.source, seen, self.fixed)
+            feed, valid = _feed(self.loaded, arrays, calibration.source, seen, self.fixed,
+                                calibration.binding)
             if valid == 0:
                 continue
-            padded = next(iter(feed.values())).shape[0]
+            padded = valid if self.fixed is None or valid >= self.fixed else self.fixed
             try:
                 values = self.session.run(self.output_names, feed, _quiet_run_options())
             except Exception as exc:  # onnxruntime rejected the data (shape, dtype, a runtime check)

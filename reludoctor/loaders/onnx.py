@@ -162,6 +162,33 @@ def _inputs(model: Any) -> tuple[list[InputSpec], int | None]:
     return specs, fixed
 
 
+def _value_infos(model: Any) -> Iterator[Any]:
+    for graph in _graphs(model.graph):
+        yield from graph.input
+        yield from graph.output
+        yield from graph.value_info
+
+
+def _numeric_dynamic_dims(model: Any) -> bool:
+    """Whether a declared size is written as a number <= 0 (``dim_value: -1`` or 0)."""
+    return any(d.HasField("dim_value") and d.dim_value <= 0
+               for value in _value_infos(model) if value.type.HasField("tensor_type")
+               for d in value.type.tensor_type.shape.dim)
+
+
+def _symbolic_dynamic_dims(model: Any) -> None:
+    """Sizes written as numbers <= 0 become symbolic (``dim_param``), in place: onnxruntime takes
+    ``dim_value: 0`` for a fixed size of 0 and refuses every batch; both mean "dynamic" here."""
+    count = 0
+    for value in _value_infos(model):
+        if not value.type.HasField("tensor_type"):
+            continue
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_value") and dim.dim_value <= 0:
+                count += 1
+                dim.dim_param = f"unk__reludoctor_{count}"  # clears dim_value (a oneof)
+
+
 def opset_of(model: Any) -> int | None:
     for entry in model.opset_import:
         if entry.domain in DEFAULT_DOMAINS:
@@ -209,6 +236,8 @@ def load_path(path: Path) -> LoadedModel:
         raise ModelLoadError(f"{path}: not a valid ONNX model ({type(exc).__name__})",
                              "the file may be corrupt, truncated or of another format") from exc
     loaded = _checked(model, str(path))
+    if _numeric_dynamic_dims(model):
+        _symbolic_dynamic_dims(model)  # our parsed copy: the file is never written
     if _check_external_locations(model, path):
         try:
             load_external_data_for_model(model, str(path.parent))
@@ -228,4 +257,12 @@ def from_object(model: Any) -> LoadedModel:
             raise ModelLoadError(
                 f"the in-memory ONNX model refers to external data (tensor '{tensor.name}')",
                 "pass the .onnx path instead, or load it with onnx.load(path)")
-    return _checked(model, "in-memory ONNX model")
+    loaded = _checked(model, "in-memory ONNX model")
+    if _numeric_dynamic_dims(model):  # the caller's model is never modified: a copy
+        import onnx
+
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        _symbolic_dynamic_dims(copy)
+        loaded.module = copy
+    return loaded
