@@ -501,7 +501,9 @@ def few_samples(context: Context) -> Iterable[Finding]:
         severity="info",
         site=None,
         message=(f"only {n} samples: a unit that never fired still fires on up to {3 / n:.1%} of "
-                 "inputs (95% confidence)"),
+                 "inputs (95% confidence)" if 3 / n < 1 else
+                 f"only {n} sample{'' if n == 1 else 's'}: too few to bound how often a unit that "
+                 "never fired fires (the 95% bound 3/N is not below 100%)"),
         evidence={"samples": n, "firing_rate_bound_95": 3 / n},
         suggestion="use more calibration samples (--limit, or a larger --data file) to tighten the bound",
     )

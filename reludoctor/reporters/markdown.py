@@ -58,8 +58,13 @@ def render(report: Report, options: RenderOptions | None = None) -> str:
     synthetic = " **(synthetic)**" if calibration.synthetic else ""
     out.append(f"| calibration | {md_escape(calibration.source)}{synthetic}, "
                f"{human(calibration.samples)} samples |")
-    out.append(f"| confidence | 0 firings in {human(calibration.samples)} samples: firing rate < "
-               f"{s.firing_rate_bound_95:.2%} (95%) |")
+    if s.firing_rate_bound_95 < 1:
+        out.append(f"| confidence | 0 firings in {human(calibration.samples)} samples: firing rate < "
+                   f"{s.firing_rate_bound_95:.2%} (95%) |")
+    else:  # 3/N >= 100%: no bound at all
+        out.append(f"| confidence | {human(calibration.samples)} sample"
+                   f"{'' if calibration.samples == 1 else 's'}: too few to bound a dead unit's "
+                   "firing rate (3/N is not below 100%) |")
     model = report.model
     out.append(f"| model | {md_escape(model.format)}, observed via {md_escape(model.method)}"
                + (f", sha256 {md_code(model.sha256[:12])}" if model.sha256 else "") + " |")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Callable
 
 from rich import box
@@ -63,9 +63,41 @@ def _worst(report: Report, limit: int = 3) -> set[str]:
 NAME_MIN = 12
 
 
+_SEPARATORS = "./#:_-"
+
+
+def shorten_middle(name: str, width: int, head: int | None = None) -> str:
+    """``name`` in at most ``width`` characters, shortened in the middle: the end of a site name
+    (``layers.11.fc1#2``) tells sites apart, the start (``model.decoder.``) is shared by many, so
+    the end keeps about two thirds of the room, from the start of a part (``…11.fc1``, not
+    ``…1.fc1``) when that part fits. ``head``: characters kept at the start (then no rounding)."""
+    if len(name) <= width:
+        return name
+    if width <= 1:
+        return "…"[:width]
+    budget = width - 1
+    if head is None:
+        head = budget // 3
+        start = len(name) - (budget - head)
+        cut = max(name.rfind(separator, 0, start) for separator in _SEPARATORS)
+        if name[start - 1] not in _SEPARATORS and cut >= 0 and len(name) - cut - 1 <= budget:
+            head = budget - (len(name) - cut - 1)
+    head = max(0, min(head, budget))
+    return name[:head] + "…" + name[len(name) - (budget - head):]
+
+
+def shorten_names(names: list[str], widths: list[int]) -> list[str]:
+    """``shorten_middle`` for a column: names that would read the same keep only their end."""
+    short = [shorten_middle(name, width) for name, width in zip(names, widths)]
+    counts = Counter(short)
+    return [shorten_middle(name, width, head=0) if counts[text] > 1 else text
+            for name, width, text in zip(names, widths, short)]
+
+
 def fitted(build: Callable[[int, bool], Table], console: Console | None) -> Table:
     """The widest table that fits the console. Full site names come first: the bar column goes
-    before any name is shortened; only then do long names end in an ellipsis."""
+    before any name is shortened; only then are long names shortened in the middle (the
+    builder does it, ``shorten_middle``, keeping the distinguishing end)."""
     if console is None:
         return build(10_000, True)
     width = console.width
@@ -111,11 +143,14 @@ def site_table(report: Report, top: int | None = None, console: Console | None =
             table.add_column("pass", justify="right", no_wrap=True)  # gradient pass-through
         if with_bar:
             table.add_column("", no_wrap=True)
+        short_names = dict(zip(shown, shorten_names(
+            [report.sites[i].name for i in shown],
+            [max(NAME_MIN, name_width) - (2 if report.sites[i].name in failing else 0) for i in shown])))
         for index in shown:
             site = report.sites[index]
             style = "bold red" if site.name in worst else None
             saturated = "-" if site.saturated_units is None else human(len(site.saturated_units))
-            name = Text(site.name, style=style or "")
+            name = Text(short_names[index], style=style or "")
             if site.name in failing:
                 name.append(" ✗", style="bold red")
             cells = [
@@ -163,9 +198,15 @@ def _summary_lines(report: Report) -> list[Text]:
         f"dormant (tau {report.thresholds.dormant_tau:g}, includes dead): {human(s.dormant_units)}   "
         f"saturated: {human(s.saturated_units)}"))
     lines.extend(gradient_lines(report))
-    lines.append(Text(
-        f"confidence: 0 firings in {human(n)} samples bounds a dead unit's firing rate below "
-        f"3/{n} = {s.firing_rate_bound_95:.2%} (95%)", style="dim"))
+    if s.firing_rate_bound_95 < 1:
+        lines.append(Text(
+            f"confidence: 0 firings in {human(n)} samples bounds a dead unit's firing rate below "
+            f"3/{n} = {s.firing_rate_bound_95:.2%} (95%)", style="dim"))
+    else:  # 3/N >= 100%: the rule of three says nothing about so few samples
+        lines.append(Text(
+            f"confidence: {human(n)} sample{'' if n == 1 else 's'} cannot bound a dead unit's firing "
+            f"rate (3/{n} is not below 100%): use more samples, e.g. 300 for a bound of 1%",
+            style="dim"))
     return lines
 
 
@@ -330,12 +371,15 @@ def print_diff(rows: list, comparison: BaselineComparison, console: Console, a: 
         table.add_column("dormant", justify="right", no_wrap=True)
         if with_worse:
             table.add_column("", no_wrap=True)
+        short_names = dict(zip(map(id, rows), shorten_names(
+            [row.change.name for row in rows],
+            [max(NAME_MIN, name_width) - (2 if row.worse and not with_worse else 0) for row in rows])))
         for row in rows:
             change = row.change
             delta = "-" if change.status == "removed" else f"{row.increase * 100:+.1f}pt"
             dormant = (f"{'-' if change.dormant_before is None else human(change.dormant_before)}→"
                        f"{'-' if change.dormant_after is None else human(change.dormant_after)}")
-            name = Text(change.name, style="bold red" if row.worse else "")
+            name = Text(short_names[id(row)], style="bold red" if row.worse else "")
             if row.worse and not with_worse:
                 name.append(" ▲", style="bold red")
             cells = [

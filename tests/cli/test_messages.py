@@ -424,3 +424,22 @@ def test_a_relu_inside_an_unknown_library_op_is_not_refused_early():
     model.graph.node.append(helper.make_node("MyRelu", ["y1"], ["z"], domain="com.example"))
     assert _onnx_ops(model)[1] is True
     assert _onnx_ops(_silu_onnx())[1] is False
+
+
+# --- --limit 1: no "below 3/1 = 300.00%" -----------------------------------------------------
+
+
+def test_limit_1_confidence_is_not_a_bound_above_100_percent(cli, art):
+    import json
+
+    table = cli(art.pt2, "--data", art.npy, "--limit", "1")
+    assert table.exit_code == 0, table.stderr
+    assert "300.00%" not in table.stdout and "3/1 =" not in table.stdout, table.stdout
+    assert "cannot bound" in table.stdout
+    for fmt in ("markdown", "json"):
+        result = cli(art.pt2, "--data", art.npy, "--limit", "1", "--format", fmt)
+        assert result.exit_code == 0, result.stderr
+        assert "300.0" not in result.stdout
+    report = json.loads(result.stdout)
+    few = [f for f in report["findings"] if f["rule"] == "few-samples"]
+    assert len(few) == 1 and "too few" in few[0]["message"] and "1 sample:" in few[0]["message"]
