@@ -382,6 +382,10 @@ def _observe(loaded: LoadedModel, calibration: Calibration, method: str, device:
             from reludoctor.instrument.precheck import check_program
 
             check_program(keep["program"], loaded.path or "model")  # before the calibration pass
+            from reludoctor.instrument import gates
+
+            if gate_count := gates.count_graph(graph_module):  # as the ONNX path says it
+                warn(gates.message(gate_count))
             graph_module.to(device)
             sites = instrument_graph_module(graph_module, context, unit_axis)
             keep["graph_module"] = graph_module
@@ -390,10 +394,15 @@ def _observe(loaded: LoadedModel, calibration: Calibration, method: str, device:
                           dtype=dtype)
             return "export", sites, samples, []
         instrument = DispatchInstrument(module, context, unit_axis)
+        from reludoctor.instrument.gates import GateCounter, message
+
+        gate_counter = GateCounter()  # hard-swish/hard-sigmoid calls of the first forward
         with instrument.active():
-            samples = run(instrument.forward, calibration, batch_size=batch_size, device=device,
+            samples = run(gate_counter.wrap(instrument.forward), calibration, batch_size=batch_size, device=device,
                           batch=context, fixed_batch=loaded.fixed_batch,
                           before_forward=instrument.start_forward, progress=progress, dtype=dtype)
+        if gate_counter.count:
+            warn(message(gate_counter.count))
         static = None
         if loaded.format == "torchscript":
             from reludoctor.instrument.torchscript_names import static_call_sites

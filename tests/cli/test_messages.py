@@ -443,3 +443,60 @@ def test_limit_1_confidence_is_not_a_bound_above_100_percent(cli, art):
     report = json.loads(result.stdout)
     few = [f for f in report["findings"] if f["rule"] == "few-samples"]
     assert len(few) == 1 and "too few" in few[0]["message"] and "1 sample:" in few[0]["message"]
+
+
+# --- hard-swish / hard-sigmoid gates: the PyTorch paths say what the ONNX path says ----------
+
+
+def _gated_module():  # noqa: ANN202
+    """One ReLU site and three gates: nn.Hardswish, F.hardswish, F.hardsigmoid."""
+    import torch
+    from torch import nn
+
+    class Gated(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.a = nn.Linear(8, 8)
+            self.hs = nn.Hardswish()
+            self.b = nn.Linear(8, 8)
+            self.c = nn.Linear(8, 8)
+            with torch.no_grad():
+                self.a.bias[6] = -1e3  # planted dead
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.a(x))
+            g = self.hs(self.b(h))
+            g = nn.functional.hardswish(self.c(g))
+            return nn.functional.hardsigmoid(g) * h
+
+    return Gated().eval()
+
+
+def _gate_counts(warnings_seen: list[str]) -> list[int]:
+    return [int(w.split()[0]) for w in warnings_seen if "hard-swish/hard-sigmoid gate" in w]
+
+
+@pytest.mark.parametrize("method", ["export", "dispatch"])
+def test_torch_paths_count_hard_gates_like_onnx(tmp_path, method):
+    import warnings
+
+    import torch
+
+    from reludoctor.engine import scan
+
+    model = _gated_module()
+    x = np.random.default_rng(0).standard_normal((32, 8)).astype(np.float32)
+    seen: list[str] = []
+    report = scan(model, x, method=method, on_warning=seen.append)
+    assert _gate_counts(seen) == [3], seen  # the model's three gates, counted by construction
+    assert [list(s.dead_units) for s in report.sites] == [_dead_after_fc(model.a, x)]
+    assert all("hard" not in s.op for s in report.sites)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(4, 8),), tmp_path / "gated.onnx", input_names=["x"],
+                          dynamic_axes={"x": {0: "N"}}, dynamo=False, opset_version=17)
+    onnx_seen: list[str] = []
+    scan(tmp_path / "gated.onnx", x, on_warning=onnx_seen.append)
+    assert _gate_counts(onnx_seen) == _gate_counts(seen)
