@@ -398,7 +398,8 @@ def _observe(loaded: LoadedModel, calibration: Calibration, method: str, device:
 
         gate_counter = GateCounter()  # hard-swish/hard-sigmoid calls of the first forward
         with instrument.active():
-            samples = run(gate_counter.wrap(instrument.forward), calibration, batch_size=batch_size, device=device,
+            samples = run(gate_counter.wrap(instrument.forward), calibration, batch_size=batch_size,
+                          device=device,
                           batch=context, fixed_batch=loaded.fixed_batch,
                           before_forward=instrument.start_forward, progress=progress, dtype=dtype)
         if gate_counter.count:
