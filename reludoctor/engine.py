@@ -285,7 +285,8 @@ def scan(
         summary=summarise(stats, samples, len(unobserved)),
         sites=tuple(stats),
         unobserved_sites=tuple(unobserved),
-        findings=evaluate(stats, calibration_info, evidence=evidence, gradients=gradient_info),
+        findings=evaluate(stats, calibration_info, evidence=evidence, gradients=gradient_info,
+                          model_format=loaded.format),
         warnings=tuple(notes),
         gradients=gradient_info,
     )

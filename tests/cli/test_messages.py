@@ -500,3 +500,91 @@ def test_torch_paths_count_hard_gates_like_onnx(tmp_path, method):
     onnx_seen: list[str] = []
     scan(tmp_path / "gated.onnx", x, on_warning=onnx_seen.append)
     assert _gate_counts(onnx_seen) == _gate_counts(seen)
+
+
+# --- ONNX suggestions: ONNX names and the training code, no PyTorch code on node names --------
+
+
+def _decoder_module():  # noqa: ANN202
+    """m.decoder.layers.{0,1}.fc1 -> ReLU -> fc2, two dead units planted in layers.0.fc1."""
+    import torch
+    from torch import nn
+
+    class Layer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1 = nn.Linear(8, 16)
+            self.activation_fn = nn.ReLU()
+            self.fc2 = nn.Linear(16, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc2(self.activation_fn(self.fc1(x)))
+
+    class Decoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = nn.ModuleList([Layer(), Layer()])
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for layer in self.layers:
+                x = layer(x)
+            return x
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.decoder = Decoder()
+
+    class Wrapper(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.m = Model()
+            with torch.no_grad():
+                self.m.decoder.layers[0].fc1.bias[[2, 5]] = -50.0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.m.decoder(x)
+
+    return Wrapper().eval()
+
+
+def test_onnx_suggestions_name_onnx_initializers_not_pytorch_code(tmp_path):
+    import warnings
+
+    import onnx
+    import torch
+
+    from reludoctor.engine import scan
+
+    model = _decoder_module()
+    path = tmp_path / "decoder.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(4, 8),), path, input_names=["x"],
+                          dynamic_axes={"x": {0: "N"}}, dynamo=False)
+    proto = onnx.load(str(path))
+    nodes = [n.name for n in proto.graph.node]
+    # The oracle: the Gemm feeding the first Relu and its weight initializer, read from the file.
+    first_relu = next(n for n in proto.graph.node if n.op_type == "Relu")
+    gemm = next(n for n in proto.graph.node if first_relu.input[0] in n.output)
+    initializers = {t.name for t in proto.graph.initializer}
+    assert gemm.input[1] in initializers
+    x = np.random.default_rng(0).standard_normal((256, 8)).astype(np.float32)
+
+    report = scan(path, x, on_warning=lambda m: None)
+    by_rule = {}
+    for finding in report.findings:
+        text = finding.suggestion
+        assert "torch.nn.init" not in text and "kaiming_normal_(" not in text, text
+        assert "nn.LeakyReLU" not in text and "F.leaky_relu" not in text, text
+        assert not any(f"{node}.weight" in text or f"{node}.bias" in text for node in nodes), text
+        by_rule.setdefault((finding.rule, finding.site), text)
+    dead = by_rule[("dead-units", first_relu.name)]
+    assert gemm.name in dead and gemm.input[1] in dead
+    assert "training code" in dead and "reludoctor fix" in dead
+    assert ("negative-bias", first_relu.name) in by_rule  # the planted -50 biases
+
+    torch_report = scan(model, x, on_warning=lambda m: None)  # the PyTorch path keeps its code
+    assert any("torch.nn.init.kaiming_normal_(m.decoder.layers.0.fc1.weight" in f.suggestion
+               for f in torch_report.findings)
