@@ -205,6 +205,12 @@ def test_hugging_face_opt_from_the_in_memory_model() -> None:
     assert all(s.units == 48 for s in sites)
     assert expected[0][:4] == [0, 1, 2, 3] and set(range(10, 13)) <= set(expected[1])
     assert report.calibration.samples == N_CHUNKS
+    # The gradient pass takes its loss on the ModelOutput's logits; use_cache=False lets
+    # torch.export capture the model (its DynamicCache output stops it otherwise).
+    report = reludoctor.scan(model, data, device="cpu", constants={"use_cache": False},
+                             gradients=True, on_warning=lambda m: None)
+    assert report.model.method == "export" and report.gradients.computed
+    assert [list(s.dead_units) for s in report.sites if ".layers." in s.name] == expected
 
 
 def test_hugging_face_t5_with_relu_from_the_in_memory_model() -> None:
