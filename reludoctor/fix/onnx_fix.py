@@ -376,14 +376,48 @@ def params(model: Any) -> int:
     return int(sum(int(np.prod(t.dims)) if len(t.dims) else 1 for t in model.graph.initializer))
 
 
-def macs(model: Any) -> int:
-    """Multiply-accumulates per sample of Conv, Gemm and MatMul nodes (batch axis 0)."""
+MAC_OPS = ("Conv", "Gemm", "MatMul")
+
+
+def _run_shapes(model: Any, names: list[str], example: tuple | None, inputs: list[str]) -> dict:
+    """The shapes of ``names`` on one calibration batch (onnxruntime): for outputs whose
+    non-batch dimensions are symbolic (a sequence length), which static inference leaves open."""
+    if not names or example is None:
+        return {}
+    import onnx
+    import onnxruntime as ort
+
+    try:
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        known = {o.name for o in probe.graph.output}
+        for name in names:
+            if name not in known:
+                probe.graph.output.append(onnx.ValueInfoProto(name=name))
+        options = ort.SessionOptions()
+        options.log_severity_level = 4
+        session = ort.InferenceSession(probe.SerializeToString(), options,
+                                       providers=["CPUExecutionProvider"])
+        values = session.run(names, dict(zip(inputs, example)))
+    except Exception:  # noqa: BLE001 - best effort: those layers stay uncounted, as before
+        return {}
+    return {name: (None, *np.shape(value)[1:]) for name, value in zip(names, values)}
+
+
+def macs(model: Any, example: tuple | None = None, inputs: list[str] | None = None) -> int:
+    """Multiply-accumulates per sample of the Conv, Gemm and MatMul nodes with a weight
+    (an initializer) operand (batch axis 0), as ``torch_macs`` counts Conv and Linear modules.
+    Output shapes come from shape inference; those it leaves symbolic beyond the batch (the
+    sequence length of a MatMul on [N, T, F]) from running ``example`` (one calibration batch
+    for the model's ``inputs``)."""
     shapes = _shapes(model)
     graph = _Graph(model)
+    counted = [node for node in model.graph.node if node.op_type in MAC_OPS and node.output]
+    open_shapes = [node.output[0] for node in counted
+                   if shapes.get(node.output[0]) is None or None in shapes[node.output[0]][1:]]
+    shapes.update(_run_shapes(model, open_shapes, example, list(inputs or [])))
     total = 0
-    for node in model.graph.node:
-        if node.op_type not in ("Conv", "Gemm", "MatMul") or not node.output:
-            continue
+    for node in counted:
         out = shapes.get(node.output[0])
         if out is None or any(d is None for d in out[1:]):
             continue
@@ -391,6 +425,10 @@ def macs(model: Any) -> int:
         try:
             w = graph.array(node.input[1])
         except Skip:
+            if node.op_type != "MatMul" or not node.input[0] or node.input[0] not in graph.inits:
+                continue
+            w = graph.array(node.input[0])  # W @ x: each output sums over W's last axis
+            total += per_sample * int(w.shape[-1])
             continue
         if node.op_type == "Conv":
             total += per_sample * int(np.prod(w.shape[1:]))
@@ -428,18 +466,20 @@ def run(loaded: Any, work: OnnxWork, entries: list[SiteFix], request: Any) -> An
     from reludoctor.loaders.torch import sha256_of
 
     original_bytes = loaded.module.SerializeToString()
-    params_before, macs_before = params(work.model), macs(work.model)
+    calibration = load_calibration(request.data, loaded.inputs, limit=request.limit)
+    names = [spec.name for spec in loaded.inputs]
+    example = next(iter(batches(calibration, 1, loaded.fixed_batch)), None)  # symbolic shapes
+    params_before, macs_before = params(work.model), macs(work.model, example, names)
     sites = _apply(work, entries, request.strategy, request.alpha, request.seed)
     try:
         onnx.checker.check_model(work.model, full_check=True)
     except Exception as exc:  # noqa: BLE001
         raise UsageError(f"the fixed ONNX model fails onnx.checker ({str(exc).splitlines()[0][:200]})",
                          "nothing was written; please report the model structure") from exc
-    applied = Applied(sites, params_before, params(work.model), macs_before, macs(work.model))
+    applied = Applied(sites, params_before, params(work.model), macs_before,
+                      macs(work.model, example, names))
     if request.dry_run:
         return applied
-    calibration = load_calibration(request.data, loaded.inputs, limit=request.limit)
-    names = [spec.name for spec in loaded.inputs]
     lossless = lossless_expected(request.strategy, sites, request.dead)
     with atomic_path(request.out) as temp:
         onnx.save_model(work.model, str(temp))
