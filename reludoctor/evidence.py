@@ -329,9 +329,10 @@ def evidence_from_track(site: str, track: _Track | None, names: dict) -> Produce
 
 
 def from_dispatch(module: Any, example: tuple, unit_axis: int | None = None,
-                  static: Any = None) -> dict[str, ProducerEvidence]:
+                  static: Any = None, binding: Any = None) -> dict[str, ProducerEvidence]:
     """Evidence for the sites of one forward pass of ``module`` on ``example`` (no gradient),
-    named exactly as the TorchDispatchMode instrumenter names them."""
+    named exactly as the TorchDispatchMode instrumenter names them. ``binding``: how the
+    example's tensors are passed (``reludoctor.binding``; default: positionally)."""
     import torch
 
     from reludoctor.instrument.torch_dispatch import DispatchInstrument
@@ -363,7 +364,10 @@ def from_dispatch(module: Any, example: tuple, unit_axis: int | None = None,
     probe = _Probe()
     with torch.no_grad(), _optimised_off(), probe.active():
         probe.start_forward()
-        probe.forward(*example)
+        if binding is not None:
+            binding.call(probe.forward, example)
+        else:
+            probe.forward(*example)
     out = {}
     for key, (spec, _) in zip(probe._keys, probe.sites(static)):
         try:
@@ -508,7 +512,7 @@ def collect(loaded: Any, method: str, graph_module: Any, calibration: Any, devic
 
                 static = static_call_sites(loaded.module)
             example = tuple(torch.as_tensor(a).to(device) for a in calibration.example(2))
-            found = from_dispatch(loaded.module, example, unit_axis, static)
+            found = from_dispatch(loaded.module, example, unit_axis, static, calibration.binding)
     except Exception:  # noqa: BLE001 - evidence never fails a scan
         return {}
     return {name: found[name] for name in site_names if name in found}

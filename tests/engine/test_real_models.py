@@ -205,6 +205,8 @@ def test_hugging_face_opt_from_the_in_memory_model() -> None:
     assert all(s.units == 48 for s in sites)
     assert expected[0][:4] == [0, 1, 2, 3] and set(range(10, 13)) <= set(expected[1])
     assert report.calibration.samples == N_CHUNKS
+    # Producer evidence reaches the layer through the same keyword call: the -50 biases show.
+    assert any(f.rule == "negative-bias" and ".layers.0." in (f.site or "") for f in report.findings)
     # The gradient pass takes its loss on the ModelOutput's logits; use_cache=False lets
     # torch.export capture the model (its DynamicCache output stops it otherwise).
     report = reludoctor.scan(model, data, device="cpu", constants={"use_cache": False},
