@@ -57,25 +57,6 @@ def test_ort_message_keeps_the_lines_after_the_first():
     assert "onnxruntime_src" not in message and "ReshapeHelper(" not in message
 
 
-def test_onnx_wrong_fixed_dimension_names_index_got_expected(cli, tmp_path):
-    """A second input with a fixed leading dimension (a recurrent state [2, 1, 4]) fed 32 rows:
-    onnxruntime's decisive line ``index: 0 Got: 32 Expected: 2`` reaches the user."""
-    from onnx import helper
-
-    model = _onnx(tmp_path / "state.onnx",
-                  [helper.make_node("Relu", ["x"], ["y"], name="relu"),
-                   helper.make_node("Relu", ["state"], ["z"], name="relu_state")],
-                  [("x", ["N", 4]), ("state", [2, 1, 4])], ["y", "z"])
-    rng = np.random.default_rng(0)
-    data = tmp_path / "chunks.npz"
-    np.savez(data, x=rng.standard_normal((32, 4)).astype(np.float32),
-             state=rng.standard_normal((32, 1, 4)).astype(np.float32))
-    result = cli(model, "--data", data)
-    line = assert_input_error(result.exit_code, result.stdout, result.stderr, str(data))
-    assert "state" in line
-    assert "Got: 32 Expected: 2" in line
-
-
 def test_onnx_kernel_failure_is_one_line_without_onnxruntime_log(run_cli, tmp_path):
     """A node that fails at run time: one line naming the node and the shapes, and onnxruntime's
     own log line (written to the process's stderr by C++) does not appear next to it."""
