@@ -392,7 +392,10 @@ def bind(specs: Sequence[InputSpec], data: Mapping[str, Any] | Sequence[Any], *,
         how = (f"pass --const {spec.name}=VALUE" if spec.kind == "value" or spec.batch_axis is None
                else f"name an array '{spec.name}' in an .npz (or a dict), or pass --const "
                     f"{spec.name}=VALUE")
-        raise DataError(f"{source}: no value for the model's required input '{spec.name}' "
+        if isinstance(data, Mapping):
+            how = f"arrays found: {', '.join(map(str, data))}; {how}"
+        names = ", ".join(s.name for s in missing)
+        raise DataError(f"{source}: no array for input(s) {names}, required by the model "
                         f"({_inputs_text(specs, constants)}; "
                         f"bound: {', '.join(sorted(bound | set(constants))) or 'none'})", how)
     fed: list[InputSpec] = []

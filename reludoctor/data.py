@@ -383,38 +383,6 @@ def _validate(array: Any, spec_dtype: str | None, name: str, source: str) -> Non
                         f"{spec_dtype}", "pass integer data (e.g. token ids)")
 
 
-def _select_inputs(item: Any, names: Sequence[str], source: str) -> Batch:
-    """One batch from an iterable: an array, a tuple (x, y, ...) or a dict keyed by input."""
-    if isinstance(item, dict):
-        missing = [n for n in names if n not in item]
-        if missing:
-            raise DataError(f"{source}: batch has no entry for input(s) {', '.join(missing)}",
-                            f"keys found: {', '.join(map(str, item))}")
-        return tuple(item[n] for n in names)
-    if isinstance(item, (tuple, list)):
-        if len(item) < len(names):
-            raise DataError(f"{source}: batch has {len(item)} arrays, the model takes {len(names)}")
-        return tuple(item[: len(names)])
-    return (item,)
-
-
-def _check_shapes(arrays: list[Any], specs: Sequence[InputSpec], source: str) -> None:
-    rows = {_rows(a) for a in arrays}
-    if len(rows) > 1:
-        raise DataError(f"{source}: inputs have different sample counts {sorted(rows)}",
-                        "every input needs one row per sample")
-    for array, spec in zip(arrays, specs):
-        if spec.shape is None:
-            continue
-        expected = spec.shape[1:]
-        got = tuple(array.shape[1:])
-        if len(got) != len(expected) or any(e is not None and e != g for e, g in zip(expected, got)):
-            shown = ", ".join("N" if d is None else str(d) for d in spec.shape)
-            raise DataError(
-                f"{source}: input '{spec.name}' has shape [N, {', '.join(map(str, got))}] but the "
-                f"model expects [{shown}]", "pass data of the model's input shape")
-
-
 def _wanted_keys(keys: Sequence[str], specs: Sequence[InputSpec]) -> list[str]:
     """The arrays of a named file to read: those named after an input; a lone array whatever its
     name (it feeds the model's one required input, ``reludoctor.binding``)."""

@@ -108,7 +108,7 @@ def test_binding_errors_name_the_inputs(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="--batch-axis state"):
         reludoctor.scan(model, x, device="cpu", batch_axes={"state": 1})
     np.savez(tmp_path / "wrong.npz", inputs=x, mask=np.ones(8, np.float32))
-    with pytest.raises(DataError, match=r"no value for the model's required input 'x' \(required: x; "
+    with pytest.raises(DataError, match=r"no array for input\(s\) x, required by the model \(required: x; "
                                         r"optional: mask, scale, offset; bound: mask\)"):
         reludoctor.scan(model, str(tmp_path / "wrong.npz"), device="cpu")
     warnings: list[str] = []
@@ -148,7 +148,7 @@ def test_batch_axis_and_a_constant_for_a_stateful_model() -> None:
         assert report.calibration.samples == 20
     with pytest.raises(DataError, match=r"different sample counts: 'x' 20 \(axis 0\), 'state' 2 \(axis 0\)"):
         reludoctor.scan(model, {"x": x, "state": state}, device="cpu", constants={"sr": 16000})
-    with pytest.raises(DataError, match=r"required input 'sr' \(required: x, state, sr") as info:
+    with pytest.raises(DataError, match=r"input\(s\) sr, required by the model \(required: x, state, sr") as info:
         reludoctor.scan(model, {"x": x, "state": state}, device="cpu", batch_axes={"state": 1})
     assert "pass --const sr=VALUE" in info.value.one_line()
 
@@ -232,7 +232,7 @@ def test_onnx_declared_batch_axis_and_scalar_constant(tmp_path: Path) -> None:
     assert "input 'state': expected [2, N, 3] (batch on axis 1), got [30, 2, 3]" in result.output
     result = _cli(path, "--data", tmp_path / "d.npz", "-q")
     assert result.exit_code == 2
-    assert "required input 'sr'" in result.output and "--const sr=VALUE" in result.output
+    assert "input(s) sr, required" in result.output and "--const sr=VALUE" in result.output
 
 
 def _numeric_batch(model: "onnx.ModelProto", value: int) -> "onnx.ModelProto":

@@ -150,7 +150,7 @@ def test_silero_vad_torchscript_scans_as_shipped(tmp_path: Path) -> None:
     assert report["summary"]["sites"] == 5  # the 16 kHz path: 4 encoder blocks and the decoder
     assert [site["units"] for site in report["sites"]] == [128, 64, 64, 128, 128]
     missing = _cli(path, "--data", tmp_path / "chunks.npz", "--trust-model", "-q")
-    assert missing.exit_code == 2 and "required input 'sr'" in missing.output
+    assert missing.exit_code == 2 and "input(s) sr, required" in missing.output
 
 
 # ---------------------------------------------------------------------------- Hugging Face
