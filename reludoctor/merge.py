@@ -98,7 +98,7 @@ def merge_reports(reports: Sequence[Report], names: Sequence[str] | None = None,
         stats.append(site_stats(
             name=site.name, op=site.op, module=site.module, unit_axis=site.unit_axis,
             shape=site.shape, lower=site.lower_bound, upper=site.upper_bound, counts=counts,
-            near_dead=near_dead, dormant_tau=dormant_tau))
+            near_dead=near_dead, dormant_tau=dormant_tau, unit_axis_reason=site.unit_axis_reason))
     samples = sum(r.calibration.samples for r in reports)
     calibration = CalibrationInfo(
         " + ".join(_unique(r.calibration.source for r in reports)), samples,
@@ -128,6 +128,7 @@ def merge_reports(reports: Sequence[Report], names: Sequence[str] | None = None,
         findings=evaluate(stats, calibration, gradients=gradients),
         warnings=tuple(warnings),
         gradients=gradients,
+        ignored_ops=tuple(_unique(op for r in reports for op in r.ignored_ops)),
     )
 
 
