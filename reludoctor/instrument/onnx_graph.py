@@ -7,6 +7,9 @@ Three phases, as onnxruntime's quantisation calibrator does it:
    ``PRelu`` (``leaky_relu``/``prelu``: a unit "fires" when its pre-activation is > 0, so a dead
    one is always on the negative side). Hard-swish / hard-sigmoid gates
    (``x * Clip(x + 3, 0, 6) / 6``) are recognised and not reported (a warning counts them).
+   What is an activation follows ``sites`` (its docstring has the rule): a Clip to a computed
+   bound, an op on integers, on box coordinates (an input from Gather/Slice on the last axis,
+   GatherND, TopK, ...) or on constants is no site and goes to ``ignored_ops`` with the reason.
    Sites inside ``If`` branches are observed; sites inside ``Loop``/``Scan`` bodies, and
    activations already fused by onnxruntime (``com.microsoft`` FusedConv/FusedGemm), are
    reported as unobserved sites with the reason.
@@ -31,9 +34,10 @@ Details:
   axes of a [N, C, ...] map, every column-step of the flattened activation otherwise), about
   HIST_SAMPLE values, binned in numpy with the fixed HIST_EDGES, like the PyTorch observer's
   ``flat[::step]`` sample. Padded rows are dropped first.
-- Unit axis: 1 after a convolution (through normalisation, Add, Mul, ...), the last axis after
-  MatMul/Gemm, else as for PyTorch (1 for [N, C, ...] and [N, F], last for [N, T, F]);
-  ``unit_axis`` overrides. Shapes come from ONNX shape inference; when it cannot tell, one
+- Unit axis: 1 after a convolution (through normalisation, Add, Mul, ...) or before one (a
+  [N, A, B] that feeds a Conv), the last axis after MatMul/Gemm, else as for PyTorch (1 for
+  [N, C, ...] and [N, F], last for [N, T, F]); ``unit_axis`` overrides. Each site states why
+  (``unit_axis_reason``). Shapes come from ONNX shape inference; when it cannot tell, one
   batch is run with the pre-activations exposed to learn them.
 - The model given is never modified: the instrumented model is the original's bytes followed
   by a small message with the new nodes and outputs (protobuf appends repeated fields), or a
