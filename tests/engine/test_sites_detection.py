@@ -261,3 +261,33 @@ def test_scan_verbose_prints_the_ignored_ops_on_stderr(tmp_path, monkeypatch) ->
 
     assert [op["name"] for op in json.loads(loud.stdout)["ignored_ops"]] == [  # stdout: the report
         "box_max", "box_clip", "size_clip", "int_max"]
+
+
+@pytest.mark.slow
+def test_fasterrcnn_exported_to_onnx_has_the_same_sites_and_its_box_clips_are_ignored() -> None:
+    """torchvision's traced box clipping is ``Max(boxes[..., 0::2], 0)`` (then Min with the image
+    size): in ONNX those Max nodes are ignored; the Relu nodes are the PyTorch model's sites."""
+    detection = pytest.importorskip("torchvision.models.detection")
+    import io
+    import warnings
+
+    import onnx
+
+    from reludoctor.instrument.onnx_graph import _discover, _value_types
+
+    torch.manual_seed(0)
+    model = detection.fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None).eval()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, ([torch.rand(3, 128, 128)],), buffer, dynamo=False, opset_version=17)
+    proto = onnx.load_from_string(buffer.getvalue())
+    found = _discover(proto, 17, _value_types(proto))
+    assert {op.name for op in found.ignored} == {"/rpn/Max", "/rpn/Max_1", "/roi_heads/Max",
+                                                 "/roi_heads/Max_1"}
+    assert all(op.reason.startswith("its input comes from indexing (Slice with step 2")
+               for op in found.ignored)
+    assert all(site.op == "relu" and "/Relu" in site.name for site in found.sites)
+    torch_sites = reludoctor.scan(ImagesAsList(model), torch.rand(2, 3, 128, 128),
+                                  method="dispatch").summary.sites
+    assert len(found.sites) == torch_sites
