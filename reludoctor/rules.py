@@ -631,8 +631,8 @@ def onnx_suggestion(finding: Finding, context: Context) -> Finding:
 
     act, layer = _onnx_parts(finding.site, context)
     evidence = finding.evidence
-    units = _preview(evidence.get("units") or evidence.get("dead_units") or evidence.get("dormant_units")
-                     or evidence.get("saturated_units") or ())
+    listed = (evidence.get(key) for key in ("units", "dead_units", "dormant_units", "saturated_units"))
+    units = _preview(next((v for v in listed if isinstance(v, (list, tuple)) and v), ()))
     retrain = "in the training code"
     text = {
         "dead-units": (f"{retrain}, use {ONNX_LEAKY} for {act} so dead units keep a gradient (Maas et "

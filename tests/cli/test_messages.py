@@ -569,3 +569,26 @@ def test_onnx_suggestions_name_onnx_initializers_not_pytorch_code(tmp_path):
     torch_report = scan(model, x, on_warning=lambda m: None)  # the PyTorch path keeps its code
     assert any("torch.nn.init.kaiming_normal_(m.decoder.layers.0.fc1.weight" in f.suggestion
                for f in torch_report.findings)
+
+
+def test_onnx_suggestion_of_a_fully_dead_site():
+    """dead-site's evidence holds a unit count, not a list: its ONNX suggestion still renders."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from reludoctor.engine import scan
+
+    w = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
+    b = numpy_helper.from_array(np.full((3,), -100.0, np.float32), "b")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["mm"], name="mm"),
+         helper.make_node("Add", ["mm", "b"], ["pre"], name="add"),
+         helper.make_node("Relu", ["pre"], ["y"], name="relu")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], [w, b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.random.default_rng(0).standard_normal((64, 4)).astype(np.float32)
+    report = scan(model, x, on_warning=lambda m: None)
+    dead_site = [f for f in report.findings if f.rule == "dead-site"]
+    assert len(dead_site) == 1
+    assert "ONNX node mm" in dead_site[0].suggestion and "initializer w" in dead_site[0].suggestion
+    assert "torch.nn.init" not in dead_site[0].suggestion
