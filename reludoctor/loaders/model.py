@@ -27,3 +27,6 @@ class LoadedModel:
     fixed_batch: int | None = None  # batch size a fixed-shape export was traced with
     path: str | None = None
     sha256: str | None = None
+    # Values of inputs the model fixed when it was made (an exported program's int and float
+    # arguments): constants unless the user gives others (``reludoctor.binding``).
+    constants: dict[str, Any] = field(default_factory=dict)

@@ -126,38 +126,43 @@ def _inputs(model: Any) -> tuple[list[InputSpec], int | None]:
     """The graph's inputs and the model's fixed batch (None: dynamic).
 
     A size written as a number <= 0 (``dim_value: -1`` or 0, as some exporters write a dynamic
-    size), a ``dim_param`` or no size at all is dynamic (None). Each input's batch axis is its
-    first dynamic dimension (``state [2, batch, 128]``: axis 1). A model whose inputs are all of
-    fixed shape has a fixed batch, the first input's first size; each input's batch axis is then
-    its first axis of that size. An input without a batch axis (a scalar ``sr``, an ``h
-    [1, 1, 128]`` next to dynamic inputs) is fed whole: a constant (``--const``, or an array of
-    exactly its shape)."""
+    size), a ``dim_param`` or no size at all is dynamic (None). The first input with a shape
+    decides: a fixed first size is a fixed batch (each input's batch axis is then its first axis
+    of that size); a dynamic one is the batch, and each input's batch axis is the dimension of
+    the same name (``state [2, batch, 128]``: axis 1), else its first dynamic one. An input
+    without a batch axis (a scalar ``sr``, an ``h [1, 1, 128]`` next to dynamic inputs) is fed
+    whole: a constant (``--const``, or an array of exactly its shape)."""
     initializers = {t.name for t in model.graph.initializer}
     found = []
     for value in model.graph.input:
         if value.name in initializers:  # IR < 4 lists initializers as (overridable) inputs
             continue
         shape: tuple[int | None, ...] | None = None
+        symbols: tuple[str, ...] = ()
         dtype = None
         if value.type.HasField("tensor_type"):
             tensor_type = value.type.tensor_type
             dtype = _dtype_name(tensor_type.elem_type)
             if tensor_type.HasField("shape"):
+                dims = list(tensor_type.shape.dim)
                 shape = tuple(int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0
-                              else None for d in tensor_type.shape.dim)
-        found.append((value.name, shape, dtype))
-    dynamic = any(shape is None or None in shape for _, shape, _ in found)
-    fixed = None
-    if not dynamic and found and found[0][1]:
-        fixed = found[0][1][0]
+                              else None for d in dims)
+                symbols = tuple(d.dim_param if d.HasField("dim_param") else "" for d in dims)
+        found.append((value.name, shape, symbols, dtype))
+    reference = next((shape, symbols) for _, shape, symbols, _ in found if shape) \
+        if any(shape for _, shape, _, _ in found) else (None, ())
+    fixed = reference[0][0] if reference[0] else None
+    batch_symbol = reference[1][0] if reference[0] and fixed is None else ""
     specs = []
-    for name, shape, dtype in found:
+    for name, shape, symbols, dtype in found:
         axis: int | None = 0
         if shape is not None:
-            if dynamic:
-                axis = shape.index(None) if None in shape else None
-            else:
+            if fixed is not None:
                 axis = shape.index(fixed) if fixed in shape else None
+            elif batch_symbol and batch_symbol in symbols:
+                axis = symbols.index(batch_symbol)
+            else:
+                axis = shape.index(None) if None in shape else None
         specs.append(InputSpec(name, shape, dtype, batch_axis=axis))
     return specs, fixed
 

@@ -18,6 +18,7 @@ import pickle
 import re
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -72,7 +73,44 @@ def _exported_inputs(program: Any) -> tuple[list[InputSpec], int | None]:
     fixed = None
     if specs and specs[0].shape and specs[0].shape[0] is not None:
         fixed = specs[0].shape[0]
-    return specs, fixed
+    # Each input's batch axis: its dynamic dimension (a state exported as [2, batch, 128]: 1).
+    return [replace(spec, batch_axis=spec.shape.index(None))
+            if spec.shape is not None and None in spec.shape else spec for spec in specs], fixed
+
+
+def _with_specialised(program: Any, module: Any, specs: list[InputSpec],
+                      ) -> tuple[list[InputSpec], dict[str, Any]]:
+    """An exported program's non-tensor arguments (``sr=16000``, ``scale=2.0``): export fixed
+    their values, yet its module still takes them. Added as inputs (kind "value") between the
+    tensor ones, in the forward's order, with the exported values as default constants. Programs
+    whose arguments are nested structures keep their flat tensor inputs."""
+    try:
+        names = list(inspect.signature(module.forward).parameters)
+        flat = list(program.graph_signature.user_inputs)
+        spec = program.call_spec.in_spec
+        def children(tree: Any) -> list[Any]:
+            return list(tree.children()) if callable(getattr(tree, "children", None)) \
+                else list(tree.children_specs)
+
+        leaves = [child for part in children(spec) for child in children(part)]
+    except Exception:  # noqa: BLE001 - older torch: no names, positional tensors as before
+        return specs, {}
+    if len(names) != len(flat) or len(leaves) != len(flat) or any(not c.is_leaf() for c in leaves):
+        return specs, {}
+    if all(isinstance(entry, str) for entry in flat):
+        return specs, {}
+    by_name = {s.name: s for s in specs}
+    out: list[InputSpec] = []
+    constants: dict[str, Any] = {}
+    for name, entry in zip(names, flat):
+        if isinstance(entry, str):
+            if entry not in by_name:
+                return specs, {}
+            out.append(by_name[entry])
+        else:
+            out.append(InputSpec(name, None, None, kind="value"))
+            constants[name] = entry
+    return out, constants
 
 
 def _input_kind(annotation: Any) -> str:
@@ -139,8 +177,10 @@ def from_object(model: Any) -> LoadedModel:
 
         inputs, fixed = _exported_inputs(model)
         check_model_inputs(inputs, fixed, "the exported program")
-        return LoadedModel("torch-export", model.module(), exported=model, inputs=inputs,
-                           fixed_batch=fixed)
+        module = model.module()
+        inputs, constants = _with_specialised(model, module, inputs)
+        return LoadedModel("torch-export", module, exported=model, inputs=inputs,
+                           fixed_batch=fixed, constants=constants)
     if isinstance(model, torch.jit.ScriptModule):
         return LoadedModel("torchscript", model, inputs=_script_inputs(model))
     if isinstance(model, torch.nn.Module):

@@ -305,3 +305,80 @@ def test_onnx_sites_that_never_ran_are_explained(tmp_path: Path) -> None:
     with pytest.raises(NoSitesError, match="1 ReLU-family site.*none observed") as info:
         reludoctor.scan(model, x, device="cpu", constants={"flag": False}, on_warning=lambda m: None)
     assert "never executed" in str(info.value) and "flag <- --const false" in info.value.hint
+
+
+def test_exported_program_and_cli_batch_axis(tmp_path: Path) -> None:
+    """A .pt2 exported with the state's batch on axis 1 binds it there by itself; ``--batch-axis``
+    says the same for an ONNX input whose declared shape does not (its sizes symbolic, none named
+    like the first input's batch)."""
+    from torch.export import Dim
+
+    model = Stateful().eval()
+    x = torch.randn(20, 4)
+    state = torch.randn(2, 20, 3) * 10
+    expected = _dead(model.pre(x, state, 16000).detach())
+    batch = Dim("batch")
+    program = torch.export.export(model, (x[:4].clone(), state[:, :4].clone(), 16000),
+                                  dynamic_shapes=({0: batch}, {1: batch}, None))
+    torch.export.save(program, str(tmp_path / "stateful.pt2"))
+    np.savez(tmp_path / "d.npz", x=x.numpy(), state=state.numpy())
+    from reludoctor.engine import load_model
+
+    loaded = load_model(str(tmp_path / "stateful.pt2"), arch=None, arch_kwargs=None)
+    # sr was fixed by the export: an input still (the program's module takes it), bound to 16000
+    assert [(s.name, s.batch_axis, s.kind) for s in loaded.inputs] == \
+        [("x", 0, "tensor"), ("state", 1, "tensor"), ("sr", 0, "value")]
+    assert loaded.constants == {"sr": 16000}
+    result = _cli(tmp_path / "stateful.pt2", "--data", tmp_path / "d.npz", "--json", "-", "-q",
+                  "--batch-size", 8)
+    assert result.exit_code == 0, result.output
+    assert [s["dead_units"] for s in json.loads(result.stdout)["sites"]] == [expected]
+
+    onnx_model = OnnxStateful().eval()
+    path = tmp_path / "free.onnx"
+    _export_onnx(onnx_model, (torch.randn(2, 4), torch.randn(3, 2, 3), torch.tensor(16000)), path,
+                 ["x", "state", "sr"], {"x": {0: "batch"}, "state": {0: "layers", 1: "n"},
+                                        "y": {0: "batch"}})
+    with torch.no_grad():
+        expected = _dead(onnx_model.pre(x, state, torch.tensor(16000)))
+    args = [path, "--data", tmp_path / "d.npz", "--const", "sr=16000", "--json", "-", "-q"]
+    refused = _cli(*args)  # axis 0 (the first dynamic size) holds 2, not 20 samples
+    assert refused.exit_code == 2 and "different sample counts" in refused.output
+    result = _cli(*args, "--batch-axis", "state=1")
+    assert result.exit_code == 0, result.output
+    assert [s["dead_units"] for s in json.loads(result.stdout)["sites"]] == [expected]
+
+
+@pytest.mark.parametrize("declared, fixed, axes", [
+    # silero_vad_16k_op15: the batch named like the first input's, wherever it lies
+    ({"input": ["batch", "sequence"], "state": [2, "batch", 128], "sr": []}, None, [0, 1, None]),
+    # unnamed sizes: the first dynamic one
+    ({"input": ["", ""], "state": [2, "", 128], "sr": []}, None, [0, 1, None]),
+    # a fixed-shape input next to dynamic ones is fed whole (silero_vad_16k_sequence's h, c)
+    ({"input": ["n", 576], "h": [1, 1, 128]}, None, [0, None]),
+    # all fixed: the first input's first size is the batch, found in the others (openvino)
+    ({"input": [1, 576], "state": [2, 1, 128]}, 1, [0, 1]),
+    # a fixed batch with symbolic features: the batch stays on axis 0
+    ({"x": [4096, "F"]}, 4096, [0]),
+    # sizes written as numbers <= 0 are dynamic
+    ({"x": [-1, 8], "m": [0, 8]}, None, [0, 0]),
+])
+def test_onnx_declared_batch_axes(declared: dict, fixed, axes: list) -> None:
+    from onnx import TensorProto, helper
+
+    from reludoctor.loaders.onnx import _inputs
+
+    def dim_list(dims):
+        return [d if isinstance(d, int) else (d or None) for d in dims]
+
+    inputs = []
+    for name, dims in declared.items():
+        info = helper.make_tensor_value_info(name, TensorProto.FLOAT, dim_list(dims))
+        for dim, wanted in zip(info.type.tensor_type.shape.dim, dims):
+            if isinstance(wanted, int) and wanted <= 0:
+                dim.dim_value = wanted
+        inputs.append(info)
+    graph = helper.make_graph([], "g", inputs, [])
+    specs, found = _inputs(helper.make_model(graph))
+    assert found == fixed
+    assert [spec.batch_axis for spec in specs] == axes
