@@ -46,6 +46,17 @@ def _warner(err, enabled: bool = True):  # noqa: ANN001, ANN202
     return warn
 
 
+def _print_ignored(err, ignored) -> None:  # noqa: ANN001 - scan --verbose
+    """One stderr line per ReLU-like op the scan passed over (report.ignored_ops)."""
+    from rich.markup import escape
+
+    from reludoctor.errors import printable
+
+    for op in ignored:
+        err.print(f"[dim]not a site:[/] {escape(printable(f'{op.name} ({op.op}): {op.reason}'))}",
+                  highlight=False)
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"reludoctor {__version__}")
@@ -265,6 +276,8 @@ def scan(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (auto: CUDA when available)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", metavar="fp32|bf16|fp16", help="PyTorch models: run the forward pass under autocast in bf16 or fp16 (statistics still accumulate in float32/64; dead-unit decisions may differ from fp32 at the margin)."),
     input_shape: Optional[str] = typer.Option(None, "--input-shape", help="Sample shape without batch for synthetic data, e.g. 3,224,224."),
+    constants: Optional[list[str]] = typer.Option(None, "--const", metavar="NAME=VALUE", help="A model input that is not per-sample, the same for every batch: VALUE is JSON (16000, 0.5, true, \"text\", [1, 2]), e.g. --const sr=16000. Repeatable."),
+    batch_axes: Optional[list[str]] = typer.Option(None, "--batch-axis", metavar="NAME=AXIS", help="The axis of input NAME that indexes samples, when it is not 0 (a recurrent state [2, N, 128]: --batch-axis state=1; ONNX inputs default to their dynamic dimension). Repeatable."),
     unit_axis: Optional[int] = typer.Option(None, "--unit-axis", help="Axis of the activation that holds units (default: 1 for [N,C,...] and [N,F], last for [N,T,F])."),
     near_dead: float = typer.Option(1e-3, "--near-dead", help="Alive units firing on fewer than this fraction of positions are near-dead."),
     dormant_tau: float = typer.Option(0.025, "--dormant-tau", help="tau of tau-dormant units (Sokar et al. 2023)."),
@@ -282,6 +295,7 @@ def scan(
     gradients: bool = typer.Option(False, "--gradients/--no-gradients", help="Also measure gradient flow per site (a backward pass over the calibration data; ONNX models through onnx2torch)."),
     labels: Optional[str] = typer.Option(None, "--labels", metavar="FILE", help="Class labels (.npy of ints, one per sample) for the gradient pass's cross-entropy; default: the model's own argmax."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print, on stderr, the ReLU-like ops that are not activations (box clipping, clamps of integers) and why."),
     debug: bool = DEBUG_OPTION,
 ) -> None:
     """Scan MODEL for dead ReLU units over calibration data."""
@@ -294,7 +308,8 @@ def _scan(model, data, json_out, markdown_out, junit_out, sarif_out, html_out, s
           top, batch_size, limit, device, input_shape, unit_axis, near_dead, dormant_tau, fail_over,
           fail_on, fail_over_site, baseline, config, arch, arch_kwargs, method, trust_model,
           unsafe_pickle, gradients, labels, quiet, debug, sample=None, seed=0, resize=None,
-          center_crop=None, normalize=None, dtype=None, imports=None) -> int:
+          center_crop=None, normalize=None, dtype=None, imports=None, constants=None,
+          batch_axes=None, verbose=False) -> int:
     from reludoctor.baseline import load_report
     from reludoctor.distributed import is_writer
     from reludoctor.engine import scan as run_scan
@@ -334,12 +349,15 @@ def _scan(model, data, json_out, markdown_out, junit_out, sarif_out, html_out, s
             trust_model=_trust(trust_model, unsafe_pickle, warn), progress=progress, on_warning=warn,
             gradients=gradients, labels=labels,
             sample=sample, seed=seed, resize=resize, center_crop=center_crop, normalize=normalize,
-            dtype=dtype, imports=tuple(imports or ()),
+            dtype=dtype, imports=tuple(imports or ()), constants=list(constants or ()),
+            batch_axes=list(batch_axes or ()),
         )
     finally:
         if progress_bar is not None:
             progress_bar.stop()
 
+    if verbose and writer:
+        _print_ignored(err, report.ignored_ops)
     report = _judge(report, settings, baseline_report, warn)
     if not writer:  # rank 0 writes, and alone carries a failed gate's exit code: torchrun stops
         return EXIT_OK  # the other ranks when one fails, and must not stop rank 0 mid-write

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from reludoctor import __version__, distributed
+from reludoctor.binding import parse_constants
 from reludoctor.data import Calibration, load_calibration
 from reludoctor.errors import NoSitesError, UsageError
 from reludoctor.loaders.model import LoadedModel
@@ -78,8 +79,11 @@ def _export(module: Any, calibration: Calibration, device: Any) -> Any:
     if example[0].shape[0] < 2:  # a batch of 1 would be specialised as a constant
         example = tuple(torch.cat([t, t]) for t in example)
     batch = Dim("batch")
+    binding = calibration.binding  # positional/keyword arguments, constants, batch axes
+    args, kwargs = binding.arguments(example, device)
     with _quiet_export():
-        return torch.export.export(module, example, dynamic_shapes=tuple({0: batch} for _ in example),
+        return torch.export.export(module, tuple(args), kwargs=kwargs or None,
+                                   dynamic_shapes=binding.dynamic_shapes(args, kwargs, batch),
                                    strict=False)
 
 
@@ -156,6 +160,8 @@ def scan(
     center_crop: int | None = None,
     normalize: str | None = None,
     imports: Any = (),
+    constants: Any = None,
+    batch_axes: Any = None,
 ) -> Report:
     """Observe every ReLU-family call site of ``model`` over ``data`` and return a Report.
 
@@ -186,6 +192,12 @@ def scan(
     given; labels follow the samples. ``data`` may be a folder of PNG/JPEG images:
     ``resize`` (shorter side), ``center_crop`` and ``normalize`` ("imagenet" or "none"; default
     imagenet for RGB inputs, none for 1-channel ones) preprocess them like torchvision.
+
+    Data binds to the model's inputs by name (``.npz`` keys, dict keys) or, unnamed, to its
+    required inputs in order; inputs with a default that the data does not give stay at their
+    default. ``constants`` ({"sr": 16000}, or ``["sr=16000"]`` as ``--const`` writes them): values
+    for inputs that are not per-sample. ``batch_axes`` ({"state": 1}): the axis of an input's
+    samples when it is not 0 (ONNX inputs: where the declared shape has its dynamic dimension).
     """
     if batch_size is not None and batch_size < 1:
         raise UsageError(f"--batch-size {batch_size} must be at least 1")
@@ -218,7 +230,8 @@ def scan(
     refuse_without_candidates(loaded)  # a known graph without any ReLU-family op: before the data
     calibration = load_calibration(data, loaded.inputs, limit=limit, input_shape=input_shape,
                                    seed=seed, sample=sample, resize=resize, center_crop=center_crop,
-                                   normalize=normalize)
+                                   normalize=normalize, batch_axes=batch_axes,
+                                   constants={**loaded.constants, **parse_constants(constants)})
     for note in calibration.notes:
         warn(note)
     if labels is not None and calibration.sample_indices is not None:
@@ -265,9 +278,17 @@ def scan(
             name=spec.name, op=spec.op, module=spec.module, unit_axis=spec.unit_axis,
             shape=observer.shape or (), lower=spec.lower, upper=spec.upper,
             counts=observer.state(), near_dead=near_dead, dormant_tau=dormant_tau,
+            unit_axis_reason=spec.unit_axis_reason or None,
         ))
     for site in unobserved:
         warn(f"site {site.name} ({site.op}) was not observed: {site.reason}")
+    if not stats and unobserved:  # sites exist, none ran: say why
+        reasons = sorted({site.reason for site in unobserved})
+        raise NoSitesError(f"{loaded.path or 'model'}: {len(unobserved)} ReLU-family site(s) found, "
+                           f"none observed on the calibration data ({'; '.join(reasons)[:300]})",
+                           "check that the data reaches them: the inputs bound "
+                           f"({calibration.binding.describe()}), their shapes and any branch "
+                           "(If) the data decides")
     if not stats:
         raise NoSitesError(f"{loaded.path or 'model'}: no ReLU-family activation ran",
                            "reludoctor observes relu, relu6, hardtanh and clamp(min=0)")
@@ -289,6 +310,7 @@ def scan(
                           model_format=loaded.format),
         warnings=tuple(notes),
         gradients=gradient_info,
+        ignored_ops=tuple(kept.get("ignored_ops", ())),
     )
 
 
@@ -344,14 +366,16 @@ def _observe(loaded: LoadedModel, calibration: Calibration, method: str, device:
 
     Returns (method, [(SiteSpec, observer)], samples, sites that could not be observed).
     Observers expose ``observed``, ``shape`` and ``state() -> UnitCounts``. ``keep`` receives
-    the export path's ``program`` and instrumented ``graph_module`` (for evidence and gradients).
+    the export path's ``program`` and instrumented ``graph_module`` (for evidence and gradients),
+    and ``ignored_ops``: the ReLU-like ops that are not activations (``report.IgnoredOp``).
     """
+    ignored: list = keep.setdefault("ignored_ops", []) if keep is not None else []
     if loaded.format == "onnx":
         from reludoctor.instrument.onnx_graph import observe_onnx
 
         sites, samples, unobserved = observe_onnx(
             loaded, calibration, device=device, batch_size=batch_size, unit_axis=unit_axis,
-            progress=progress, warn=warn)
+            progress=progress, warn=warn, ignored=ignored)
         return "onnxruntime", sites, samples, unobserved
 
     from reludoctor.instrument.torch_dispatch import DispatchInstrument
@@ -388,7 +412,7 @@ def _observe(loaded: LoadedModel, calibration: Calibration, method: str, device:
             if gate_count := gates.count_graph(graph_module):  # as the ONNX path says it
                 warn(gates.message(gate_count))
             graph_module.to(device)
-            sites = instrument_graph_module(graph_module, context, unit_axis)
+            sites = instrument_graph_module(graph_module, context, unit_axis, ignored=ignored)
             keep["graph_module"] = graph_module
             samples = run(graph_module, calibration, batch_size=batch_size, device=device,
                           batch=context, fixed_batch=loaded.fixed_batch, progress=progress,
@@ -410,4 +434,5 @@ def _observe(loaded: LoadedModel, calibration: Calibration, method: str, device:
             from reludoctor.instrument.torchscript_names import static_call_sites
 
             static = static_call_sites(module)
+        ignored.extend(instrument.ignored_ops())
         return "dispatch", instrument.sites(static), samples, []
