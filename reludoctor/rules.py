@@ -1,7 +1,7 @@
 """Findings from a scan: a small rules engine with stable rule ids.
 
 Each rule is one small function, registered in ``RULES`` with its id, default severity, scope
-and the basis of its suggestion (see the README's Findings section). Site rules take
+and the basis of its suggestion (see docs/findings.md). Site rules take
 ``(site, context)``, scan rules ``(context)``; both yield ``Finding``s with a message, the
 evidence (numbers), and a concrete suggestion naming the site and the code to change.
 
@@ -27,7 +27,7 @@ from reludoctor.report import CalibrationInfo, Finding, GradientInfo, SiteStats
 LEAKY = "nn.LeakyReLU(0.01)"
 RELU_LIKE_OPS = ("relu", "relu6", "clamp", "threshold", "clip")  # output 0 below the bound
 
-# Thresholds (kept here so tests and the README can name them).
+# Thresholds (kept here so tests and docs/findings.md can name them).
 BIAS_REACH = 0.1  # "negligible": below 10% of the layer's typical reach (or of the unit's shift)
 BIAS_OUTLIER_MAD = 3.0  # a bias is an outlier this many MADs below the median of the layer's shifts
 WEAK_SIGNAL = 0.1  # a weak input: signal scale below 10% of the alive units' median
@@ -67,7 +67,7 @@ class Rule:
     severity: str  # info | warning | error
     scope: str  # site | scan
     title: str
-    basis: str  # what the suggestion rests on (README: Findings)
+    basis: str  # what the suggestion rests on (docs/findings.md)
     check: Callable[..., Iterable[Finding]]
 
 
