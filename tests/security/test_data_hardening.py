@@ -16,12 +16,9 @@ import io
 import json
 import os
 import struct
-import subprocess
-import sys
-import threading
 import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -30,72 +27,17 @@ from reludoctor import safeio
 from reludoctor.data import load_calibration
 from reludoctor.errors import DataError
 from reludoctor.loaders.model import InputSpec
+from tests.security.kit import (CALIB, CALIB_FLAT, CNN_ONNX, CNN_TS, MLP_ONNX, MLP_PT2, ROOT, cli,
+                                 one_line_error, returns, run_cli)
 
-ROOT = Path(__file__).resolve().parents[2]
-CNN_ONNX = ROOT / "fixtures" / "models" / "digits_cnn.onnx"
-MLP_ONNX = ROOT / "fixtures" / "models" / "digits_mlp_dead.onnx"
-MLP_PT2 = ROOT / "fixtures" / "models" / "digits_mlp_dead.pt2"
-CNN_TS = ROOT / "fixtures" / "models" / "digits_cnn.ts"
-CALIB = ROOT / "fixtures" / "data" / "digits_calib.npy"
-CALIB_FLAT = ROOT / "fixtures" / "data" / "digits_calib_flat.npy"
 EXPECTED = json.loads((ROOT / "fixtures" / "expected.json").read_text())
-TERMINAL_ENV = ("TTY_COMPATIBLE", "TTY_INTERACTIVE", "FORCE_COLOR", "NO_COLOR")
 GRAY = InputSpec("input", (None, 1, 8, 8), "float32")
 FLAT = InputSpec("input", (None, 64), "float32")
-HANG_GUARD_S = 120  # generous: a FIFO that blocks never returns at all; this only ends the test
 
 needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
 
 
 # ----------------------------------------------------------------------------------- helpers
-
-
-def cli(*args: object):
-    from typer.testing import CliRunner
-
-    from reludoctor.cli import app
-
-    env = {name: None for name in TERMINAL_ENV}
-    env["COLUMNS"] = "120"
-    return CliRunner().invoke(app, [str(a) for a in args], env=env)
-
-
-def run_cli(*args: object) -> subprocess.CompletedProcess:
-    """A real process (a FIFO that blocks would block the test process itself in-process)."""
-    env = {k: v for k, v in os.environ.items() if k not in TERMINAL_ENV}
-    env["COLUMNS"] = "120"
-    return subprocess.run([sys.executable, "-m", "reludoctor", *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=HANG_GUARD_S, cwd=ROOT)
-
-
-def one_line_error(code: int, stderr: str, *mentions: str) -> str:
-    assert code == 2, (code, stderr)
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("reludoctor: error:"), stderr
-    assert "Traceback" not in stderr
-    for text in mentions:
-        assert text in lines[0], (text, lines[0])
-    return lines[0]
-
-
-def returns(call: Callable[[], Any]) -> Any:
-    """``call()`` in a daemon thread: its result or exception, failing the test if it blocks."""
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = call()
-        except BaseException as exc:  # noqa: BLE001 - handed back to the test
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(HANG_GUARD_S)
-    assert not thread.is_alive(), "the call blocked"
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
 
 def read_all(calibration: Any, batch_size: int = 64) -> list[np.ndarray]:
     return [np.concatenate(parts) for parts in zip(*calibration.batches(batch_size))]

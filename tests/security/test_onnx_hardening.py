@@ -12,11 +12,8 @@ Models are built in code with ``onnx.helper``.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import onnx
@@ -29,63 +26,12 @@ from reludoctor.data import (MAX_FIXED_BATCH, MAX_PADDED_BATCH_BYTES, MAX_SAMPLE
 from reludoctor.errors import DataError, ModelLoadError
 from reludoctor.loaders import onnx as onnx_loader
 from reludoctor.loaders.detect import detect_format
+from tests.security.kit import CALIB, CNN_ONNX, cli, one_line_error, returns, run_cli
 
-ROOT = Path(__file__).resolve().parents[2]
-CNN_ONNX = ROOT / "fixtures" / "models" / "digits_cnn.onnx"
-CALIB = ROOT / "fixtures" / "data" / "digits_calib.npy"
-TERMINAL_ENV = ("TTY_COMPATIBLE", "TTY_INTERACTIVE", "FORCE_COLOR", "NO_COLOR")
-HANG_GUARD_S = 120  # generous: a FIFO that blocks never returns at all; this only ends the test
 FLOAT = TensorProto.FLOAT
 
 
 # ----------------------------------------------------------------------------------- helpers
-
-
-def cli(*args: object):
-    from typer.testing import CliRunner
-
-    from reludoctor.cli import app
-
-    env = {name: None for name in TERMINAL_ENV}
-    env["COLUMNS"] = "120"
-    return CliRunner().invoke(app, [str(a) for a in args], env=env)
-
-
-def run_cli(*args: object) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in TERMINAL_ENV}
-    env["COLUMNS"] = "120"
-    return subprocess.run([sys.executable, "-m", "reludoctor", *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=HANG_GUARD_S, cwd=ROOT)
-
-
-def one_line_error(code: int, stderr: str, *mentions: str) -> str:
-    assert code == 2, (code, stderr)
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("reludoctor: error:"), stderr
-    assert "Traceback" not in stderr
-    for text in mentions:
-        assert text in lines[0], (text, lines[0])
-    return lines[0]
-
-
-def returns(call: Callable[[], Any]) -> Any:
-    """``call()`` in a daemon thread: its result or exception, failing the test if it blocks."""
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = call()
-        except BaseException as exc:  # noqa: BLE001 - handed back to the test
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(HANG_GUARD_S)
-    assert not thread.is_alive(), "the call blocked"
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
 
 def relu_model(shape: list, path: Path) -> Path:
     """x -> Relu -> y, x declared with ``shape`` (ints, or strings for symbolic dimensions)."""

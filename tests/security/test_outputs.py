@@ -20,32 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-CNN_ONNX = ROOT / "fixtures" / "models" / "digits_cnn.onnx"
-MLP_PT2 = ROOT / "fixtures" / "models" / "digits_mlp_dead.pt2"
-CALIB = ROOT / "fixtures" / "data" / "digits_calib.npy"
-CALIB_FLAT = ROOT / "fixtures" / "data" / "digits_calib_flat.npy"
-TERMINAL_ENV = ("TTY_COMPATIBLE", "TTY_INTERACTIVE", "FORCE_COLOR", "NO_COLOR")
-
-
-def cli(*args: object):
-    from typer.testing import CliRunner
-
-    from reludoctor.cli import app
-
-    env = {name: None for name in TERMINAL_ENV}
-    env["COLUMNS"] = "120"
-    return CliRunner().invoke(app, [str(a) for a in args], env=env)
-
-
-def one_line_error(result, *mentions: str) -> str:  # noqa: ANN001
-    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("reludoctor: error:"), result.stderr
-    assert "Traceback" not in result.stderr
-    for text in mentions:
-        assert text in lines[0], (text, lines[0])
-    return lines[0]
+from tests.security.kit import CALIB, CALIB_FLAT, CNN_ONNX, MLP_PT2, cli
+from tests.security.kit import refused as one_line_error
 
 
 def digest(path: Path) -> str:

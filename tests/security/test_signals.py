@@ -22,12 +22,7 @@ import pytest
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
-ROOT = Path(__file__).resolve().parents[2]
-CNN_ONNX = ROOT / "fixtures" / "models" / "digits_cnn.onnx"
-MLP_PT2 = ROOT / "fixtures" / "models" / "digits_mlp_dead.pt2"
-CALIB = ROOT / "fixtures" / "data" / "digits_calib.npy"
-CALIB_FLAT = ROOT / "fixtures" / "data" / "digits_calib_flat.npy"
-TERMINAL_ENV = ("TTY_COMPATIBLE", "TTY_INTERACTIVE", "FORCE_COLOR", "NO_COLOR")
+from tests.security.kit import CALIB, CALIB_FLAT, CNN_ONNX, MLP_PT2, ROOT, TERMINAL_ENV
 
 DRIVER = r'''
 import os
