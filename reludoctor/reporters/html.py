@@ -199,7 +199,10 @@ def _cards(report: Report) -> list[str]:
         _card("dormant", esc(human(s.dormant_units)), f"tau {esc(f'{report.thresholds.dormant_tau:g}')}, includes dead"),
         _card("saturated", esc(human(s.saturated_units)), "bounded activations"),
         _card("confidence", esc(f"{s.firing_rate_bound_95:.2%}"),
-              f"0 firings in {esc(human(report.calibration.samples))} samples: rate below this (95%)"),
+              f"0 firings in {esc(human(report.calibration.samples))} samples: rate below this (95%)")
+        if s.firing_rate_bound_95 < 1 else  # 1-3 samples bound nothing: no 300% card
+        _card("confidence", "none", f"{esc(human(report.calibration.samples))} sample(s): too few to "
+              "bound a dead unit's firing rate"),
     ]
     if report.baseline is not None:
         b = report.baseline

@@ -69,3 +69,15 @@ def test_long_names_at_80_columns_stay_distinct_and_keep_their_end():
         assert full.startswith(head) and full.endswith(tail)
         index = full.split(".")[4]  # the layer number, whole: "10", never just its "0"
         assert tail.startswith(f"{index}.") or f".{index}." in tail, (full, short)
+
+
+def test_html_confidence_card_never_claims_a_bound_of_100_percent_or_more():
+    from reludoctor.reporters.html import render as render_html
+
+    base = make_report((make_site("stem.relu", 8, dead=(1,)),))
+    for samples in (1, 3):
+        card = re.sub(r"<[^>]+>", " ", render_html(_with_samples(base, samples), RenderOptions()))
+        card = card[card.index("confidence"):][:200]
+        assert f"{300 / samples:.2f}%" not in card and "too few" in card, card
+    card = re.sub(r"<[^>]+>", " ", render_html(_with_samples(base, 4), RenderOptions()))
+    assert "75.00%" in card[card.index("confidence"):][:200]
