@@ -81,14 +81,14 @@ def _export(module: Any, calibration: Calibration, device: Any) -> Any:
     batch = Dim("batch")
     binding = calibration.binding  # positional/keyword arguments, constants, batch axes
     args, kwargs = binding.arguments(example, device)
-    with _quiet_export():
+    with quiet_export():
         return torch.export.export(module, tuple(args), kwargs=kwargs or None,
                                    dynamic_shapes=binding.dynamic_shapes(args, kwargs, batch),
                                    strict=False)
 
 
 @contextlib.contextmanager
-def _quiet_export() -> Iterator[None]:
+def quiet_export() -> Iterator[None]:
     """Keep torch quiet while it tries to export: a failed capture prints its partial graph to
     stderr (1,700 lines for a large model) and logs warnings through torch's own handlers. The
     scan says what matters in one warning (the fallback to TorchDispatchMode)."""

@@ -60,8 +60,11 @@ def export_program(module: Any, example: tuple, dynamic_batch: bool) -> Any:
 
     if dynamic_batch and example[0].shape[0] < 2:  # a batch of 1 would be specialised
         example = tuple(torch.cat([t, t]) for t in example)
+    from reludoctor.engine import quiet_export
+
     shapes = tuple({0: Dim("batch")} for _ in example) if dynamic_batch else None
-    return torch.export.export(module, example, dynamic_shapes=shapes, strict=False)
+    with quiet_export():  # a failed capture's graph dump is not the user's to read
+        return torch.export.export(module, example, dynamic_shapes=shapes, strict=False)
 
 
 def _container_ok(container: Any, own: set[str]) -> bool:
