@@ -29,17 +29,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from reludoctor.errors import ReludoctorError
+from reludoctor.errors import ConfigError  # noqa: F401 - re-exported
 
 CONFIG_FILE = "reludoctor.toml"
 PYPROJECT = "pyproject.toml"
 SEVERITIES = ("info", "warning", "error")
 RULE_ID = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 KEYS = ("baseline", "fail-on", "fail-over", "sites", "tolerance", "top")
-
-
-class ConfigError(ReludoctorError):
-    """A settings file that cannot be used (exit 2)."""
 
 
 @dataclass(frozen=True)

@@ -29,15 +29,11 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from reludoctor.errors import ReludoctorError, UsageError
+from reludoctor.errors import DistributedError, ReludoctorError, UsageError  # noqa: F401 - re-exported
 from reludoctor.observers import HIST_EDGES, UnitCounts
 
 BINS = len(HIST_EDGES) + 1
 OPT_OUT = "RELUDOCTOR_DISTRIBUTED"  # =0: scan alone, even under torchrun or in a process group
-
-
-class DistributedError(ReludoctorError):
-    """Another rank of a multi-process scan failed (exit code: that rank's)."""
 
 
 def env_world_size() -> int:

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator
 from reludoctor import __version__, distributed
 from reludoctor.binding import parse_constants
 from reludoctor.data import Calibration, load_calibration
-from reludoctor.errors import NoSitesError, UsageError
+from reludoctor.errors import NoSitesError, ReludoctorWarning, UsageError  # noqa: F401 - re-exported
 from reludoctor.loaders.model import LoadedModel
 from reludoctor.observers import BatchContext
 from reludoctor.report import CalibrationInfo, ModelInfo, Report, Thresholds, UnobservedSite
@@ -21,10 +21,6 @@ from reludoctor.stats import site_stats, summarise
 
 METHODS = ("auto", "export", "dispatch")
 DEFAULT_BATCH_SIZE = 32
-
-
-class ReludoctorWarning(UserWarning):
-    """Something the user should know about a scan that still completed."""
 
 
 def trusted(trust_model: bool, unsafe_pickle: bool | None) -> bool:

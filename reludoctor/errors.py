@@ -78,3 +78,34 @@ class Interrupted(KeyboardInterrupt):
 
 class ObserverFailure(Exception):
     """An observer (our code) failed inside the model's forward: an internal error (exit 3)."""
+
+
+class ConfigError(ReludoctorError):
+    """A settings file that cannot be used (exit 2)."""
+
+
+class ReportFormatError(ReludoctorError):
+    """A saved report that cannot be read back (exit 2)."""
+
+
+class MergeError(ReludoctorError):
+    """Reports that cannot be merged into one (exit 2)."""
+
+
+class MissingDependencyError(ReludoctorError):
+    """An optional package a strategy needs is not installed."""
+
+
+class DistributedError(ReludoctorError):
+    """Another rank of a multi-process scan failed (exit code: that rank's)."""
+
+
+class FixVerificationError(ReludoctorError):
+    """The fixed model does not reproduce the original where the strategy promises it: the
+    tool's promise broke, not the input (exit 3)."""
+
+    exit_code = 3
+
+
+class ReludoctorWarning(UserWarning):
+    """Something the user should know about a scan that still completed."""

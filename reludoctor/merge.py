@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from reludoctor import __version__
-from reludoctor.errors import ReludoctorError
+from reludoctor.errors import MergeError  # noqa: F401 - re-exported
 from reludoctor.report import (
     NOT_REQUESTED,
     CalibrationInfo,
@@ -36,10 +36,6 @@ from reludoctor.report import (
 
 GRADIENTS_DROPPED = ("not merged: gradient statistics of separate scans cannot be combined exactly "
                      "(re-run scan --gradients over the whole data)")
-
-
-class MergeError(ReludoctorError):
-    """Reports that cannot be merged into one (exit 2)."""
 
 
 @dataclass

@@ -10,7 +10,7 @@ import typing
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from reludoctor.errors import ReludoctorError
+from reludoctor.errors import ReportFormatError  # noqa: F401 - re-exported
 
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = (1,)  # schema_version 1 is the only one so far
@@ -287,10 +287,6 @@ class Report:
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False) + "\n"
-
-
-class ReportFormatError(ReludoctorError):
-    """A saved report that cannot be read back (exit 2)."""
 
 
 def check_schema_version(data: Any) -> None:

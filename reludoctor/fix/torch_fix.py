@@ -21,13 +21,9 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from reludoctor.errors import ReludoctorError, UsageError
+from reludoctor.errors import MissingDependencyError, ReludoctorError, UsageError  # noqa: F401 - re-exported
 from reludoctor.fix.plan import SiteFix, Strategy
 from reludoctor.fix.torch_graph import ActivationNode, activation_nodes, export_program, get_path, lift
-
-
-class MissingDependencyError(ReludoctorError):
-    """An optional package a strategy needs is not installed."""
 
 
 def torch_pruning() -> Any:

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from reludoctor.errors import ReludoctorError
+from reludoctor.errors import FixVerificationError  # noqa: F401 - re-exported
 
 RELATIVE_TOLERANCE = 1e-5
 
@@ -47,12 +47,6 @@ def _flat(outputs: Any) -> list[np.ndarray]:
 
 def flatten_outputs(outputs: Any) -> list[np.ndarray]:
     return _flat(outputs)
-
-
-class FixVerificationError(ReludoctorError):
-    """The fixed model does not reproduce the original where the strategy promises it."""
-
-    exit_code = 3
 
 
 def verified(original: Runner, fixed: Runner, batches: Iterable[tuple], samples: int | None, *,
