@@ -12,6 +12,7 @@ ascending index order, one batch at a time.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import math
@@ -23,7 +24,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, BinaryIO, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -391,17 +392,25 @@ def _wanted_keys(keys: Sequence[str], specs: Sequence[InputSpec]) -> list[str]:
     return matched or (list(keys) if len(keys) == 1 else [])
 
 
-def _load_file(path: Path, specs: Sequence[InputSpec]) -> dict[str, Any] | list[Any]:
-    """Read a data file: a regular file only (a FIFO never blocks, a symlink loop or a device is
-    an input error), noted in the input ledger; every malformed file is a DataError. Returns the
-    arrays by name (.npz, a dict in a .pt; None for those no input needs, left unread) or in order."""
-    with safeio.open_regular(path, "--data", DataError) as handle:
+@contextlib.contextmanager
+def _opened(path: Path, option: str, what: str = "") -> Iterator[tuple[BinaryIO, bytes]]:
+    """An untrusted file: a regular file only, opened once, noted in the input ledger; with its
+    first bytes (the format's magic)."""
+    with safeio.open_regular(path, option, DataError) as handle:
         safeio.note_read(path)
         try:
             head = handle.read(8)
             handle.seek(0)
         except OSError as exc:
-            raise DataError(f"{path}: cannot read ({safeio.os_reason(exc)})") from exc
+            raise DataError(f"{path}: cannot read{what} ({safeio.os_reason(exc)})") from exc
+        yield handle, head
+
+
+def _load_file(path: Path, specs: Sequence[InputSpec]) -> dict[str, Any] | list[Any]:
+    """Read a data file: a regular file only (a FIFO never blocks, a symlink loop or a device is
+    an input error), noted in the input ledger; every malformed file is a DataError. Returns the
+    arrays by name (.npz, a dict in a .pt; None for those no input needs, left unread) or in order."""
+    with _opened(path, "--data") as (handle, head):
         if head.startswith(b"\x93NUMPY"):
             return [_load_npy(handle, path)]
         if head.startswith(b"PK\x03\x04"):
@@ -643,14 +652,8 @@ def read_labels(path: str | Path) -> np.ndarray:
     file only (a FIFO never blocks), noted in the input ledger, its header checked against the
     file's size, no pickles, returned as an in-memory array in native byte order."""
     path = Path(path)
-    with safeio.open_regular(path, "--labels", DataError) as handle:
-        safeio.note_read(path)
-        try:
-            head = handle.read(6)
-            handle.seek(0)
-        except OSError as exc:
-            raise DataError(f"{path}: cannot read labels ({safeio.os_reason(exc)})") from exc
-        if head != b"\x93NUMPY":
+    with _opened(path, "--labels", " labels") as (handle, head):
+        if not head.startswith(b"\x93NUMPY"):
             raise DataError(f"{path}: not a .npy file of labels", "save them with np.save")
         mapped = _load_npy(handle, path)
         return np.array(mapped, dtype=_native(mapped.dtype), copy=True)
