@@ -95,22 +95,16 @@ def _use_pickle_weight(entries, marker):  # noqa: ANN001, ANN202
     return "use_pickle"
 
 
-def _pickled_constant(entries, marker):  # noqa: ANN001, ANN202
-    def edit(config):  # noqa: ANN001, ANN202
-        config["config"]["c"] = {"path_name": "tensor_0", "is_param": False, "use_pickle": True,
-                                 "tensor_meta": None}
-    _edit_json(entries, "data/constants/model_constants_config.json", edit)
-    entries[PREFIX + "data/constants/tensor_0"] = _torch_payload(marker)
-    return "use_pickle"
-
-
-def _opaque_constant(entries, marker):  # noqa: ANN001, ANN202
-    def edit(config):  # noqa: ANN001, ANN202
-        config["config"]["c"] = {"path_name": "opaque_obj_0", "is_param": False, "use_pickle": True,
-                                 "tensor_meta": None}
-    _edit_json(entries, "data/constants/model_constants_config.json", edit)
-    entries[PREFIX + "data/constants/opaque_obj_0"] = pickle.dumps(_Payload(marker))
-    return "opaque_obj_0"
+def _pickled_constant_entry(path_name: str, payload, words: str):  # noqa: ANN001, ANN202
+    """A constant stored as a pickle under ``path_name`` (a tensor constant or an opaque object)."""
+    def craft(entries, marker):  # noqa: ANN001, ANN202
+        def edit(config):  # noqa: ANN001, ANN202
+            config["config"]["c"] = {"path_name": path_name, "is_param": False, "use_pickle": True,
+                                     "tensor_meta": None}
+        _edit_json(entries, "data/constants/model_constants_config.json", edit)
+        entries[PREFIX + "data/constants/" + path_name] = payload(marker)
+        return words
+    return craft
 
 
 def _legacy_weights(entries, marker):  # noqa: ANN001, ANN202
@@ -173,8 +167,9 @@ def _argument_name_code(entries, marker):  # noqa: ANN001, ANN202
 ATTACKS = {
     "sample-inputs-pickle": _sample_inputs_pickle,
     "use-pickle-weight": _use_pickle_weight,
-    "pickled-tensor-constant": _pickled_constant,
-    "opaque-object-constant": _opaque_constant,
+    "pickled-tensor-constant": _pickled_constant_entry("tensor_0", _torch_payload, "use_pickle"),
+    "opaque-object-constant": _pickled_constant_entry(
+        "opaque_obj_0", lambda marker: pickle.dumps(_Payload(marker)), "opaque_obj_0"),
     "legacy-weights-pickle": _legacy_weights,
     "aoti-shared-library": _aoti_library,
     "graph-from-file": _graph_op("torch.ops.aten.from_file.default", []),
