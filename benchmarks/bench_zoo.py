@@ -73,7 +73,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--peers", action="store_true", help="also time hooks + numpy (PyTorch)")
     parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end commands")
     parser.add_argument("--quick", action="store_true",
-                        help=f"smoke run: {','.join(QUICK)}, 2 batches, 2 repeats, 2 threads")
+                        help=f"smoke run: {','.join(QUICK)}, 3 batches, 2 repeats, 2 threads")
     parser.add_argument("--out", default=None, help="write the results as JSON to this path")
     args = parser.parse_args(argv)
     if args.quick:
