@@ -8,11 +8,14 @@ a documented number of bytes.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import errno
 import os
+import secrets
 import stat
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 from reludoctor.errors import ReludoctorError
 
@@ -42,7 +45,7 @@ def check_regular(path: str | Path, what: str, error: type[ReludoctorError] = Re
     except FileNotFoundError:
         raise error(f"{what} {path}: no such file") from None
     except OSError as exc:
-        raise error(f"{what} {path}: {_os_reason(exc)}") from None
+        raise error(f"{what} {path}: {os_reason(exc)}") from None
     if not stat.S_ISREG(mode):
         raise error(f"{what} {path} is {_describe(mode)}", "give a regular file")
     return path
@@ -58,7 +61,7 @@ def open_regular(path: str | Path, what: str, error: type[ReludoctorError] = Rel
     except FileNotFoundError:
         raise error(f"{what} {path}: no such file") from None
     except OSError as exc:
-        raise error(f"{what} {path}: {_os_reason(exc)}") from None
+        raise error(f"{what} {path}: {os_reason(exc)}") from None
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
@@ -85,15 +88,11 @@ def read_limited(path: str | Path, limit: int, what: str,
     return data
 
 
-def _os_reason(exc: OSError) -> str:
+def os_reason(exc: OSError) -> str:
+    """A short reason for an OSError (ELOOP reads as 'a symlink loop')."""
     if exc.errno == errno.ELOOP:
         return "a symlink loop"
     return exc.strerror or str(exc)
-
-
-def os_reason(exc: OSError) -> str:
-    """A short reason for an OSError (ELOOP reads as 'a symlink loop')."""
-    return _os_reason(exc)
 
 
 # --- Outputs never hit inputs -------------------------------------------------------------
@@ -101,10 +100,6 @@ def os_reason(exc: OSError) -> str:
 # per command; library callers may open their own). Every writer asks the ledger before it
 # replaces a file, so no output path can overwrite a model, an external-data file, a data file,
 # an image of a folder, labels, a baseline or a settings file, through any symlink or hard link.
-
-import contextlib  # noqa: E402
-import contextvars  # noqa: E402
-from typing import Iterator  # noqa: E402
 
 _LEDGER: contextvars.ContextVar[InputLedger | None] = contextvars.ContextVar("reludoctor_inputs",
                                                                             default=None)
@@ -176,8 +171,6 @@ def input_at(destination: str | Path) -> str | None:
 # Every temporary file an output writer creates is registered *before* it exists (the name is
 # chosen here, then created with O_EXCL), so that whatever interrupts the write (SIGTERM, SIGINT,
 # a second signal during the writer's own cleanup) the CLI can still remove it on the way out.
-
-import secrets  # noqa: E402
 
 _TEMPS: set[str] = set()
 
@@ -263,4 +256,40 @@ def resolve_path(path: str | Path, what: str, error: type[ReludoctorError] = Rel
     except RuntimeError:
         raise error(f"{what} {path}: a symlink loop", "give a real file path") from None
     except OSError as exc:
-        raise error(f"{what} {path}: {_os_reason(exc)}") from None
+        raise error(f"{what} {path}: {os_reason(exc)}") from None
+
+
+@contextlib.contextmanager
+def atomic_path(out: str | Path, option: str | None = None) -> Iterator[Path]:
+    """A temporary path beside ``out`` (mode as for any new file), renamed onto ``out`` when the
+    block succeeds, removed when it fails or is interrupted: nothing is left behind.
+
+    The one write path of every output (reports, fixed models, summaries). Refused (UsageError,
+    exit 2): ``out`` is a file this run read (the input ledger), checked before the temporary file
+    is made and again right before the rename. A folder that cannot be written (read-only, full)
+    is a ReludoctorError naming it, not an internal error."""
+    out = Path(out)
+    label = f"{option} {out}" if option else str(out)
+    folder = out.parent if str(out.parent) else Path(".")
+    refuse_input(out, option)
+    try:
+        fd, name = create_temp(folder, f".{out.name}.", f".tmp{out.suffix}")
+    except OSError as exc:
+        raise ReludoctorError(f"cannot write {label}: {os_reason(exc)} (folder {folder})",
+                              "choose a folder you can write to") from None
+    temp = Path(name)
+    try:
+        os.close(fd)
+        umask = os.umask(0)  # the temp file is 0600; an output is an ordinary file
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)
+        yield temp
+        refuse_input(out, option)  # the ledger now knows every file the run read
+        try:
+            os.replace(temp, out)
+        except OSError as exc:
+            raise ReludoctorError(f"cannot write {label}: {os_reason(exc)}") from None
+        forget_temp(temp)
+    except BaseException:
+        remove_temp(temp)
+        raise

@@ -3,12 +3,12 @@ suffix) and atomic writes (a temporary file in the same folder, then ``os.replac
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from reludoctor.errors import UsageError
+from reludoctor.safeio import atomic_path  # noqa: F401 - the fix backends' (and reports') one write path
 
 TORCH_PROGRAM = "torch-export"
 TORCH_STATE_DICT = "state-dict"
@@ -67,42 +67,3 @@ def check_destination(out: Path, inputs: Sequence[Path], force: bool, option: st
         raise UsageError(f"{option} {out}: folder {out.parent} does not exist")
     if out.exists() and not force:
         raise UsageError(f"{option} {out} already exists", "pass --force to replace it")
-
-
-@contextlib.contextmanager
-def atomic_path(out: Path, option: str = "-o") -> Iterator[Path]:
-    """A temporary path beside ``out``; renamed onto ``out`` when the block succeeds, removed
-    when it fails or is interrupted (nothing is left behind).
-
-    Refused (UsageError, exit 2): ``out`` is a file this run read (the input ledger of
-    ``reludoctor.safeio``: the model, its external data, data files...), checked before the
-    temporary file is made and again right before the rename; a folder that cannot be written
-    (read-only, full) is a ReludoctorError naming it, not an internal error."""
-    from reludoctor import safeio
-    from reludoctor.errors import ReludoctorError
-
-    out = Path(out)
-    folder = out.parent if str(out.parent) else Path(".")
-    safeio.refuse_input(out, option)
-    try:
-        fd, name = safeio.create_temp(folder, f".{out.name}.", f".tmp{out.suffix}")
-    except OSError as exc:
-        raise ReludoctorError(f"cannot write {option} {out}: {safeio.os_reason(exc)} (folder {folder})",
-                              "choose a folder you can write to") from None
-    temp = Path(name)
-    try:
-        os.close(fd)
-        if hasattr(os, "chmod"):  # the temp file is 0600; a model is an ordinary file
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(temp, 0o666 & ~umask)
-        yield temp
-        safeio.refuse_input(out, option)  # the ledger now knows every file the run read
-        try:
-            os.replace(temp, out)
-        except OSError as exc:
-            raise ReludoctorError(f"cannot write {option} {out}: {safeio.os_reason(exc)}") from None
-        safeio.forget_temp(temp)
-    except BaseException:
-        safeio.remove_temp(temp)
-        raise

@@ -11,7 +11,6 @@ import importlib
 import os
 import sys
 from enum import Enum
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reludoctor.reporters.common import RenderOptions
@@ -58,12 +57,9 @@ def render(fmt: OutputFormat | str, report: Report, options: RenderOptions | Non
 
 
 def emit(text: str, destination: str, option: str | None = None) -> None:
-    """Write to stdout for '-', else atomically (temp file in the same folder, then rename).
-
-    Refused (UsageError, exit 2) when ``destination`` is a file this run read (the input ledger
-    of ``reludoctor.safeio``), checked before the temp file is made and again right before the
-    rename. An OSError (a read-only folder, a full disk) is a ReludoctorError naming ``option``
-    and ``destination``; the temp file is removed on every failure, signals included."""
+    """Write to stdout for '-', else through ``safeio.atomic_path`` (temp file in the same folder,
+    then rename; refused when ``destination`` is a file this run read; an OSError is a
+    ReludoctorError naming ``option`` and ``destination``)."""
     from reludoctor import safeio
     from reludoctor.errors import ReludoctorError
 
@@ -71,28 +67,11 @@ def emit(text: str, destination: str, option: str | None = None) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    label = f"{option} {destination}" if option else str(destination)
-    path = Path(destination)
-    folder = path.parent if str(path.parent) else Path(".")
-    safeio.refuse_input(path, option)
-    try:
-        fd, temp = safeio.create_temp(folder, f".{path.name}.", ".tmp")
-    except OSError as exc:
-        raise ReludoctorError(f"cannot write {label}: {safeio.os_reason(exc)}",
-                              "check the folder exists and is writable") from None
-    try:
+    with safeio.atomic_path(destination, option) as temp:
         try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:  # closes fd
-                if hasattr(os, "fchmod"):  # the temp file is 0600; a report is an ordinary file
-                    umask = os.umask(0)
-                    os.umask(umask)
-                    os.fchmod(handle.fileno(), 0o666 & ~umask)
+            with os.fdopen(os.open(temp, os.O_WRONLY | os.O_TRUNC), "w", encoding="utf-8",
+                           newline="\n") as handle:
                 handle.write(text)
-            safeio.refuse_input(path, option)  # the ledger now knows every file the run read
-            os.replace(temp, path)
         except OSError as exc:
+            label = f"{option} {destination}" if option else destination
             raise ReludoctorError(f"cannot write {label}: {safeio.os_reason(exc)}") from None
-        safeio.forget_temp(temp)
-    except BaseException:
-        safeio.remove_temp(temp)
-        raise
