@@ -429,22 +429,11 @@ def _diff(a, b, tolerance, json_out, config, debug) -> int:  # noqa: ANN001
     from rich.console import Console
 
     from reludoctor.baseline import compare, diff_rows, diff_to_dict, load_report
-    from reludoctor.errors import UsageError
     from reludoctor.reporters import emit, terminal
-
-    from reludoctor import safeio
 
     settings = _settings(config, None, None, None, None, None, tolerance)
     limit = settings.tolerance if settings.tolerance is not None else 0.0
-    if json_out not in (None, "-"):
-        target = safeio.resolve_path(json_out, "--json", UsageError)
-        if target.is_dir():
-            raise UsageError(f"--json {json_out} is a directory", "give a file path")
-        hit = safeio.would_overwrite(json_out, [a, b, settings.source])
-        if hit is not None:
-            raise UsageError(f"--json {json_out} would overwrite an input file ({hit})", "choose another path")
-        if not target.parent.is_dir():
-            raise UsageError(f"--json {json_out}: folder {target.parent} does not exist")
+    _plan_outputs({"json": json_out}, None, [a, b, settings.source])  # the checks scan's outputs get
     before = load_report(a, "report A")
     after = load_report(b, "report B")
     comparison = compare(before, after, a)
@@ -540,12 +529,11 @@ def _fix(model, data, out, prune_dead, leaky, reinit, sites, summary, force, dry
         if dry_run:
             raise UsageError("--dry-run writes nothing", "use --summary - to print the plan as JSON")
         target = Path(summary)
-        for other in (model, data, out):
-            if other and same_file(target, Path(other)):
-                raise UsageError(f"--summary {summary} would overwrite {other}", "choose another path")
+        if out and same_file(target, Path(out)):
+            raise UsageError(f"--summary {summary} would overwrite {out}", "choose another path")
         from reludoctor import safeio
 
-        hit = safeio.would_overwrite(summary, [model, data])  # an image inside a --data folder too
+        hit = safeio.would_overwrite(summary, [model, data])  # links, images inside --data too
         if hit is not None:
             raise UsageError(f"--summary {summary} would overwrite an input file ({hit})", "choose another path")
         check_destination(target, [], force=True, option="--summary")
