@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_peers import _cpu_model  # noqa: E402 - the same machine description
 
 ZOO = ("resnet18", "squeezenet1_1", "mobilenet_v3_small", "shufflenet_v2_x1_0",
        "regnet_x_400mf", "resnet50", "vit_relu")
@@ -85,15 +86,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     if args.batches < 2 or args.repeats < 1 or not args.threads or min(args.threads) < 1:
         parser.error("--batches >= 2, --repeats >= 1, --threads >= 1")
     return args
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def _load() -> float | None:
