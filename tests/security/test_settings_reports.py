@@ -19,10 +19,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-CNN_ONNX = ROOT / "fixtures" / "models" / "digits_cnn.onnx"
-CALIB = ROOT / "fixtures" / "data" / "digits_calib.npy"
-TERMINAL_ENV = ("TTY_COMPATIBLE", "TTY_INTERACTIVE", "FORCE_COLOR", "NO_COLOR")
+from tests.security.kit import CALIB, CNN_ONNX, ROOT, TERMINAL_ENV, cli
+from tests.security.kit import refused as one_line_error
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -52,16 +50,6 @@ def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
-def cli(*args: object):
-    from typer.testing import CliRunner
-
-    from reludoctor.cli import app
-
-    env = {name: None for name in TERMINAL_ENV}
-    env["COLUMNS"] = "120"
-    return CliRunner().invoke(app, [str(a) for a in args], env=env)
-
-
 def run(*args: object, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
     """``python -m reludoctor ARGS`` in a real process (FIFOs and devices: a regression would
     block or grow memory, so it must not run inside the test process)."""
@@ -69,18 +57,6 @@ def run(*args: object, cwd: Path, timeout: float = 120) -> subprocess.CompletedP
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, "-m", "reludoctor", *map(str, args)], capture_output=True,
                           text=True, cwd=cwd, env=env, timeout=timeout)
-
-
-def one_line_error(result, *mentions: str) -> str:  # noqa: ANN001
-    code = getattr(result, "exit_code", None)
-    code = result.returncode if code is None else code
-    assert code == 2, (code, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("reludoctor: error:"), result.stderr
-    assert "Traceback" not in result.stderr
-    for text in mentions:
-        assert text in lines[0], (text, lines[0])
-    return lines[0]
 
 
 def write(path: Path, text: str) -> Path:
