@@ -400,9 +400,10 @@ def _observe(loaded: LoadedModel, calibration: Calibration, method: str, device:
                     warn("torch.export could not capture the model "
                          f"({type(exc).__name__}); observing with TorchDispatchMode instead")
         if graph_module is not None:
-            from reludoctor.instrument.precheck import check_program
+            if loaded.exported is None:  # just exported (a loaded program was checked at load)
+                from reludoctor.instrument.precheck import check_program
 
-            check_program(keep["program"], loaded.path or "model")  # before the calibration pass
+                check_program(keep["program"], loaded.path or "model")  # before the calibration pass
             from reludoctor.instrument import gates
 
             if gate_count := gates.count_graph(graph_module):  # as the ONNX path says it

@@ -73,25 +73,12 @@ def _torch_ops(program: Any) -> tuple[Counter, bool]:
     return smooth, False
 
 
-def _onnx_graphs(model: Any) -> Any:
-    from onnx import AttributeProto
-
-    pending = [model.graph, *model.functions]
-    while pending:
-        graph = pending.pop()
-        yield graph
-        for node in graph.node:
-            for attribute in node.attribute:
-                if attribute.type == AttributeProto.GRAPH:
-                    pending.append(attribute.g)
-                elif attribute.type == AttributeProto.GRAPHS:
-                    pending.extend(attribute.graphs)
-
-
 def _onnx_ops(model: Any) -> tuple[Counter, bool]:
+    from reludoctor.loaders.onnx import bodies
+
     local_functions = {(f.domain, f.name) for f in model.functions}
     smooth: Counter = Counter()
-    for graph in _onnx_graphs(model):
+    for graph in bodies(model):
         products = {frozenset(node.input) for node in graph.node if node.op_type == "Mul"}
         for node in graph.node:
             if node.op_type in ONNX_CANDIDATES:

@@ -34,7 +34,7 @@ def _graphs(graph: Any) -> Iterator[Any]:
                 yield from _graphs(subgraph)
 
 
-def _bodies(model: Any) -> Iterator[Any]:
+def bodies(model: Any) -> Iterator[Any]:
     """The main graph, every local function's body, and every subgraph inside any of them."""
     yield from _graphs(model.graph)
     for function in model.functions:
@@ -45,7 +45,7 @@ def _tensors(model: Any) -> Iterator[Any]:
     """Every TensorProto that can hold data: initializers (dense and sparse) and tensor
     attributes (dense and sparse), in the main graph, in local functions and in every subgraph
     of either (an If branch inside a function body included)."""
-    for body in _bodies(model):
+    for body in bodies(model):
         yield from getattr(body, "initializer", ())  # a FunctionProto has none
         for sparse in getattr(body, "sparse_initializer", ()):
             yield sparse.values
