@@ -191,6 +191,20 @@ def from_object(model: Any) -> LoadedModel:
     )
 
 
+@contextlib.contextmanager
+def _cwd_importable() -> Iterator[None]:
+    """Modules in the current directory importable (--arch, --import), after the installed
+    packages: a torchvision/ folder here never shadows the real torchvision."""
+    added = "" not in sys.path and str(Path.cwd()) not in sys.path
+    if added:
+        sys.path.append(str(Path.cwd()))
+    try:
+        yield
+    finally:
+        if added:
+            sys.path.remove(str(Path.cwd()))
+
+
 def _build_arch(arch: str, arch_kwargs: str | dict | None) -> Any:
     import torch
 
@@ -208,19 +222,14 @@ def _build_arch(arch: str, arch_kwargs: str | dict | None) -> Any:
         kwargs = arch_kwargs or {}
     if not isinstance(kwargs, dict):
         raise UsageError("--arch-kwargs must be a JSON object", 'e.g. {"num_classes": 10}')
-    added = "" not in sys.path and str(Path.cwd()) not in sys.path
-    if added:  # modules in the current directory are importable, but never shadow installed ones
-        sys.path.append(str(Path.cwd()))
     try:
-        factory: Any = importlib.import_module(module_name)
+        with _cwd_importable():
+            factory: Any = importlib.import_module(module_name)
         for part in attribute.split("."):
             factory = getattr(factory, part)
     except (ImportError, AttributeError) as exc:
         raise ModelLoadError(f"--arch {arch}: cannot import ({exc})",
                              "check the module path and that the package is installed") from exc
-    finally:
-        if added:
-            sys.path.remove(str(Path.cwd()))
     if not callable(factory):
         raise UsageError(f"--arch {arch} is a {type(factory).__name__}, not a callable factory")
     try:
@@ -245,20 +254,15 @@ def import_modules(names: Any) -> list[str]:
             continue
         if not all(part.isidentifier() for part in name.split(".")):
             raise UsageError(f"--import {name!r} is not a module name", "e.g. --import torchvision")
-        added = "" not in sys.path and str(Path.cwd()) not in sys.path
-        if added:  # as for --arch: modules in the current directory, never shadowing installed ones
-            sys.path.append(str(Path.cwd()))
         try:
-            importlib.import_module(name)
+            with _cwd_importable():
+                importlib.import_module(name)
         except ImportError as exc:
             raise UsageError(f"--import {name}: cannot import ({exc})",
                              "check the module name and that its package is installed") from exc
         except Exception as exc:  # the user's module failed while importing: bad input, not our crash
             raise ModelLoadError(f"--import {name}: importing it raised {type(exc).__name__}: "
                                  f"{_first_line(exc)}") from exc
-        finally:
-            if added:
-                sys.path.remove(str(Path.cwd()))
         done.append(name)
     return done
 
