@@ -69,9 +69,9 @@ def main() -> None:
     import onnxruntime
 
     import reludoctor
-    from reludoctor.data import load_calibration
-    from reludoctor.instrument.onnx_graph import OnnxInstrument
-    from reludoctor.loaders.onnx import load_path
+    from reludoctor.data.calibration import load_calibration
+    from reludoctor.backends.onnx.graph import OnnxInstrument
+    from reludoctor.backends.onnx.loader import load_path
 
     batch = args.batch_size
     ks = list(range(1, args.batches + 1))

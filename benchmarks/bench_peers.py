@@ -10,7 +10,7 @@ PyTorch (torchvision model, random init, eval mode):
 
   plain eager        the nn.Module under torch.inference_mode (and autocast with --dtype)
   reludoctor scan    the torch.export graph with reludoctor's observers, driven by
-                     reludoctor.runner.run from a numpy array (its per-batch copy, finiteness
+                     reludoctor.core.batches.run from a numpy array (its per-batch copy, finiteness
                      check, prefetch thread and device copy included)
   hooks + numpy      forward hooks on every ReLU module copying the output to the host
                      (.detach().cpu().numpy()) and reducing per unit with numpy (max, positive
@@ -183,12 +183,12 @@ def _torch_section(args: argparse.Namespace, clock: Clock, data: Any) -> list[tu
     import torch
     import torchvision
 
-    from reludoctor.data import load_calibration
+    from reludoctor.data.calibration import load_calibration
     from reludoctor.engine import _export
-    from reludoctor.instrument.torch_export import instrument_graph_module
-    from reludoctor.loaders.torch import from_object
-    from reludoctor.observers import BatchContext
-    from reludoctor.runner import resolve_dtype, run
+    from reludoctor.backends.torch.export import instrument_graph_module
+    from reludoctor.backends.torch.loader import from_object
+    from reludoctor.core.observers import BatchContext
+    from reludoctor.core.batches import resolve_dtype, run
 
     device = torch.device(args.device)
     bs, n = args.batch_size, args.batches
@@ -298,9 +298,9 @@ def _onnx_section(args: argparse.Namespace, clock: Clock, data: Any) -> list[tup
     import torch
     import torchvision
 
-    from reludoctor.data import load_calibration
-    from reludoctor.instrument.onnx_graph import OnnxInstrument, cuda_provider_available
-    from reludoctor.loaders.onnx import load_path
+    from reludoctor.data.calibration import load_calibration
+    from reludoctor.backends.onnx.graph import OnnxInstrument, cuda_provider_available
+    from reludoctor.backends.onnx.loader import load_path
 
     device = torch.device(args.device)
     if device.type == "cuda" and not cuda_provider_available():

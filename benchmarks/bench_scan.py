@@ -8,7 +8,7 @@ Three variants run the same batches:
   plain eager      the nn.Module under torch.inference_mode
   plain exported   torch.export(...).module() without observers (the graph a scan runs)
   scan             that graph with reludoctor's observers inserted (instrument_graph_module),
-                   driven by reludoctor.runner.run over an in-memory Calibration: the scan's
+                   driven by reludoctor.core.batches.run over an in-memory Calibration: the scan's
                    own batch loop, per-batch copy and finiteness check included
 
 They alternate batch by batch (the runner's progress callback runs the two plain models on
@@ -140,12 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     import torchvision
 
     import reludoctor
-    from reludoctor.data import load_calibration
+    from reludoctor.data.calibration import load_calibration
     from reludoctor.engine import _export
-    from reludoctor.instrument.torch_export import instrument_graph_module
-    from reludoctor.loaders.torch import from_object
-    from reludoctor.observers import BatchContext, TorchUnitObserver
-    from reludoctor.runner import run
+    from reludoctor.backends.torch.export import instrument_graph_module
+    from reludoctor.backends.torch.loader import from_object
+    from reludoctor.core.observers import BatchContext, TorchUnitObserver
+    from reludoctor.core.batches import run
 
     if args.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: CUDA is not available here; nothing timed")
@@ -326,7 +326,7 @@ def _site_breakdown(sites: list, graph_module: Any, batch: Any, clock: Clock,
     """
     import torch
 
-    from reludoctor.observers import BatchContext, TorchUnitObserver
+    from reludoctor.core.observers import BatchContext, TorchUnitObserver
 
     captured: list[tuple[Any, Any]] = []
     for spec, observer in sites:

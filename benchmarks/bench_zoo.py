@@ -13,7 +13,7 @@ hand-written attention, MLPs with nn.ReLU).
 Per model and thread count, in one process, on the same batches:
 
   PyTorch  plain eager (nn.Module under inference_mode) vs the reludoctor scan (the
-           torch.export graph with reludoctor's observers, driven by reludoctor.runner.run
+           torch.export graph with reludoctor's observers, driven by reludoctor.core.batches.run
            from a numpy array, as bench_scan.py / bench_peers.py do)
   ONNX     plain onnxruntime InferenceSession (every optimisation on) vs the reludoctor ONNX
            scan (OnnxInstrument.run), the model exported once with torch.onnx.export
@@ -175,12 +175,12 @@ def _torch_case(model: Any, data: Any, args: argparse.Namespace) -> dict[str, An
     import numpy as np
     import torch
 
-    from reludoctor.data import load_calibration
+    from reludoctor.data.calibration import load_calibration
     from reludoctor.engine import _export
-    from reludoctor.instrument.torch_export import instrument_graph_module
-    from reludoctor.loaders.torch import from_object
-    from reludoctor.observers import BatchContext
-    from reludoctor.runner import run
+    from reludoctor.backends.torch.export import instrument_graph_module
+    from reludoctor.backends.torch.loader import from_object
+    from reludoctor.core.observers import BatchContext
+    from reludoctor.core.batches import run
 
     bs, n = args.batch_size, args.batches
     device = torch.device("cpu")
@@ -251,9 +251,9 @@ def _onnx_case(path: str, data: Any, threads: int, args: argparse.Namespace) -> 
     import onnxruntime
     import torch
 
-    from reludoctor.data import load_calibration
-    from reludoctor.instrument.onnx_graph import OnnxInstrument
-    from reludoctor.loaders.onnx import load_path
+    from reludoctor.data.calibration import load_calibration
+    from reludoctor.backends.onnx.graph import OnnxInstrument
+    from reludoctor.backends.onnx.loader import load_path
 
     bs, n = args.batch_size, args.batches
     opts = onnxruntime.SessionOptions()

@@ -12,7 +12,7 @@ __all__ = ["scan", "Report", "ReludoctorError", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from reludoctor.errors import ReludoctorError
-    from reludoctor.report import Report
+    from reludoctor.report.model import Report
     from reludoctor.engine import scan
 
 
@@ -22,7 +22,7 @@ def __getattr__(name: str) -> Any:
 
         return scan
     if name == "Report":
-        from reludoctor.report import Report
+        from reludoctor.report.model import Report
 
         return Report
     if name == "ReludoctorError":

@@ -137,7 +137,7 @@ def _settings(config: Optional[str], fail_over: Optional[float], fail_on: Option
               fail_over_site: Optional[list[str]], baseline: Optional[str], top: Optional[int],
               tolerance: Optional[float] = None):  # noqa: ANN202
     """The settings file (found upwards from here, or --config) with the command line on top."""
-    from reludoctor.config import Overrides, fail_on_value, ratio, resolve, site_limit
+    from reludoctor.report.config import Overrides, fail_on_value, ratio, resolve, site_limit
     from reludoctor.errors import UsageError
 
     if fail_over is not None:
@@ -174,8 +174,8 @@ def _judge(report, settings, baseline_report, warn):  # noqa: ANN001, ANN202
     """Attach the baseline comparison and the gates' outcome to the report."""
     from dataclasses import replace
 
-    from reludoctor import gates
-    from reludoctor.baseline import compare
+    from reludoctor.report import gates
+    from reludoctor.report.baseline import compare
 
     if baseline_report is not None:
         report = replace(report, baseline=compare(baseline_report, report, settings.baseline))
@@ -225,7 +225,7 @@ def _trust(trust_model: bool, unsafe_pickle: bool, warn) -> bool:  # noqa: ANN00
 def _gate_exit(report, err) -> int:  # noqa: ANN001
     from rich.markup import escape
 
-    from reludoctor import gates
+    from reludoctor.report import gates
     from reludoctor.errors import printable
 
     if report.gates is None or report.gates.passed:
@@ -310,8 +310,8 @@ def _scan(model, data, json_out, markdown_out, junit_out, sarif_out, html_out, s
           unsafe_pickle, gradients, labels, quiet, debug, sample=None, seed=0, resize=None,
           center_crop=None, normalize=None, dtype=None, imports=None, constants=None,
           batch_axes=None, verbose=False) -> int:
-    from reludoctor.baseline import load_report
-    from reludoctor.distributed import is_writer
+    from reludoctor.report.baseline import load_report
+    from reludoctor.core.distributed import is_writer
     from reludoctor.engine import scan as run_scan
 
     writer = is_writer()  # under torchrun only rank 0 prints and writes (other ranks: errors only)
@@ -392,7 +392,7 @@ def _report(saved, json_out, markdown_out, junit_out, sarif_out, html_out, stdou
             fail_over, fail_on, fail_over_site, baseline, config, debug) -> int:
     from dataclasses import replace
 
-    from reludoctor.baseline import load_report
+    from reludoctor.report.baseline import load_report
 
     settings, planned, to_stdout = _prepare(
         config, fail_over, fail_on, fail_over_site, baseline, top,
@@ -428,7 +428,7 @@ def _diff(a, b, tolerance, json_out, config, debug) -> int:  # noqa: ANN001
 
     from rich.console import Console
 
-    from reludoctor.baseline import compare, diff_rows, diff_to_dict, load_report
+    from reludoctor.report.baseline import compare, diff_rows, diff_to_dict, load_report
     from reludoctor.reporters import emit, terminal
 
     settings = _settings(config, None, None, None, None, None, tolerance)
@@ -461,7 +461,7 @@ def merge_command(
 
 
 def _merge(parts, json_out, stdout_format, top, debug) -> int:  # noqa: ANN001
-    from reludoctor.merge import merge_files
+    from reludoctor.report.merge import merge_files
 
     if top is not None and top < 1:
         from reludoctor.errors import UsageError

@@ -8,16 +8,17 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from reludoctor import __version__, distributed
-from reludoctor.binding import parse_constants
-from reludoctor.data import Calibration, load_calibration
+from reludoctor import __version__, activations
+from reludoctor.core import distributed
+from reludoctor.data.binding import parse_constants
+from reludoctor.data.calibration import Calibration, load_calibration
 from reludoctor.errors import NoSitesError, ReludoctorWarning, UsageError  # noqa: F401 - re-exported
-from reludoctor.loaders.model import LoadedModel
-from reludoctor.observers import BatchContext
-from reludoctor.report import CalibrationInfo, ModelInfo, Report, Thresholds, UnobservedSite
-from reludoctor.rules import evaluate
-from reludoctor.runner import Progress, dtype_name, resolve_device, resolve_dtype, run
-from reludoctor.stats import site_stats, summarise
+from reludoctor.backends.base import LoadedModel
+from reludoctor.core.observers import BatchContext
+from reludoctor.report.model import CalibrationInfo, ModelInfo, Report, Thresholds, UnobservedSite
+from reludoctor.core.rules import evaluate
+from reludoctor.core.batches import Progress, dtype_name, resolve_device, resolve_dtype, run
+from reludoctor.core.stats import site_stats, summarise
 
 METHODS = ("auto", "export", "dispatch")
 DEFAULT_BATCH_SIZE = 32
@@ -37,10 +38,10 @@ def load_model(model: Any, *, arch: str | None, arch_kwargs: Any, trust_model: b
     """Route a path (by its content) or an in-memory model to the PyTorch or ONNX loader.
 
     ``imports``: modules imported first (``--import``), e.g. op libraries such as torchvision."""
-    from reludoctor.loaders import detect
+    from reludoctor.backends import detect
 
     if imports:
-        from reludoctor.loaders import torch as torch_loader
+        from reludoctor.backends.torch import loader as torch_loader
 
         imports = torch_loader.import_modules(imports)
     if isinstance(model, (str, Path)):
@@ -49,20 +50,20 @@ def load_model(model: Any, *, arch: str | None, arch_kwargs: Any, trust_model: b
         if kind == detect.ONNX:
             if arch:
                 raise UsageError("--arch is only for state_dict files, not ONNX models")
-            from reludoctor.loaders import onnx as onnx_loader
+            from reludoctor.backends.onnx import loader as onnx_loader
 
             return onnx_loader.load_path(path)
-        from reludoctor.loaders import torch as torch_loader
+        from reludoctor.backends.torch import loader as torch_loader
 
         return torch_loader.load_path(path, arch=arch, arch_kwargs=arch_kwargs,
                                       trust_model=trust_model, kind=kind, imports=imports)
     if arch:
         raise UsageError("arch is only for state_dict files, not in-memory models")
     if type(model).__name__ == "ModelProto":  # onnx.ModelProto, without importing onnx here
-        from reludoctor.loaders import onnx as onnx_loader
+        from reludoctor.backends.onnx import loader as onnx_loader
 
         return onnx_loader.from_object(model)
-    from reludoctor.loaders import torch as torch_loader
+    from reludoctor.backends.torch import loader as torch_loader
 
     return torch_loader.from_object(model)
 
@@ -221,7 +222,7 @@ def scan(
         raise UsageError(f"--dtype {dtype} applies to PyTorch models only: an ONNX model runs in "
                          "the precision it was exported in",
                          "drop --dtype (or convert the ONNX model to float16 yourself)")
-    from reludoctor.instrument.precheck import refuse_without_candidates
+    from reludoctor.backends.precheck import refuse_without_candidates
 
     refuse_without_candidates(loaded)  # a known graph without any ReLU-family op: before the data
     calibration = load_calibration(data, loaded.inputs, limit=limit, input_shape=input_shape,
@@ -234,7 +235,7 @@ def scan(
         labels = _sampled_labels(labels, calibration.sample_indices)
     target = resolve_device(device)
     if loaded.format == "onnx" and device == "auto" and target.type == "cuda":
-        from reludoctor.instrument.onnx_graph import cuda_provider_available
+        from reludoctor.backends.onnx.graph import cuda_provider_available
 
         if not cuda_provider_available():  # a CPU-only onnxruntime on a GPU machine
             target = resolve_device("cpu")
@@ -287,7 +288,7 @@ def scan(
                            "(If) the data decides")
     if not stats:
         raise NoSitesError(f"{loaded.path or 'model'}: no ReLU-family activation ran",
-                           "reludoctor observes relu, relu6, hardtanh and clamp(min=0)")
+                           activations.describe("torch"))
     calibration_info = CalibrationInfo(calibration.source, samples, calibration.synthetic, batch_size)
     evidence, gradient_info, stats = _diagnose(loaded, used_method, kept, calibration, stats, target,
                                                batch_size, unit_axis, limit, gradients, labels, warn)
@@ -315,7 +316,7 @@ def _sampled_labels(labels: Any, indices: Any) -> Any:
     import torch
 
     from reludoctor.errors import DataError
-    from reludoctor.gradients import load_labels
+    from reludoctor.core.gradients import load_labels
 
     tensor = load_labels(labels)
     needed = int(indices[-1]) + 1
@@ -332,9 +333,9 @@ def _diagnose(loaded: LoadedModel, method: str, kept: dict[str, Any], calibratio
     the gradient pass. Returns (evidence, GradientInfo, stats with their gradient filled in)."""
     from dataclasses import replace
 
-    from reludoctor import evidence as producer_evidence
-    from reludoctor import gradients as gradient_flow
-    from reludoctor.report import GradientInfo, NOT_REQUESTED
+    from reludoctor.core import evidence as producer_evidence
+    from reludoctor.core import gradients as gradient_flow
+    from reludoctor.report.model import GradientInfo, NOT_REQUESTED
 
     names = [site.name for site in stats]
     module = loaded.module
@@ -367,15 +368,15 @@ def _observe(loaded: LoadedModel, calibration: Calibration, method: str, device:
     """
     ignored: list = keep.setdefault("ignored_ops", []) if keep is not None else []
     if loaded.format == "onnx":
-        from reludoctor.instrument.onnx_graph import observe_onnx
+        from reludoctor.backends.onnx.graph import observe_onnx
 
         sites, samples, unobserved = observe_onnx(
             loaded, calibration, device=device, batch_size=batch_size, unit_axis=unit_axis,
             progress=progress, warn=warn, ignored=ignored)
         return "onnxruntime", sites, samples, unobserved
 
-    from reludoctor.instrument.torch_dispatch import DispatchInstrument
-    from reludoctor.instrument.torch_export import instrument_graph_module
+    from reludoctor.backends.torch.dispatch import DispatchInstrument
+    from reludoctor.backends.torch.export import instrument_graph_module
 
     if method == "export" and loaded.format == "torchscript":
         raise UsageError("--method export cannot trace a TorchScript archive",
@@ -401,10 +402,10 @@ def _observe(loaded: LoadedModel, calibration: Calibration, method: str, device:
                          f"({type(exc).__name__}); observing with TorchDispatchMode instead")
         if graph_module is not None:
             if loaded.exported is None:  # just exported (a loaded program was checked at load)
-                from reludoctor.instrument.precheck import check_program
+                from reludoctor.backends.precheck import check_program
 
                 check_program(keep["program"], loaded.path or "model")  # before the calibration pass
-            from reludoctor.instrument import gates
+            from reludoctor.backends.torch import gates
 
             if gate_count := gates.count_graph(graph_module):  # as the ONNX path says it
                 warn(gates.message(gate_count))
@@ -416,7 +417,7 @@ def _observe(loaded: LoadedModel, calibration: Calibration, method: str, device:
                           dtype=dtype)
             return "export", sites, samples, []
         instrument = DispatchInstrument(module, context, unit_axis)
-        from reludoctor.instrument.gates import GateCounter, message
+        from reludoctor.backends.torch.gates import GateCounter, message
 
         gate_counter = GateCounter()  # hard-swish/hard-sigmoid calls of the first forward
         with instrument.active():
@@ -428,7 +429,7 @@ def _observe(loaded: LoadedModel, calibration: Calibration, method: str, device:
             warn(message(gate_counter.count))
         static = None
         if loaded.format == "torchscript":
-            from reludoctor.instrument.torchscript_names import static_call_sites
+            from reludoctor.backends.torch.torchscript_names import static_call_sites
 
             static = static_call_sites(module)
         ignored.extend(instrument.ignored_ops())

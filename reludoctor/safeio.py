@@ -240,7 +240,7 @@ def would_overwrite(destination: str | Path, inputs: "list[str | Path | None]") 
                 folders.append(Path(item).resolve())
     hit = known.reader_of(destination) or input_at(destination)
     if hit is None and folders:
-        from reludoctor.images import SUFFIXES
+        from reludoctor.data.images import SUFFIXES
 
         target = Path(destination).resolve()
         if target.suffix.lower() in SUFFIXES and target.is_file():

@@ -1,7 +1,7 @@
 """The documentation stays true: README.md is a front page, every relative link and anchor in
 README.md, CONTRIBUTING.md and docs/*.md resolves, docs/cli.md lists every option of every
 command, and docs/findings.md has one row per rule of the registry. Fast: no torch import
-(``reludoctor.cli`` and ``reludoctor.rules`` import neither torch nor onnx)."""
+(``reludoctor.cli`` and ``reludoctor.core.rules`` import neither torch nor onnx)."""
 
 from __future__ import annotations
 
@@ -154,7 +154,7 @@ def test_cli_md_covers_every_command():
 
 
 def test_findings_md_matches_the_rule_registry():
-    from reludoctor.rules import RULES
+    from reludoctor.core.rules import RULES
 
     table = section((DOCS / "findings.md").read_text(encoding="utf-8"), "Rules")
     rows = {}
@@ -172,7 +172,7 @@ def test_findings_md_matches_the_rule_registry():
 
 def test_the_settings_examples_load(tmp_path):
     """Every TOML example in the docs is a settings file reludoctor accepts."""
-    from reludoctor.config import load_config
+    from reludoctor.report.config import load_config
 
     for page in (ROOT / "README.md", DOCS / "ci-gates.md"):
         blocks = re.findall(r"```toml\n(.*?)```", page.read_text(encoding="utf-8"), re.S)

@@ -1,4 +1,4 @@
-"""The JSON Schema of the report (reludoctor/schema/report.schema.json).
+"""The JSON Schema of the report (reludoctor/report/report.schema.json).
 
 Real scans of tiny models built here must validate; mutated reports must not (so the schema is
 not vacuous); and what a schema cannot say (sorted index arrays, per-unit lengths, dead <=>
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reludoctor import report as report_module
-from reludoctor.schema import ReportValidationError, load_schema, validate
+from reludoctor.report import model as report_module
+from reludoctor.report.schema import ReportValidationError, load_schema, validate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -450,7 +450,7 @@ def test_load_schema_returns_a_fresh_copy():
 def test_schema_file_is_package_data():
     from importlib import resources
 
-    text = resources.files("reludoctor.schema").joinpath("report.schema.json").read_text("utf-8")
+    text = resources.files("reludoctor.report").joinpath("report.schema.json").read_text("utf-8")
     assert json.loads(text) == load_schema()
 
 
@@ -485,7 +485,7 @@ def test_schema_version_matches_the_report_module():
 
 
 def test_fallback_checker_refuses_keywords_it_does_not_know(monkeypatch, base):
-    import reludoctor.schema as schema_module
+    import reludoctor.report.schema as schema_module
 
     schema = load_schema()
     schema["properties"]["device"] = {"type": "string", "if": {"const": "cpu"}}
@@ -497,7 +497,7 @@ def test_fallback_checker_refuses_keywords_it_does_not_know(monkeypatch, base):
 def test_validating_does_not_import_torch(tmp_path, base):
     path = tmp_path / "report.json"
     path.write_text(json.dumps(base))
-    code = ("import json, sys; from reludoctor.schema import validate; "
+    code = ("import json, sys; from reludoctor.report.schema import validate; "
             f"validate(json.load(open({str(path)!r}))); validate(json.load(open({str(path)!r})), "
             "use_jsonschema=False); assert 'torch' not in sys.modules")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -520,9 +520,9 @@ def test_schema_ships_in_the_wheel(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("reludoctor-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
-        assert "reludoctor/schema/report.schema.json" in names
-        assert "reludoctor/schema/__init__.py" in names
-        shipped = json.loads(archive.read("reludoctor/schema/report.schema.json"))
+        assert "reludoctor/report/report.schema.json" in names
+        assert "reludoctor/report/schema.py" in names
+        shipped = json.loads(archive.read("reludoctor/report/report.schema.json"))
     assert shipped == load_schema()
 
 

@@ -194,17 +194,17 @@ def fix(
                          "state_dict cannot describe", "write a .pt2 file")
     is_onnx = loaded.format == "onnx"
     if not is_onnx and chosen is not Strategy.LEAKY:
-        from reludoctor.fix.torch_fix import torch_pruning
+        from reludoctor.backends.torch.fix import torch_pruning
 
         torch_pruning()  # fail before the scan when the optional dependency is missing
     if is_onnx:
-        from reludoctor.fix import onnx_fix as backend
+        from reludoctor.backends.onnx import fix as backend
 
         work = backend.prepare(loaded)
         scan_target = model
     else:
-        from reludoctor.data import load_calibration
-        from reludoctor.fix import torch_fix as backend  # type: ignore[no-redef]
+        from reludoctor.data.calibration import load_calibration
+        from reludoctor.backends.torch import fix as backend  # type: ignore[no-redef]
 
         calibration = load_calibration(data, loaded.inputs, limit=limit)
         work = backend.prepare(loaded, backend.example_rows(calibration, loaded.fixed_batch or 2))

@@ -11,7 +11,8 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Sequence
 
-from reludoctor.report import Report, SiteStats
+from reludoctor.report.model import Report, SiteStats
+from reludoctor import activations
 
 
 class Strategy(str, Enum):
@@ -24,7 +25,7 @@ class Strategy(str, Enum):
 
 
 # Activations --leaky can replace: unbounded, rectifying at 0 (ReLU6/hardtanh/clip keep their cap).
-LEAKY_OPS = ("relu", "clamp", "threshold")
+LEAKY_OPS = activations.ops_where("leaky_form")
 
 
 @dataclass(frozen=True)

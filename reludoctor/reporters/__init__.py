@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from reludoctor.reporters.common import RenderOptions
 
 if TYPE_CHECKING:  # pragma: no cover
-    from reludoctor.report import Report
+    from reludoctor.report.model import Report
 
 __all__ = ["OutputFormat", "RENDERERS", "STDOUT_FORMATS", "RenderOptions", "emit", "render"]
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from reludoctor.errors import printable
-from reludoctor.gates import preview  # noqa: F401 - shared: unit lists in every format
-from reludoctor.report import Report, SiteStats
+from reludoctor.report.gates import preview  # noqa: F401 - shared: unit lists in every format
+from reludoctor.report.model import Report, SiteStats
 
 # Characters XML 1.0 cannot hold even escaped (most C0 controls, lone surrogates, U+FFFE/F).
 _NOT_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")

@@ -18,7 +18,7 @@ import re
 from collections import defaultdict
 from typing import Any
 
-from reludoctor.report import Report
+from reludoctor.report.model import Report
 from reludoctor.reporters import plots
 from reludoctor.reporters.common import (
     SEVERITIES,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from reludoctor.report import Report
+from reludoctor.report.model import Report
 from reludoctor.reporters.common import RenderOptions
 
 

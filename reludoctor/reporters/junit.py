@@ -12,7 +12,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import PurePath
 
-from reludoctor.report import GateFailure, Report
+from reludoctor.report.model import GateFailure, Report
 from reludoctor.reporters.common import RenderOptions, xml_safe
 
 SCAN_CASE = "(scan)"

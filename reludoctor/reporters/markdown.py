@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from reludoctor.report import Report
+from reludoctor.report.model import Report
 from reludoctor.reporters.common import (
     SEVERITIES,
     RenderOptions,

@@ -14,7 +14,7 @@ import math
 import re
 from typing import Any
 
-from reludoctor.report import Report, SiteStats
+from reludoctor.report.model import Report, SiteStats
 from reludoctor.reporters.common import rank_worst
 
 DEAD, NEAR, DORMANT, ALIVE, GREY, BOUND = "#d62728", "#ff9f1c", "#f2d16b", "#2a9d8f", "#b0b0b0", "#7b2cbf"

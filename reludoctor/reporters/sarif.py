@@ -15,9 +15,9 @@ from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 from urllib.parse import quote
 
-from reludoctor.report import Finding, Report
+from reludoctor.report.model import Finding, Report
 from reludoctor.reporters.common import RenderOptions
-from reludoctor.rules import RULES as REGISTRY
+from reludoctor.core.rules import RULES as REGISTRY
 
 SARIF_VERSION = "2.1.0"
 SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
@@ -134,6 +134,6 @@ def to_sarif(report: Report) -> dict[str, Any]:
 
 
 def render(report: Report, options: RenderOptions | None = None) -> str:
-    from reludoctor.report import _jsonable
+    from reludoctor.report.model import _jsonable
 
     return json.dumps(_jsonable(to_sarif(report)), indent=2, ensure_ascii=False, allow_nan=False) + "\n"

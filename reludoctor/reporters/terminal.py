@@ -19,7 +19,7 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from reludoctor.report import NOT_REQUESTED, BaselineComparison, GateOutcome, Report
+from reludoctor.report.model import NOT_REQUESTED, BaselineComparison, GateOutcome, Report
 from reludoctor.reporters.common import (
     RenderOptions,
     human,

@@ -456,7 +456,7 @@ def _boom(**_: object) -> None:
 
 
 def test_internal_error_is_one_line_exit_3(cli, art, monkeypatch):
-    # engine.py does `from reludoctor.stats import site_stats`: patch the name it calls.
+    # engine.py does `from reludoctor.core.stats import site_stats`: patch the name it calls.
     monkeypatch.setattr("reludoctor.engine.site_stats", _boom)
     result = cli(art.pt2, "--data", art.npy)
     assert result.exit_code == 3

@@ -11,7 +11,7 @@ import reludoctor_cli_zoo as zoo
 from reludoctor_cli_checks import sha256
 
 import reludoctor
-from reludoctor.schema import validate
+from reludoctor.report.schema import validate
 
 
 def table_rows(stdout: str, names) -> dict[str, dict]:  # noqa: ANN001

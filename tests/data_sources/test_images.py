@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from datasource_kit import Image, random_rgb, write_image
 
-from reludoctor import images
-from reludoctor.data import load_calibration
+from reludoctor.data import images
+from reludoctor.data.calibration import load_calibration
 from reludoctor.errors import DataError, UsageError
-from reludoctor.loaders.model import InputSpec
+from reludoctor.backends.base import InputSpec
 
 RGB = InputSpec("x", (None, 3, None, None), "float32")
 GRAY = InputSpec("x", (None, 1, None, None), "float32")

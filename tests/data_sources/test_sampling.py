@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from datasource_kit import torch, write_image
 
-from reludoctor.data import load_calibration
+from reludoctor.data.calibration import load_calibration
 from reludoctor.errors import UsageError
-from reludoctor.loaders.model import InputSpec
-from reludoctor.sampling import select
+from reludoctor.backends.base import InputSpec
+from reludoctor.data.sampling import select
 
 SPEC = InputSpec("x", (None, 2, 3), "float32")
 

@@ -10,8 +10,8 @@ import pytest
 from datasource_kit import DIGITS_CNN, DIGITS_NPY, FIXTURES
 
 import reludoctor
-from reludoctor.data import load_calibration
-from reludoctor.loaders.model import InputSpec
+from reludoctor.data.calibration import load_calibration
+from reludoctor.backends.base import InputSpec
 
 PER_UNIT = ("dead_units", "activation_rate", "max_preactivation", "near_dead_units")
 

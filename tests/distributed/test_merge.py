@@ -13,11 +13,11 @@ import pytest
 from typer.testing import CliRunner
 
 from reludoctor import scan
-from reludoctor.baseline import load_report
+from reludoctor.report.baseline import load_report
 from reludoctor.cli import app
-from reludoctor.merge import GRADIENTS_DROPPED, MergeError, merge_files, merge_reports
-from reludoctor.rules import evaluate
-from reludoctor.schema import validate
+from reludoctor.report.merge import GRADIENTS_DROPPED, MergeError, merge_files, merge_reports
+from reludoctor.core.rules import evaluate
+from reludoctor.report.schema import validate
 from tests.distributed.compare import MODELS, assert_same_sites
 
 CASES = {  # model, data, batch size, part boundaries (multiples of the batch size), scan options
@@ -140,7 +140,7 @@ def test_a_site_only_some_parts_executed_is_merged_from_those(parts):
 
 
 def replace_unobserved(name: str, op: str):  # noqa: ANN201
-    from reludoctor.report import UnobservedSite
+    from reludoctor.report.model import UnobservedSite
 
     return UnobservedSite(name, op, "never executed on the calibration data")
 
@@ -252,7 +252,7 @@ def test_merging_does_not_import_torch(parts):
     import sys
 
     paths, _ = parts["onnx"]
-    code = ("import sys; from reludoctor.merge import merge_files; "
+    code = ("import sys; from reludoctor.report.merge import merge_files; "
             f"merge_files({paths!r}); "
             "assert not {'torch', 'onnx', 'onnxruntime'} & set(sys.modules), 'heavy import'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -156,7 +156,7 @@ def test_a_rank_other_than_0_writes_and_prints_nothing_and_exits_0(files, tmp_pa
     not be stopped while it writes)."""
     from typer.testing import CliRunner
 
-    from reludoctor import distributed
+    from reludoctor.core import distributed
     from reludoctor.cli import app
 
     monkeypatch.setattr(distributed, "is_writer", lambda: False)

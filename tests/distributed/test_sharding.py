@@ -8,12 +8,12 @@ import functools
 import numpy as np
 import pytest
 
-from reludoctor import distributed
-from reludoctor.data import load_calibration
+from reludoctor.core import distributed
+from reludoctor.data.calibration import load_calibration
 from reludoctor.errors import UsageError
-from reludoctor.instrument.sites import SiteSpec
-from reludoctor.loaders.model import InputSpec
-from reludoctor.observers import HIST_EDGES, UnitCounts
+from reludoctor.core.sites import SiteSpec
+from reludoctor.backends.base import InputSpec
+from reludoctor.core.observers import HIST_EDGES, UnitCounts
 
 SPECS = [InputSpec("x", (None, 3), "float32")]
 

@@ -366,7 +366,7 @@ def test_exported_program_and_cli_batch_axis(tmp_path: Path) -> None:
 def test_onnx_declared_batch_axes(declared: dict, fixed, axes: list) -> None:
     from onnx import TensorProto, helper
 
-    from reludoctor.loaders.onnx import _inputs
+    from reludoctor.backends.onnx.loader import _inputs
 
     def dim_list(dims):
         return [d if isinstance(d, int) else (d or None) for d in dims]

@@ -1,4 +1,4 @@
-"""Only activations are sites (reludoctor/instrument/sites.py, the one documented rule), and the
+"""Only activations are sites (reludoctor/core/sites.py, the one documented rule), and the
 site list does not depend on the batch size.
 
 Box clipping in detection models (``boxes[..., 0::2].clamp(min=0, max=width)`` per image in
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import reludoctor
-from reludoctor.instrument.sites import Ignored, decide
+from reludoctor.core.sites import Ignored, decide
 
 aten = torch.ops.aten
 
@@ -273,7 +273,7 @@ def test_fasterrcnn_exported_to_onnx_has_the_same_sites_and_its_box_clips_are_ig
 
     import onnx
 
-    from reludoctor.instrument.onnx_graph import _discover, _value_types
+    from reludoctor.backends.onnx.graph import _discover, _value_types
 
     torch.manual_seed(0)
     model = detection.fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None).eval()

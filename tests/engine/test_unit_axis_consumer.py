@@ -1,4 +1,4 @@
-"""The unit axis looks at the consumer too (reludoctor/instrument/sites.py ``unit_axis_choice``).
+"""The unit axis looks at the consumer too (reludoctor/core/sites.py ``unit_axis_choice``).
 
 An LSTM's output [N, T, 128], transposed to [N, 128, T] and rectified before a Conv1d, has its
 units (the Conv1d's input channels) on axis 1; with T = 1 the last axis holds 1 "unit" and every

@@ -95,7 +95,7 @@ def test_macs_counts_a_weight_on_the_left_of_matmul():
     """MatMul(W, x): each output element sums over W's last axis (here 3)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from reludoctor.fix.onnx_fix import macs
+    from reludoctor.backends.onnx.fix import macs
 
     w = numpy_helper.from_array(np.ones((4, 3), np.float32), "W")
     graph = helper.make_graph(

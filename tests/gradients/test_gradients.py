@@ -19,8 +19,8 @@ from grad_oracle import Branchy, InplaceReused, PoolNet, Regressor, oracle
 
 import reludoctor
 from reludoctor.errors import DataError, UsageError
-from reludoctor.report import Report
-from reludoctor.schema import validate
+from reludoctor.report.model import Report
+from reludoctor.report.schema import validate
 from tests import models as Z
 from tests.engine.oracle import assert_same_snapshot, snapshot
 

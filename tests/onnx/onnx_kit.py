@@ -130,7 +130,7 @@ def assert_site(site: Any, expected: Expected, *, rtol: float = 1e-5, atol: floa
 def validated(report: Any) -> Any:
     """Validate the report against the shipped JSON schema (when the package has one)."""
     try:
-        from reludoctor.schema import validate
+        from reludoctor.report.schema import validate
     except ImportError:  # pragma: no cover - the schema helper ships with reludoctor
         return report
     data = report.to_dict()

@@ -110,7 +110,7 @@ def test_not_relu_family(nodes, inits, opset) -> None:  # noqa: ANN001
 def test_clip_min_from_a_graph_input_is_not_a_site() -> None:
     conv = _conv_model([helper.make_node("Clip", ["pre", "lo"], ["y"])], opset=13)
     conv.graph.input.append(value("lo", [], TensorProto.FLOAT))
-    from reludoctor.instrument.onnx_graph import _discover
+    from reludoctor.backends.onnx.graph import _discover
 
     assert _discover(conv, 13).sites == []
 
@@ -340,7 +340,7 @@ def test_unit_axis_override_and_dynamic_spatial_dims() -> None:
 
 
 def test_shapes_unknown_to_inference_are_probed(monkeypatch: pytest.MonkeyPatch) -> None:
-    from reludoctor.instrument import onnx_graph
+    from reludoctor.backends.onnx import graph as onnx_graph
 
     monkeypatch.setattr(onnx_graph, "_value_types", lambda proto: {})
     proto = _conv_model([helper.make_node("Clip", ["pre", "lo", "hi"], ["y"], name="act")],
@@ -363,7 +363,7 @@ def test_float16_and_float64_activations() -> None:
 
 
 def test_in_memory_model_is_not_modified_and_large_model_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    from reludoctor.instrument import onnx_graph
+    from reludoctor.backends.onnx import graph as onnx_graph
 
     proto = _conv_model([helper.make_node("Relu", ["pre"], ["y"], name="act")])
     before = proto.SerializeToString()

@@ -13,8 +13,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from reludoctor.errors import ModelLoadError, UsageError
-from reludoctor.loaders import detect
-from reludoctor.loaders import onnx as onnx_loader
+from reludoctor.backends import detect
+from reludoctor.backends.onnx import loader as onnx_loader
 from tests.onnx.onnx_kit import Expected, assert_site, const, model, save, scan, value
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -203,7 +203,7 @@ def test_cli_scan_onnx_json(tmp_path: Path) -> None:
     assert report["model"]["format"] == "onnx" and report["model"]["method"] == "onnxruntime"
     assert report["sites"][0]["name"] == "relu" and 3 in report["sites"][0]["dead_units"]
     try:
-        from reludoctor.schema import validate
+        from reludoctor.report.schema import validate
     except ImportError:  # pragma: no cover
         return
     validate(report)
@@ -213,8 +213,8 @@ def test_cuda_without_the_provider_is_a_usage_error(monkeypatch: pytest.MonkeyPa
     import onnxruntime
     import torch
 
-    from reludoctor.data import load_calibration
-    from reludoctor.instrument import onnx_graph
+    from reludoctor.data.calibration import load_calibration
+    from reludoctor.backends.onnx import graph as onnx_graph
 
     loaded = onnx_loader.from_object(_mlp())
     calibration = load_calibration(RNG.standard_normal((4, 8)).astype(np.float32), loaded.inputs)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from reludoctor.observers import BatchContext, TorchUnitObserver
+from reludoctor.core.observers import BatchContext, TorchUnitObserver
 
 
 def _state(batches, lower, upper, *, chunk_bytes, monkeypatch, device_route=False):  # noqa: ANN001

@@ -11,7 +11,7 @@ import torch
 
 import reludoctor
 from reludoctor.errors import UsageError
-from reludoctor.report import Report
+from reludoctor.report.model import Report
 
 
 def _margin_model() -> torch.nn.Module:

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from reludoctor.data import load_calibration
+from reludoctor.data.calibration import load_calibration
 from reludoctor.errors import DataError
-from reludoctor.loaders.model import InputSpec
-from reludoctor.observers import BatchContext
-from reludoctor.runner import Prefetcher, _host_tensor, _to_device, run
+from reludoctor.backends.base import InputSpec
+from reludoctor.core.observers import BatchContext
+from reludoctor.core.batches import Prefetcher, _host_tensor, _to_device, run
 
 
 def _prefetch_threads() -> list[threading.Thread]:

@@ -23,7 +23,7 @@ def _imported(code: str) -> list[str]:
 
 @pytest.mark.parametrize("code", ["import reludoctor", "import reludoctor.cli",
                                   "import reludoctor; reludoctor.__version__",
-                                  "import reludoctor.schema; reludoctor.schema.load_schema()"])
+                                  "import reludoctor.report.schema; reludoctor.report.schema.load_schema()"])
 def test_import_pulls_in_no_heavy_library(code: str) -> None:
     assert _imported(code) == []
 

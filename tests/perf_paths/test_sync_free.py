@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from reludoctor.data import load_calibration
+from reludoctor.data.calibration import load_calibration
 from reludoctor.engine import _export
-from reludoctor.instrument.torch_export import instrument_graph_module
-from reludoctor.loaders.model import InputSpec
-from reludoctor.observers import BatchContext, TorchUnitObserver
-from reludoctor.runner import run
+from reludoctor.backends.torch.export import instrument_graph_module
+from reludoctor.backends.base import InputSpec
+from reludoctor.core.observers import BatchContext, TorchUnitObserver
+from reludoctor.core.batches import run
 
 READ_BACKS = ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__")
 
@@ -79,7 +79,7 @@ def test_runner_loop_has_no_read_back(monkeypatch) -> None:
 
 
 def test_dispatch_route_has_no_read_back(monkeypatch) -> None:
-    from reludoctor.instrument.torch_dispatch import DispatchInstrument
+    from reludoctor.backends.torch.dispatch import DispatchInstrument
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 4),

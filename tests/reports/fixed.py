@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from reludoctor.report import (
+from reludoctor.report.model import (
     CalibrationInfo,
     Finding,
     Histogram,
@@ -71,7 +71,7 @@ def make_site(name: str, units: int, dead: tuple[int, ...] = (), *, near: tuple[
 
 
 def summarise(sites: tuple[SiteStats, ...], samples: int = SAMPLES, unobserved: int = 0) -> Summary:
-    """An independent summary (not reludoctor.stats.summarise)."""
+    """An independent summary (not reludoctor.core.stats.summarise)."""
     units = sum(s.units for s in sites)
     dead = sum(len(s.dead_units) for s in sites)
     worst = None
@@ -174,9 +174,9 @@ def baseline_report() -> Report:
 
 def judged_report() -> Report:
     """The fixed report with a baseline comparison and gates attached, as ``scan`` would."""
-    from reludoctor import gates
-    from reludoctor.baseline import compare
-    from reludoctor.config import Settings
+    from reludoctor.report import gates
+    from reludoctor.report.baseline import compare
+    from reludoctor.report.config import Settings
 
     report = fixed_report()
     report = replace(report, baseline=compare(baseline_report(), report, "reports/baseline.json"))
@@ -187,7 +187,7 @@ def judged_report() -> Report:
 
 def with_gradients(report: Report) -> Report:
     """``report`` with gradient statistics on every site, decaying along depth."""
-    from reludoctor.report import GradientInfo, SiteGradient
+    from reludoctor.report.model import GradientInfo, SiteGradient
 
     values = [{"pass_through": 0.5, "rms_output": 0.2 / (i + 1) ** 2, "rms_preactivation": 0.1 / (i + 1) ** 2,
                "zero_fraction": min(1.0, 0.15 * i + 0.05), "zero_by_mask": min(0.95, 0.15 * i),

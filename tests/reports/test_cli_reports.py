@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from fixed import NASTY, baseline_report, fixed_report, judged_report, make_report, make_site
 
-from reludoctor.schema import validate
+from reludoctor.report.schema import validate
 
 
 def save(path: Path, report) -> Path:  # noqa: ANN001

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from fixed import baseline_report, finding, fixed_report, make_report, make_site
 
-from reludoctor import gates
-from reludoctor.baseline import compare, diff_rows, diff_to_dict, got_worse
-from reludoctor.config import ConfigError, Overrides, Settings, find_config, load_config, resolve
+from reludoctor.report import gates
+from reludoctor.report.baseline import compare, diff_rows, diff_to_dict, got_worse
+from reludoctor.report.config import ConfigError, Overrides, Settings, find_config, load_config, resolve
 
 
 def three_sites():

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from fixed import fixed_report, with_gradients
 
-from reludoctor.report import GradientInfo, SiteGradient
+from reludoctor.report.model import GradientInfo, SiteGradient
 from reludoctor.reporters.common import RenderOptions
 from reludoctor.reporters.terminal import render
 

@@ -21,9 +21,9 @@ import torch.nn as nn
 from planted import he_init_, normal_data
 
 import reludoctor
-from reludoctor import rules
-from reludoctor.evidence import ProducerEvidence
-from reludoctor.report import CalibrationInfo, Histogram, SiteStats
+from reludoctor.core import rules
+from reludoctor.core.evidence import ProducerEvidence
+from reludoctor.report.model import CalibrationInfo, Histogram, SiteStats
 
 EXTREME_BIAS = -50.0
 EXTREME_UNIT = 5  # fc1.bias[5] = -50

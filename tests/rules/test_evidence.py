@@ -1,4 +1,4 @@
-"""Producer evidence (reludoctor.evidence): the layer feeding each site, per unit, found the same
+"""Producer evidence (reludoctor.core.evidence): the layer feeding each site, per unit, found the same
 way from an exported graph, from the ATen calls of a forward pass, and from an ONNX graph."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import pytest
 import torch
 from planted import NegativeBeta, normal_data
 
-from reludoctor import evidence
+from reludoctor.backends.onnx import evidence as onnx_evidence
+from reludoctor.backends.torch import evidence
 from tests import models as Z
 
 
@@ -71,7 +72,7 @@ def test_from_onnx_folded_batch_norm_gives_the_same_effective_bias():
         torch.onnx.export(model, (x,), buffer, dynamo=False, opset_version=17, input_names=["x"])
     proto = onnx.load_from_string(buffer.getvalue())
     relu = next(n for n in proto.graph.node if n.op_type == "Relu")
-    found = evidence.from_onnx(proto, [relu.name])
+    found = onnx_evidence.from_onnx(proto, [relu.name])
     ev = found[relu.name]
     assert ev.kind == "conv" and ev.units == 8
     np.testing.assert_allclose(ev.shift, expected_shift(model), rtol=1e-5, atol=1e-5)

@@ -15,7 +15,7 @@ import torch
 from planted import CollapsedRows, NegativeBeta, deep_narrow, healthy, normal_data
 
 import reludoctor
-from reludoctor.rules import RULE_IDS
+from reludoctor.core.rules import RULE_IDS
 
 ROOT = Path(__file__).resolve().parents[2]
 CAUSES = {"negative-bias", "input-never-positive", "collapsed-weights", "dead-with-depth",

@@ -7,9 +7,9 @@ import re
 import numpy as np
 import pytest
 
-from reludoctor import rules
-from reludoctor.evidence import ProducerEvidence
-from reludoctor.report import CalibrationInfo, Finding, GradientInfo, Histogram, SiteGradient, SiteStats
+from reludoctor.core import rules
+from reludoctor.core.evidence import ProducerEvidence
+from reludoctor.report.model import CalibrationInfo, Finding, GradientInfo, Histogram, SiteGradient, SiteStats
 
 CALIB = CalibrationInfo("calib.npy", 500, False, 32)
 LEGACY = ("dead-units", "dead-site", "dormant-units", "saturated-units", "synthetic-data", "few-samples")

@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 
 from reludoctor import safeio
-from reludoctor.data import load_calibration
+from reludoctor.data.calibration import load_calibration
 from reludoctor.errors import DataError
-from reludoctor.loaders.model import InputSpec
+from reludoctor.backends.base import InputSpec
 from tests.security.kit import (CALIB, CALIB_FLAT, CNN_ONNX, CNN_TS, MLP_ONNX, MLP_PT2, ROOT, cli,
                                  one_line_error, returns, run_cli)
 
@@ -283,7 +283,7 @@ def test_compressed_npz_inflating_past_the_limit_is_refused_before_inflating(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A deflate bomb (zeros inflate ~1000:1): the members' declared sizes are summed and checked
     against MAX_NPZ_INFLATE_BYTES before anything is inflated (lowered here to keep the test small)."""
-    from reludoctor import data
+    from reludoctor.data import calibration as data
 
     assert data.MAX_NPZ_INFLATE_BYTES == 1 << 30
     monkeypatch.setattr(data, "MAX_NPZ_INFLATE_BYTES", 1 << 20)
@@ -441,7 +441,7 @@ def test_every_image_is_noted_at_discovery(tmp_path: Path) -> None:
 def test_labels_reader_is_hardened_and_noted(tmp_path: Path) -> None:
     """``data.read_labels`` (for ``gradients.load_labels``): regular files only, byte order,
     the ledger."""
-    from reludoctor.data import read_labels
+    from reludoctor.data.calibration import read_labels
 
     labels = np.arange(12, dtype=">i8") % 10
     path = tmp_path / "labels.npy"

@@ -140,7 +140,7 @@ def test_markdown_shows_controls_as_text(evil_report, work):
 @pytest.mark.parametrize("fmt", ["table", "markdown"])
 def test_renderers_never_pass_control_bytes(evil_report, fmt):
     """Every string of the report (names, paths, messages, suggestions) through the renderer."""
-    from reludoctor.baseline import load_report
+    from reludoctor.report.baseline import load_report
     from reludoctor.reporters import render
 
     data = json.loads(evil_report.read_text())

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from reludoctor.errors import ModelLoadError, UnsafeModelError
-from reludoctor.loaders import pt2_verify
+from reludoctor.backends.torch import pt2_verify
 
 ROOT = Path(__file__).resolve().parents[2]
 PT2 = ROOT / "fixtures" / "models" / "digits_mlp_dead.pt2"
@@ -315,7 +315,7 @@ def test_damaged_trusted_torchscript_is_an_error_not_a_crash(tmp_path):
 
 
 def test_storage_check_reads_declared_sizes_without_running_the_pickle(tmp_path):
-    from reludoctor.loaders.torchscript_check import check_storages
+    from reludoctor.backends.torch.torchscript_check import check_storages
 
     check_storages(TS)
     with pytest.raises(ModelLoadError, match="data/6 holds 0 bytes but declares 18,432"):
@@ -324,7 +324,7 @@ def test_storage_check_reads_declared_sizes_without_running_the_pickle(tmp_path)
 
 def test_child_probe_turns_a_crash_into_an_error(tmp_path, monkeypatch):
     """probe_load reports a child killed by a signal (here: the probe itself segfaults)."""
-    from reludoctor.loaders import torchscript_check
+    from reludoctor.backends.torch import torchscript_check
 
     monkeypatch.setattr(torchscript_check, "_PROBE", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
     with pytest.raises(ModelLoadError, match="crashed the loader \\(SIGSEGV\\)"):
@@ -359,7 +359,7 @@ def test_arch_does_not_let_the_current_directory_shadow_installed_packages(tmp_p
 
 def test_a_pt2_fixed_batch_above_the_limit_is_refused_at_load(tmp_path):
     """A program exported with a static batch of 70,000 rows would pad every batch to it."""
-    from reludoctor.data import MAX_FIXED_BATCH
+    from reludoctor.data.calibration import MAX_FIXED_BATCH
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())
     rows = MAX_FIXED_BATCH + 4464

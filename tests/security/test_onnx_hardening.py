@@ -21,11 +21,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from reludoctor import safeio
-from reludoctor.data import (MAX_FIXED_BATCH, MAX_PADDED_BATCH_BYTES, MAX_SAMPLE_BYTES,
+from reludoctor.data.calibration import (MAX_FIXED_BATCH, MAX_PADDED_BATCH_BYTES, MAX_SAMPLE_BYTES,
                              load_calibration)
 from reludoctor.errors import DataError, ModelLoadError
-from reludoctor.loaders import onnx as onnx_loader
-from reludoctor.loaders.detect import detect_format
+from reludoctor.backends.onnx import loader as onnx_loader
+from reludoctor.backends.detect import detect_format
 from tests.security.kit import CALIB, CNN_ONNX, cli, one_line_error, returns, run_cli
 
 FLOAT = TensorProto.FLOAT
@@ -192,7 +192,7 @@ def test_padding_refuses_a_fixed_batch_over_the_row_limit_whatever_the_loader() 
     also holds the row limit, for models whose loader did not check it."""
     import torch
 
-    from reludoctor.data import check_padding
+    from reludoctor.data.calibration import check_padding
 
     with pytest.raises(DataError, match="fixed batch of 10,000,000"):
         check_padding((torch.zeros(3, 8),), 10 ** 7, "x.npy")

@@ -186,8 +186,8 @@ def test_malformed_saved_reports_are_one_line_exit_2(work, saved_report, oddity)
 
 
 def test_load_report_raises_report_format_error(work, saved_report):
-    from reludoctor.baseline import load_report
-    from reludoctor.report import ReportFormatError
+    from reludoctor.report.baseline import load_report
+    from reludoctor.report.model import ReportFormatError
 
     bad = write(work / "nan.json", with_value(saved_report, '"dead_ratio": ', '"dead_ratio": NaN, "x": '))
     with pytest.raises(ReportFormatError) as info:

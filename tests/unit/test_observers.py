@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from reludoctor.observers import HIST_EDGES, HIST_SAMPLE, BatchContext, TorchUnitObserver, UnitCounts
+from reludoctor.core.observers import HIST_EDGES, HIST_SAMPLE, BatchContext, TorchUnitObserver, UnitCounts
 
 
 def numpy_counts(x: np.ndarray, axis: int, lower: float, upper: float | None) -> dict:

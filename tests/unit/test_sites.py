@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reludoctor.instrument.sites import base_name, choose_unit_axis, classify, unique_names
+from reludoctor.core.sites import base_name, choose_unit_axis, classify, unique_names
 
 aten = torch.ops.aten
 

@@ -1,0 +1,84 @@
+"""The gradient plan for ONNX models: the graph converted with onnx2torch, differentiated with autograd."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from reludoctor.backends.torch.gradients import insert_probes
+from reludoctor.core.gradients import GradientPass, GradientsUnavailable, PassContext, SiteAccumulator, first_line, unique_params
+from reludoctor.core.sites import unique_names
+from reludoctor.report.model import SiteStats
+
+
+def onnx_plan(model: Any, sites: list[SiteStats]) -> GradientPass:
+    """Convert with onnx2torch; probes around the converted module of each ONNX site."""
+    try:
+        from onnx2torch import convert
+    except ImportError as exc:
+        raise GradientsUnavailable(
+            "onnx2torch is not installed (pip install 'reludoctor[gradients-onnx]')") from exc
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    try:
+        graph_module = convert(copy)
+    except Exception as exc:  # noqa: BLE001 - onnx2torch raises many kinds
+        raise GradientsUnavailable(f"onnx2torch cannot convert this model: {type(exc).__name__}: "
+                                   f"{first_line(exc)}") from exc
+    nodes = list(model.graph.node)
+    modules = [n for n in graph_module.graph.nodes if n.op == "call_module"]
+    if len(modules) != len(nodes):
+        raise GradientsUnavailable("onnx2torch's module does not map one to one onto the ONNX nodes")
+    bases, picked = [], []
+    for onnx_node, fx_node in zip(nodes, modules):
+        if onnx_node.op_type in ("Relu", "Clip", "Max", "LeakyRelu", "PRelu") and onnx_node.input:
+            bases.append(onnx_node.name or onnx_node.output[0])
+            picked.append((onnx_node, fx_node))
+    site_names = [site.name for site in sites]
+    stats = {site.name: site for site in sites}
+    onnx_names = {fx: onnx_node.name or onnx_node.output[0] for onnx_node, fx in zip(nodes, modules)}
+    wanted = set(site_names)
+    context = PassContext()
+    accumulators = []
+    graph = graph_module.graph
+    by_name = {}
+    for (onnx_node, fx_node), name in zip(picked, unique_names(bases)):
+        if name not in wanted or not fx_node.args or not hasattr(fx_node.args[0], "op"):
+            continue
+        by_name[name] = (onnx_node, fx_node)
+    for index, name in enumerate(n for n in site_names if n in by_name):
+        onnx_node, fx_node = by_name[name]
+        op = {"Relu": "relu", "Clip": "clip", "Max": "relu", "LeakyRelu": "leaky_relu",
+              "PRelu": "prelu"}[onnx_node.op_type]
+        accumulator = SiteAccumulator(name, op, stats[name].lower_bound, stats[name].upper_bound,
+                                      context)
+        insert_probes(graph, fx_node, accumulator, index)
+        accumulators.append(accumulator)
+    graph_module.recompile()
+    graph_module.eval()
+    producers = {}
+    for accumulator in accumulators:
+        producers[accumulator.name] = _onnx_producer(graph_module, by_name[accumulator.name][1],
+                                                     onnx_names)
+    plan = GradientPass(graph_module, accumulators, unique_params(graph_module.parameters()),
+                 {k: v[1] for k, v in producers.items() if v is not None}, context=context)
+    plan.producer_names = {k: v[0] for k, v in producers.items() if v is not None}  # type: ignore[attr-defined]
+    return plan
+
+
+def _onnx_producer(graph_module: Any, fx_node: Any, onnx_names: dict) -> tuple[str, Any] | None:
+    import torch
+
+    node = fx_node.args[0]
+    for _ in range(4):
+        if getattr(node, "op", None) != "call_module":
+            return None
+        sub = graph_module.get_submodule(node.target)
+        if isinstance(sub, torch.nn.modules.batchnorm._BatchNorm) and node.args:
+            node = node.args[0]
+            continue
+        if isinstance(sub, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear)):
+            return onnx_names.get(node, str(node.target)), sub.weight
+        return None
+    return None

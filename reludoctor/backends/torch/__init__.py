@@ -1,0 +1,1 @@
+"""The PyTorch backend: .pt2 programs, TorchScript, state_dicts and in-memory modules."""

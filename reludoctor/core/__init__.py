@@ -1,0 +1,1 @@
+"""Format-neutral pipeline: sites, observers and counts, the batch loop, statistics, rules, evidence, gradients."""

@@ -1,0 +1,250 @@
+"""The batch loop: data -> device -> model, with padding for fixed-batch models and progress.
+
+Batches are prepared one or two ahead in a background thread (``Prefetcher``): the data
+source's own work (reading, casting, checking), the conversion to tensors and, for a CUDA
+target, the copy into pinned host memory overlap the forward pass; the main thread then
+issues an asynchronous (``non_blocking``) copy to the device. Nothing in the loop reads a
+device value back, so a CUDA scan never waits for the GPU between batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from typing import Any, Callable, Iterable, Iterator
+
+from reludoctor.data.calibration import Calibration, check_padding
+from reludoctor.errors import DataError, ObserverFailure, ReludoctorError, UsageError
+from reludoctor.core.observers import BatchContext
+
+Progress = Callable[[int, "int | None"], None]
+
+PREFETCH = 2  # batches prepared ahead of the one running (0: prepare in the loop itself)
+DTYPES = ("fp32", "bf16", "fp16")  # --dtype choices; fp32 runs without autocast
+
+
+def resolve_device(device: str) -> Any:
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise UsageError(f"--device {device!r} is not a device", "use auto, cpu, cuda or cuda:N") from exc
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: CUDA is not available here",
+                             "use --device cpu (or auto)")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif resolved.type != "cpu":
+        raise UsageError(f"--device {device} is not supported", "use auto, cpu, cuda or cuda:N")
+    return resolved
+
+
+def resolve_dtype(dtype: str | None) -> Any:
+    """--dtype -> the autocast dtype (None: full precision, no autocast)."""
+    if dtype is None or dtype in ("fp32", "float32"):
+        return None
+    import torch
+
+    resolved = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+                "fp16": torch.float16, "float16": torch.float16}.get(dtype)
+    if resolved is None:
+        raise UsageError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    return resolved
+
+
+def dtype_name(dtype: Any) -> str:
+    """The report's name for an autocast dtype (None: float32)."""
+    return "float32" if dtype is None else str(dtype).replace("torch.", "")
+
+
+def _host_tensor(array: Any, device: Any) -> Any:
+    """A batch array as a tensor ready to go to ``device``: for a CUDA target, in pinned host
+    memory, so that the copy to the device can be asynchronous. Runs in the prefetch thread."""
+    import numpy as np
+    import torch
+
+    tensor = torch.from_numpy(array) if isinstance(array, np.ndarray) else array
+    if device.type == "cuda" and tensor.device.type == "cpu" and not tensor.is_pinned():
+        tensor = tensor.pin_memory()
+    return tensor
+
+
+def _to_device(tensor: Any, device: Any) -> Any:
+    """To ``device`` without waiting: from pinned memory the copy is queued on the stream."""
+    if tensor.device == device:
+        return tensor
+    return tensor.to(device, non_blocking=tensor.device.type == "cpu" and tensor.is_pinned())
+
+
+def _to_tensor(array: Any, device: Any) -> Any:
+    return _to_device(_host_tensor(array, device), device)
+
+
+_DONE = object()
+
+
+class Prefetcher:
+    """Iterates ``source`` in a background thread, ``depth`` items ahead, each passed through
+    ``prepare`` there; the consumer gets them in order.
+
+    An exception raised by the source or by ``prepare`` is re-raised in the consumer at the
+    position where it occurred (the items before it are delivered first). ``close()`` (also on
+    leaving the ``with`` block, e.g. when the consumer fails) stops the thread and closes the
+    source; the thread never outlives the loop. ``depth`` 0 prepares inline, without a thread.
+    """
+
+    def __init__(self, source: Iterable[Any], prepare: Callable[[Any], Any] = lambda item: item,
+                 depth: int = PREFETCH):
+        self._source = source
+        self._prepare = prepare
+        self._depth = depth
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._finished = False
+
+    def __enter__(self) -> Prefetcher:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[Any]:
+        if self._depth <= 0:
+            for item in self._source:
+                yield self._prepare(item)
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._produce, name="reludoctor-prefetch",
+                                            daemon=True)
+            self._thread.start()
+        while not self._finished:
+            kind, value = self._queue.get()
+            if kind is _DONE:
+                self._finished = True
+                return
+            if kind is BaseException:
+                self._finished = True
+                raise value
+            yield value
+
+    def _put(self, kind: Any, value: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put((kind, value), timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self) -> None:
+        iterator = None
+        try:
+            iterator = iter(self._source)
+            for item in iterator:
+                if self._stop.is_set() or not self._put(None, self._prepare(item)):
+                    return
+            self._put(_DONE, None)
+        except BaseException as exc:  # delivered to the consumer, raised there
+            self._put(BaseException, exc)
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None and self._stop.is_set():
+                with contextlib.suppress(Exception):
+                    close()
+
+    def close(self) -> None:
+        """Stop the producer (it may be blocked on a full queue) and wait for it."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        while thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    self._queue.get_nowait()
+            thread.join(timeout=0.05)
+
+
+def _pad(batch: tuple, size: int) -> tuple:
+    """Repeat the last sample to fill a fixed-size batch; observers see only the real rows."""
+    import torch
+
+    padded = []
+    for tensor in batch:
+        missing = size - tensor.shape[0]
+        filler = tensor[-1:].expand(missing, *tensor.shape[1:])
+        padded.append(torch.cat([tensor, filler]))
+    return tuple(padded)
+
+
+def run(
+    forward: Callable[..., Any],
+    calibration: Calibration,
+    *,
+    batch_size: int,
+    device: Any,
+    batch: BatchContext,
+    fixed_batch: int | None = None,
+    before_forward: Callable[[], None] | None = None,
+    progress: Progress | None = None,
+    dtype: Any = None,
+    prefetch: int = PREFETCH,
+) -> int:
+    """Run every calibration batch through ``forward``; returns the number of samples seen.
+
+    Each batch is passed as ``calibration.binding`` says: by position or by name, constants
+    added, each input in the model's layout (its batch axis), optional inputs left at their
+    defaults.
+
+    ``dtype`` (torch.bfloat16 / torch.float16, or None) runs ``forward`` under
+    ``torch.autocast``; the observers still accumulate in float32/float64. ``prefetch``
+    batches are prepared ahead in a background thread (0: none).
+    """
+    import torch
+
+    if fixed_batch is not None:
+        batch_size = fixed_batch
+    seen = 0
+    precision = (torch.autocast(device.type, dtype=dtype) if dtype is not None
+                 else contextlib.nullcontext())
+    prepared = Prefetcher(calibration.batches(batch_size),
+                          lambda arrays: tuple(_host_tensor(a, device) for a in arrays), prefetch)
+    binding = None
+    with torch.inference_mode(), prepared:
+        for host in prepared:
+            binding = binding or calibration.binding
+            tensors = tuple(_to_device(t, device) for t in host)
+            del host
+            rows = int(tensors[0].shape[0])
+            if fixed_batch is not None and rows < fixed_batch:
+                check_padding(tensors, fixed_batch, calibration.source)  # a size from the file
+                tensors = _pad(tensors, fixed_batch)
+                batch.valid = rows
+            else:
+                batch.valid = None
+            if before_forward is not None:
+                before_forward()
+            try:
+                with precision:
+                    binding.call(forward, tensors, device)
+            except (ObserverFailure, ReludoctorError):  # ours, not the model's
+                raise
+            except Exception as exc:  # the model rejected the data: shape, dtype, guards
+                detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                hint = "check that the data matches the model's inputs (shape, dtype, count)"
+                if not binding.plain or len(binding.fed) > 1:
+                    hint += f"; {binding.describe()}"
+                raise DataError(
+                    f"{calibration.source}: the model failed on samples {seen}-{seen + rows - 1}: "
+                    f"{type(exc).__name__}: {detail}", hint) from exc
+            seen += rows
+            if progress is not None:
+                progress(seen, calibration.samples)
+    batch.valid = None
+    return seen

@@ -1,0 +1,355 @@
+"""Scans over several processes and machines (``torchrun``, ``torch.distributed``).
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment), or inside a default process group
+the caller initialised, ``scan()`` runs on every rank:
+
+1. ``join()`` initialises the process group when the caller has not (gloo for CPU scans, NCCL
+   for CUDA scans; each rank then uses the GPU of its ``LOCAL_RANK``), once per process;
+2. ``World.shard()``: each rank scans its share of the calibration data, by batch: batch ``k``
+   of the single-process scan (same batch size) goes to rank ``k mod WORLD_SIZE``. The shards
+   are disjoint, cover the data, depend only on the rank and every rank's batches are exactly
+   batches of the single-process scan, so every statistic, the subsampled histograms included,
+   equals the single-process one (float sums up to their summation order);
+3. ``World.observe()`` runs the observation, then combines the per-site ``UnitCounts`` of every
+   rank with three all-reduces over flat buffers (integer sums; float sums; maxima, the minima
+   negated), not one collective per site. Every rank ends with the merged statistics (and the
+   same report); the CLI lets rank 0 alone write it. A rank that failed makes every rank fail.
+
+Nothing here runs in a single process: ``join()`` returns None and ``scan()`` is unchanged.
+Every rank must call ``scan()`` (with the same model, data and options): a script that scans
+on one rank only sets ``RELUDOCTOR_DISTRIBUTED=0``, or the others never join and it waits.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from reludoctor.errors import DistributedError, ReludoctorError, UsageError  # noqa: F401 - re-exported
+from reludoctor.core.observers import HIST_EDGES, UnitCounts
+
+BINS = len(HIST_EDGES) + 1
+OPT_OUT = "RELUDOCTOR_DISTRIBUTED"  # =0: scan alone, even under torchrun or in a process group
+
+
+def env_world_size() -> int:
+    """WORLD_SIZE from the environment (torchrun sets it); 1 when absent or unreadable."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def rank() -> int:
+    """This process's rank: the process group's when one is initialised, else ``RANK`` (0)."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")  # never import torch just to ask
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return int(dist.get_rank())
+    try:
+        return int(os.environ.get("RANK", "0")) if env_world_size() > 1 else 0
+    except ValueError:
+        return 0
+
+
+def is_writer() -> bool:
+    """Whether this process writes reports and prints (rank 0, or a single process)."""
+    return rank() == 0
+
+
+@dataclass
+class World:
+    rank: int
+    size: int
+    device: Any  # this rank's compute device (a CUDA scan: its LOCAL_RANK's GPU)
+    collective_device: Any  # where the all-reduce buffers live (CUDA for NCCL)
+
+    def shard(self, calibration: Any, batch_size: int) -> Any:
+        """This rank's batches of ``calibration``: batch k goes to rank k mod size."""
+        return shard(calibration, batch_size, self.rank, self.size)
+
+    def observe(self, run: Callable[[], tuple]) -> tuple:
+        """``run()`` (engine._observe on this rank's shard), then the statistics of all ranks
+        combined: (method, [(SiteSpec, observer)], samples, unobserved) as in one process."""
+        try:
+            method, sites, samples, unobserved = run()
+            error = None
+        except Exception as exc:  # noqa: BLE001 - told to the other ranks, then re-raised
+            error = exc
+        merged = self._combine(None if error is not None else (sites, samples), error)
+        if error is not None:
+            raise error
+        sites, samples = merged
+        return method, sites, samples, unobserved
+
+    def _combine(self, local: tuple | None, error: Exception | None) -> tuple | None:
+        import torch.distributed as dist
+
+        if local is not None:
+            sites, samples = local
+            counts = [observer.state() if observer.observed else None for _, observer in sites]
+            entries = [(spec, state is not None, None if state is None else state.units,
+                        None if state is None else state.min is not None, observer.shape)
+                       for (spec, observer), state in zip(sites, counts)]
+            status: tuple = ("ok", entries, samples)
+        else:
+            code = getattr(error, "exit_code", 3)
+            text = error.one_line() if isinstance(error, ReludoctorError) else \
+                f"{type(error).__name__}: {_first_line(error)}"
+            status = ("failed", code, text)
+        gathered: list = [None] * self.size
+        dist.all_gather_object(gathered, status)
+        if error is not None:
+            return None
+        for other, report in enumerate(gathered):
+            if report[0] == "failed":
+                _, code, text = report
+                failure = DistributedError(f"rank {other} of {self.size} failed"
+                                           f"{' with an internal error' if code == 3 else ''}: {text}")
+                failure.exit_code = code
+                raise failure
+        plan = _plan([report[1] for report in gathered])
+        mine = {spec.name: state for (spec, _), state in zip(sites, counts)}
+        total, states = reduce_counts(plan, mine, samples, self._all_reduce)
+        merged = [(entry.spec, Combined(entry.shape, state)) for entry, state in zip(plan, states)]
+        return merged, total
+
+    def _all_reduce(self, buffer: np.ndarray, op: str) -> np.ndarray:
+        import torch
+        import torch.distributed as dist
+
+        tensor = torch.from_numpy(np.ascontiguousarray(buffer)).to(self.collective_device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+        return tensor.cpu().numpy()
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
+
+
+@dataclass
+class PlannedSite:
+    spec: Any  # SiteSpec
+    units: int | None  # None: no rank executed the site
+    bounded: bool
+    shape: tuple[int, ...] | None  # from the first rank that executed it
+
+
+@dataclass
+class Combined:
+    """The merged statistics of one site, shaped like an observer for ``engine.scan``."""
+
+    shape: tuple[int, ...] | None
+    counts: UnitCounts | None
+
+    @property
+    def observed(self) -> bool:
+        return self.counts is not None
+
+    def state(self) -> UnitCounts:
+        if self.counts is None:
+            raise RuntimeError("site was never executed")
+        return self.counts
+
+
+def _plan(per_rank: list[list[tuple]]) -> list[PlannedSite]:
+    """Every rank's sites as one list: rank 0's order, and a site only later ranks executed
+    (data-dependent control flow) right after the site that precedes it there. Refuses a site
+    whose unit count differs between ranks."""
+    order: list[str] = []
+    found: dict[str, PlannedSite] = {}
+    for entries in per_rank:
+        previous = None
+        for spec, observed, units, bounded, shape in entries:
+            site = found.get(spec.name)
+            if site is None:
+                site = found[spec.name] = PlannedSite(spec, None, spec.upper is not None, None)
+                order.insert(order.index(previous) + 1 if previous is not None else 0, spec.name)
+            if observed:
+                if site.units is None:
+                    site.units, site.bounded, site.shape = units, bounded, shape
+                elif site.units != units or site.bounded != bounded:
+                    raise UsageError(f"site {spec.name} has {site.units} units on one rank and "
+                                     f"{units} on another", "give every rank the same model")
+            previous = spec.name
+    return [found[name] for name in order]
+
+
+def reduce_counts(plan: list[PlannedSite], mine: dict[str, UnitCounts | None], samples: int,
+                  all_reduce: Callable[[np.ndarray, str], np.ndarray],
+                  ) -> tuple[int, list[UnitCounts | None]]:
+    """Combine this rank's ``UnitCounts`` with every other rank's, in three collectives:
+    int64 sums (samples, positions, positive counts, histograms), float64 sums (|output|),
+    float64 maxima (max, and -min). ``all_reduce(buffer, "sum" | "max")`` returns the
+    reduced buffer. Returns (samples of all ranks, merged counts per planned site)."""
+    ints, sums, peaks = [np.array([samples], np.int64)], [], []
+    for site in plan:
+        if site.units is None:
+            continue
+        state = mine.get(site.spec.name) or UnitCounts.empty(site.units, site.bounded)
+        ints += [np.array([state.positions, state.samples], np.int64),
+                 state.positive.astype(np.int64), state.hist.astype(np.int64)]
+        sums.append(state.abs_output_sum.astype(np.float64))
+        peaks.append(state.max.astype(np.float64))
+        if site.bounded:
+            peaks.append(-np.asarray(state.min if state.min is not None
+                                     else np.full(site.units, np.inf), np.float64))
+    int_total = all_reduce(np.concatenate(ints), "sum")
+    sum_total = all_reduce(np.concatenate(sums), "sum") if sums else np.zeros(0)
+    peak_total = all_reduce(np.concatenate(peaks), "max") if peaks else np.zeros(0)
+    total = int(int_total[0])
+    i, s, p = 1, 0, 0
+    merged: list[UnitCounts | None] = []
+    for site in plan:
+        if site.units is None:
+            merged.append(None)
+            continue
+        u = site.units
+        positions, seen = int(int_total[i]), int(int_total[i + 1])
+        positive = int_total[i + 2:i + 2 + u]
+        hist = int_total[i + 2 + u:i + 2 + u + BINS]
+        i += 2 + u + BINS
+        abs_sum = sum_total[s:s + u]
+        s += u
+        peak = peak_total[p:p + u]
+        p += u
+        low = None
+        if site.bounded:
+            low = -peak_total[p:p + u]
+            p += u
+        merged.append(UnitCounts(positions, seen, positive.copy(), peak.copy(),
+                                 None if low is None else low.copy(), abs_sum.copy(), hist.copy()))
+    return total, merged
+
+
+# ----------------------------------------------------------------------------- joining
+
+
+def join(device: Any) -> World | None:
+    """The process group of a multi-process scan, or None in a single process.
+
+    Uses an initialised default group (world size > 1) as it is; otherwise, when torchrun's
+    environment says ``WORLD_SIZE`` > 1, initialises one (``env://``): gloo for a CPU scan,
+    NCCL for a CUDA scan, where a device without an index becomes ``cuda:LOCAL_RANK``. That
+    group stays for the later scans of the process (destroying and re-creating one on the same
+    store can hang) and is destroyed at exit.
+    """
+    import torch
+
+    if os.environ.get(OPT_OUT, "").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        size = dist.get_world_size()
+        if size <= 1:
+            return None
+        backend = str(dist.get_backend()).lower()
+        target = _local_device(device)
+        on_gpu = "nccl" in backend and "gloo" not in backend
+        collective = target if on_gpu and target.type == "cuda" else \
+            (torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu"))
+        return World(dist.get_rank(), size, target, collective)
+    size = env_world_size()
+    if size <= 1:
+        return None
+    if not dist.is_available():
+        raise UsageError(f"WORLD_SIZE={size} asks for a multi-process scan, but this PyTorch build "
+                         "has no torch.distributed", "run a single process (unset WORLD_SIZE)")
+    missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+    if missing:
+        raise UsageError(f"WORLD_SIZE={size} but {', '.join(missing)} not set",
+                         "launch with torchrun, or unset WORLD_SIZE")
+    target = _local_device(device)
+    backend = "nccl" if target.type == "cuda" else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(target)
+    try:
+        dist.init_process_group(backend)
+    except Exception as exc:  # noqa: BLE001 - bad address, port taken, peers missing
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"cannot join the {backend} process group of {size} processes: {detail}",
+                         "launch with torchrun (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE)") from exc
+    atexit.register(_leave)  # kept for later scans of this process: re-initialising is unsafe
+    return World(dist.get_rank(), dist.get_world_size(), target, target)
+
+
+def _leave() -> None:
+    """Destroy the process group join() created, at exit (NCCL warns when it is not)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _local_device(device: Any) -> Any:
+    """A CUDA device without an index becomes this rank's GPU (LOCAL_RANK), others stay."""
+    import torch
+
+    if device.type != "cuda" or device.index is not None:
+        return device
+    try:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        local = 0
+    return torch.device("cuda", local % max(1, torch.cuda.device_count()))
+
+
+# ----------------------------------------------------------------------------- sharding
+
+
+def shard_batches(total: int, batch_size: int, rank: int, size: int) -> np.ndarray:
+    """Sample positions of rank ``rank``'s batches: batch k (rows k*batch_size ...) goes to
+    rank k mod size. Ascending; every batch but possibly the last is full, so re-batching
+    them by ``batch_size`` gives back exactly those batches."""
+    starts = np.arange(rank * batch_size, total, size * batch_size, dtype=np.int64)
+    if not starts.size:
+        return np.zeros(0, np.int64)
+    rows = (starts[:, None] + np.arange(batch_size, dtype=np.int64)[None, :]).reshape(-1)
+    return rows[rows < total]
+
+
+def shard(calibration: Any, batch_size: int, rank: int, size: int) -> Shard:
+    """This rank's part of a calibration set (see ``shard_batches``).
+
+    Sources of known length (arrays, memory-mapped files, image folders, synthetic data) read
+    only this rank's samples; an iterable of batches is read by every rank, each keeping its
+    own batches. ``example()`` (tracing, shape probes) still gives the first samples of the
+    whole set, so a rank with no batch at all traces the model like the others.
+    """
+    if calibration.samples is not None and calibration.indexable:
+        positions = shard_batches(int(calibration.samples), batch_size, rank, size)
+        return Shard(calibration, rank, size, calibration.at_positions(positions))
+    return Shard(calibration, rank, size, None)
+
+
+class Shard:
+    """One rank's batches of a calibration set: batch k goes to rank k mod size. Everything but
+    ``batches`` and ``samples`` is the whole set's."""
+
+    def __init__(self, calibration: Any, rank: int, size: int, own: Any):
+        self._base = calibration
+        self._rank = rank
+        self._size = size
+        self._own = own  # the same source reading only this rank's samples; None: deal batches
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._base, name)
+
+    @property
+    def samples(self) -> int | None:
+        """This rank's samples (None for an iterable until it is read)."""
+        return self._own.samples if self._own is not None else None
+
+    def batches(self, batch_size: int) -> Iterator[Any]:
+        if self._own is not None:
+            yield from self._own.batches(batch_size)
+            return
+        for index, batch in enumerate(self._base.batches(batch_size)):
+            if index % self._size == self._rank:
+                yield batch

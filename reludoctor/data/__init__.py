@@ -1,0 +1,1 @@
+"""Calibration data: sources, input binding, arrays, images, sampling."""

@@ -1,1 +1,0 @@
-"""Instrumentation: one observer per ReLU-family call site of a PyTorch model."""

@@ -1,0 +1,1 @@
+"""The report: its model, schema, baselines, merging, gates and settings."""

@@ -1,0 +1,440 @@
+"""The typed, frozen Report every scan yields; ``to_dict()`` is the JSON contract (schema 1)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from reludoctor.errors import ReportFormatError  # noqa: F401 - re-exported
+
+SCHEMA_VERSION = 1
+SUPPORTED_SCHEMA_VERSIONS = (1,)  # schema_version 1 is the only one so far
+NOT_REQUESTED = "not requested (scan with gradients=True, --gradients)"
+
+
+@dataclass(frozen=True)
+class Histogram:
+    edges: tuple[float, ...]  # bin i covers [edges[i-1], edges[i]); first and last are open
+    counts: tuple[int, ...]  # len(edges) + 1
+
+
+@dataclass(frozen=True)
+class SiteGradient:
+    """Gradient flow at one site over the calibration set (``scan(gradients=True)``).
+
+    Fractions are over every element of the activation (samples x positions x units). When
+    gradients could not be computed (an ONNX model without onnx2torch), only ``pass_through``
+    is given, estimated from the activation rates; the other values are None.
+    """
+
+    pass_through: float  # fraction of elements where the activation passes gradient (its mask)
+    rms_output: float | None = None  # RMS of dL/d(output)
+    rms_preactivation: float | None = None  # RMS of dL/d(pre-activation)
+    zero_fraction: float | None = None  # dL/d(pre-activation) == 0: zero_by_mask + zero_downstream
+    zero_by_mask: float | None = None  # ... where the activation's own mask blocks it
+    zero_downstream: float | None = None  # ... where the mask passes but dL/d(output) was already 0
+    output_zero_fraction: float | None = None  # dL/d(output) == 0
+    attenuation: float | None = None  # rms_preactivation / that of the next site (None: last site)
+    producer: str | None = None  # the Conv/Linear feeding the site (through BatchNorm)
+    weight_grad_norm: float | None = None  # ||dL/dW|| of the producer's weight
+    weight_norm: float | None = None  # ||W|| of the producer's weight
+
+
+@dataclass(frozen=True)
+class GradientInfo:
+    """How gradient statistics were computed for this report, or why not."""
+
+    computed: bool
+    loss: str | None = None  # cross-entropy-labels | cross-entropy-argmax | half-squared-norm
+    reason: str | None = None  # why not computed (not requested, unavailable for this model)
+    method: str | None = None  # export | dispatch | onnx2torch
+    samples: int = 0
+
+
+@dataclass(frozen=True)
+class SiteAccumulators:
+    """The raw per-unit sums of a site that its derived statistics do not keep exactly.
+
+    With ``positions``, ``samples``, ``max_preactivation``, ``min_preactivation`` and the
+    histogram counts of the site they are the scan's whole state, so reports of scans over
+    disjoint data merge exactly (``reludoctor merge``). Added to schema_version 1 later: a
+    report without them reads back as None and cannot be merged.
+    """
+
+    positive_count: tuple[int, ...]  # positions where the pre-activation > lower bound
+    abs_output_sum: tuple[float, ...]  # sum of |activation output| over the observed positions
+
+
+@dataclass(frozen=True)
+class SiteStats:
+    name: str
+    op: str
+    module: str
+    unit_axis: int
+    units: int
+    shape: tuple[int, ...]  # activation shape without the batch axis
+    lower_bound: float
+    upper_bound: float | None
+    samples: int
+    positions: int  # observed positions per unit
+    dead_units: tuple[int, ...]
+    dead_ratio: float
+    activation_rate: tuple[float, ...]
+    max_preactivation: tuple[float, ...]
+    near_dead_units: tuple[int, ...]  # alive, but firing rate below the near-dead threshold
+    dormant_units: tuple[int, ...]  # tau-dormant (with lower bound 0, dead units are dormant too)
+    dormant_score: tuple[float, ...]  # unit mean |output| / layer mean of that
+    saturated_units: tuple[int, ...] | None  # bounded activations only
+    min_preactivation: tuple[float, ...] | None  # bounded activations only
+    histogram: Histogram
+    gradient: SiteGradient | None = None  # scan(gradients=True) only; null otherwise
+    accumulators: SiteAccumulators | None = None  # raw sums for merging; None in older reports
+    # Why ``unit_axis`` holds the units: "producer conv", "consumer conv", "linear on last axis",
+    # "features of [N, F]", "--unit-axis", ... (None in older reports).
+    unit_axis_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Finding:
+    rule: str
+    severity: str  # info | warning | error
+    site: str | None
+    message: str
+    evidence: dict[str, Any]
+    suggestion: str
+
+
+@dataclass(frozen=True)
+class UnobservedSite:
+    """A ReLU-family site the scan could not measure, and why (never a silent omission)."""
+
+    name: str
+    op: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class IgnoredOp:
+    """A ReLU-like op that is not an activation, so not a site (box clipping of detection
+    models, a clamp of integers or to a data-dependent bound), and why. One entry per call site
+    and reason, whatever the number of calls (so the list does not depend on the batch size)."""
+
+    op: str
+    name: str  # PyTorch: module path plus the op, as a site would be named; ONNX: the node name
+    module: str  # PyTorch: the module path issuing the call ('' for the root); ONNX: its scope
+    reason: str
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    path: str | None
+    format: str
+    sha256: str | None
+    method: str  # export | dispatch: how call sites were observed
+    inputs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CalibrationInfo:
+    source: str
+    samples: int
+    synthetic: bool
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    near_dead: float
+    dormant_tau: float
+    unit_axis: int | None
+
+
+@dataclass(frozen=True)
+class Summary:
+    sites: int
+    units: int
+    dead_units: int
+    dead_ratio: float
+    worst_site: str | None
+    worst_site_dead_ratio: float
+    near_dead_units: int
+    dormant_units: int
+    saturated_units: int
+    fully_dead_sites: tuple[str, ...]
+    firing_rate_bound_95: float
+    unobserved_sites: int  # 0 firings in N samples: rate < 3/N at 95% confidence
+
+
+@dataclass(frozen=True)
+class SiteChange:
+    """One site compared with a baseline report (matched by name).
+
+    status: ``matched`` (in both, same unit count), ``added`` (only in this report: all its dead
+    units count as newly dead), ``removed`` (only in the baseline), ``resized`` (in both, with a
+    different unit count: unit indices are not comparable, so only the ratios are).
+    """
+
+    name: str
+    status: str  # matched | added | removed | resized
+    units_before: int | None
+    units_after: int | None
+    dead_ratio_before: float | None
+    dead_ratio_after: float | None
+    dormant_before: int | None
+    dormant_after: int | None
+    still_dead: tuple[int, ...]
+    newly_dead: tuple[int, ...]
+    revived: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class FindingRef:
+    rule: str
+    site: str | None
+
+
+@dataclass(frozen=True)
+class BaselineComparison:
+    """This report against an older one: what got worse, what got better (``--baseline``)."""
+
+    source: str  # the baseline report's path
+    model_sha256: str | None  # the baseline's model digest
+    still_dead_units: int
+    newly_dead_units: int
+    revived_units: int
+    added_sites: tuple[str, ...]
+    removed_sites: tuple[str, ...]
+    resized_sites: tuple[str, ...]
+    sites: tuple[SiteChange, ...]  # this report's sites in order, then the removed ones
+    findings_before: tuple[FindingRef, ...]  # the baseline's findings (rule, site)
+
+    def site(self, name: str) -> SiteChange | None:
+        for change in self.sites:
+            if change.name == name:
+                return change
+        return None
+
+
+@dataclass(frozen=True)
+class GateFailure:
+    gate: str  # fail-over | site-threshold | fail-on | baseline
+    site: str | None  # None: a scan-wide failure
+    message: str
+    value: float | None = None  # the measured number (dead ratio, newly dead units)
+    limit: float | None = None  # the threshold it was held to
+    rule: str | None = None  # fail-on: the finding's rule
+
+
+@dataclass(frozen=True)
+class GateOutcome:
+    """The CI gates evaluated on a report (``reludoctor.report.gates.evaluate``)."""
+
+    passed: bool
+    checks: tuple[str, ...]  # the gates evaluated, e.g. "fail-over 0.25", "site layer4.* 0.2"
+    failures: tuple[GateFailure, ...]
+
+    def for_site(self, name: str | None) -> tuple[GateFailure, ...]:
+        return tuple(f for f in self.failures if f.site == name)
+
+
+@dataclass(frozen=True)
+class Report:
+    tool: dict[str, str]
+    model: ModelInfo
+    calibration: CalibrationInfo
+    device: str
+    thresholds: Thresholds
+    summary: Summary
+    sites: tuple[SiteStats, ...]
+    findings: tuple[Finding, ...] = ()
+    unobserved_sites: tuple[UnobservedSite, ...] = ()
+    warnings: tuple[str, ...] = ()
+    schema_version: int = field(default=SCHEMA_VERSION)
+    baseline: BaselineComparison | None = None  # with --baseline; None (null) otherwise
+    gates: GateOutcome | None = None  # when gates were configured; None (null) otherwise
+    gradients: GradientInfo = field(default_factory=lambda: GradientInfo(False, reason=NOT_REQUESTED))
+    dtype: str = "float32"  # the forward pass's precision: float32, or bfloat16/float16 autocast
+    ignored_ops: tuple[IgnoredOp, ...] = ()  # ReLU-like ops that are not activations, and why
+
+    def site(self, name: str) -> SiteStats:
+        for site in self.sites:
+            if site.name == name:
+                return site
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        ordered = {"schema_version": data.pop("schema_version")}
+        ordered.update(data)
+        return _jsonable(ordered)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Report:
+        """The typed Report back from ``to_dict()`` output (or a parsed JSON report).
+
+        Refuses other schema versions (1 is the only one so far) and malformed content with
+        ``ReportFormatError``. Keys this version does not know are ignored (additive changes
+        keep the version), keys added to the version after a report was written take their
+        defaults (see ``with_defaults``); null per-unit extremes come back as NaN.
+        """
+        check_schema_version(data)
+        return _build(cls, data, "")
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False) + "\n"
+
+
+def check_schema_version(data: Any) -> None:
+    """Refuse anything but a JSON object with a schema_version this reludoctor reads."""
+    if not isinstance(data, dict):
+        raise ReportFormatError(f"a report is a JSON object, not {_kind(data)}")
+    if "schema_version" not in data:
+        raise ReportFormatError("not a reludoctor report: it has no schema_version")
+    version = data["schema_version"]
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ReportFormatError(f"schema_version {version!r:.60} is not an integer")
+    if version not in SUPPORTED_SCHEMA_VERSIONS:
+        raise ReportFormatError(
+            f"schema_version {version} is not supported: this reludoctor reads schema_version "
+            f"{', '.join(map(str, SUPPORTED_SCHEMA_VERSIONS))} only (the only version so far)",
+            "re-run the scan with this version of reludoctor")
+
+
+def with_defaults(cls: type, data: Any) -> Any:
+    """``data`` (a dict for dataclass ``cls``) with the keys added to schema_version 1 after it
+    was written filled in from the fields' defaults, at every level (e.g. ``baseline``, ``gates``
+    at the top, ``gradient`` per site). Anything else is returned as it is."""
+    if not (dataclasses.is_dataclass(cls) and isinstance(data, dict)):
+        return data
+    hints = typing.get_type_hints(cls)
+    filled = dict(data)
+    for spec in dataclasses.fields(cls):
+        if spec.name not in filled:
+            if spec.default is not dataclasses.MISSING:
+                filled[spec.name] = _jsonable(_plain(spec.default))
+            elif spec.default_factory is not dataclasses.MISSING:
+                filled[spec.name] = _jsonable(_plain(spec.default_factory()))
+            continue
+        filled[spec.name] = _fill(hints[spec.name], filled[spec.name])
+    return filled
+
+
+def _fill(hint: Any, value: Any) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        classes = [a for a in args if dataclasses.is_dataclass(a)]
+        return with_defaults(classes[0], value) if len(classes) == 1 else value
+    if dataclasses.is_dataclass(hint):
+        return with_defaults(hint, value)
+    if origin is tuple and args and isinstance(value, list):
+        item = args[0] if len(args) == 2 and args[1] is Ellipsis else None
+        if item is not None:
+            return [_fill(item, v) for v in value]
+    return value
+
+
+def _plain(value: Any) -> Any:
+    return asdict(value) if dataclasses.is_dataclass(value) and not isinstance(value, type) else value
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            int: "a number", float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _at(path: str) -> str:
+    return path or "(root)"
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    if not isinstance(data, dict):
+        raise ReportFormatError(f"{_at(path)}: expected an object, got {_kind(data)}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for spec in dataclasses.fields(cls):
+        if not spec.init:
+            continue
+        where = f"{path}.{spec.name}" if path else spec.name
+        if spec.name not in data:
+            if spec.default is not dataclasses.MISSING or spec.default_factory is not dataclasses.MISSING:
+                continue
+            raise ReportFormatError(f"{_at(path)}: the required key {spec.name!r} is missing")
+        values[spec.name] = _convert(hints[spec.name], data[spec.name], where)
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, path: str) -> Any:  # noqa: C901, PLR0911, PLR0912
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in args if a is not type(None)]
+        if value is None:
+            if type(None) in args:
+                return None
+            if float in options:
+                return math.nan
+        errors = []
+        for option in options:
+            try:
+                return _convert(option, value, path)
+            except ReportFormatError as exc:
+                errors.append(exc)
+        raise errors[0] if errors else ReportFormatError(f"{path}: unexpected {_kind(value)}")
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, path)
+    if origin is tuple or origin is list:
+        if not isinstance(value, list):
+            raise ReportFormatError(f"{path}: expected an array, got {_kind(value)}")
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(value) != len(args):
+                raise ReportFormatError(f"{path}: expected {len(args)} items, got {len(value)}")
+            return tuple(_convert(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        item = args[0] if args else Any
+        items = [_convert(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ReportFormatError(f"{path}: expected an object, got {_kind(value)}")
+        value_hint = args[1] if len(args) == 2 else Any
+        return {str(k): _convert(value_hint, v, f"{path}.{k}") for k, v in value.items()}
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ReportFormatError(f"{path}: expected true or false, got {_kind(value)}")
+        return value
+    if hint is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ReportFormatError(f"{path}: expected an integer, got {_kind(value)}")
+        return value
+    if hint is float:
+        if value is None:
+            return math.nan
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ReportFormatError(f"{path}: expected a number, got {_kind(value)}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ReportFormatError(f"{path}: expected a string, got {_kind(value)}")
+        return value
+    return value  # a type this reader does not check
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and value != value:  # NaN has no JSON form
+        return None
+    if isinstance(value, float) and value in (float("inf"), float("-inf")):
+        return None
+    return value
