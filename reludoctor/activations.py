@@ -30,7 +30,7 @@ class Activation:
     grad_mask: bool = True  # its gradient is 0 where the unit does not fire (dead = no gradient)
     torch_backward: tuple[str, ...] = ()  # autograd node classes (name prefixes) of its backward
     zero_below: bool = True  # outputs exactly 0 below ``lower`` (a dead unit outputs 0)
-    prunable: bool = True  # a dead unit's output is a constant 0: removable with its weights
+    prunable: bool = True  # a dead unit outputs a constant (0 when lower is 0): removable with its weights
     leaky_form: bool = False  # ``fix --leaky`` can replace it (unbounded, zero below 0)
     label: str = ""  # how messages name it, in the backend's vocabulary
 

@@ -11,10 +11,10 @@ Only chains where this holds are used: the producer, optionally one BatchNorm, a
 ops (clone, dropout in eval, dtype copies). A residual sum, a scaling or a training-mode
 BatchNorm in between gives no evidence for that site (rules then fall back to the statistics).
 
-Found from the exported graph's producer nodes (``from_graph``), from the ATen calls of one
-forward pass under a TorchDispatchMode (``from_dispatch``: models torch.export cannot capture,
-TorchScript), or from an ONNX graph's initializers (``from_onnx``). Never raises for a model
-it does not understand: such sites just have no evidence.
+Each backend finds it (``Backend.evidence``): PyTorch from the exported graph's producer nodes or
+the ATen calls of one forward pass under a TorchDispatchMode (``backends.torch.evidence``), ONNX
+from the graph's initializers (``backends.onnx.evidence``). The engine never lets it fail a
+scan: a model it does not understand just has no evidence at its sites.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
 
 
 @dataclass(frozen=True)
@@ -118,33 +117,3 @@ def build(site: str, layer: str, kind: str, weight_name: str, weight: Any, bias:
 
 def finite(value: float) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
-
-
-def collect(loaded: Any, method: str, graph_module: Any, calibration: Any, device: Any,
-            unit_axis: int | None, site_names: list[str]) -> dict[str, ProducerEvidence]:
-    """Producer evidence for the scan's sites while the model is loaded (``engine.scan``).
-
-    ``graph_module``: the instrumented graph of the export path (its activation nodes are
-    still there), or None. Best effort: an empty dict where nothing can be found.
-    """
-    from reludoctor.backends.onnx.evidence import from_onnx  # the backend seam replaces this
-    from reludoctor.backends.torch.evidence import from_dispatch, from_graph
-
-    try:
-        if loaded.format == "onnx":
-            found = from_onnx(loaded.module, site_names)
-        elif method == "export" and graph_module is not None:
-            found = from_graph(graph_module)
-        else:
-            import torch
-
-            static = None
-            if loaded.format == "torchscript":
-                from reludoctor.backends.torch.torchscript_names import static_call_sites
-
-                static = static_call_sites(loaded.module)
-            example = tuple(torch.as_tensor(a).to(device) for a in calibration.example(2))
-            found = from_dispatch(loaded.module, example, unit_axis, static, calibration.binding)
-    except Exception:  # noqa: BLE001 - evidence never fails a scan
-        return {}
-    return {name: found[name] for name in site_names if name in found}

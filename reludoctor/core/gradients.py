@@ -282,6 +282,8 @@ class GradientPass:
     before_forward: Callable[[], None] | None = None
     after_forward: Callable[[], None] | None = None
     context: PassContext = field(default_factory=PassContext)
+    method: str = ""  # the report's gradients.method: export | dispatch | onnx2torch
+    finish: Callable[[GradientPass], None] | None = None  # after the last batch (names sites)
 
 
 def _run(plan: GradientPass, calibration: Any, *, device: Any, batch_size: int, fixed_batch: int | None,
@@ -392,18 +394,6 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
-# ----------------------------------------------------------------------------- exported graphs
-
-
-
-# ----------------------------------------------------------------------------- TorchDispatchMode
-
-
-
-# ----------------------------------------------------------------------------- ONNX via onnx2torch
-
-
-
 # ----------------------------------------------------------------------------- entry points
 
 
@@ -436,40 +426,20 @@ def with_attenuation(grads: dict[str, SiteGradient], order: list[str]) -> dict[s
     return out
 
 
-def compute(loaded: Any, calibration: Any, sites: list[SiteStats], *, method: str, program: Any,
-            device: Any, batch_size: int, unit_axis: int | None, labels: Any, limit: int | None,
+def compute(make_plan: Callable[[], GradientPass], calibration: Any, sites: list[SiteStats], *,
+            device: Any, batch_size: int, fixed_batch: int | None, labels: Any, limit: int | None,
             evidence: dict[str, Any], warn: Callable[[str], None],
             ) -> tuple[GradientInfo, dict[str, SiteGradient]]:
-    """Gradient statistics for the observed ``sites``; unavailable (with the reason, and the
-    pass-through estimate) where this model cannot be differentiated."""
-    from reludoctor.backends.onnx.gradients import onnx_plan  # the backend seam replaces this
-    from reludoctor.backends.torch.gradients import _finish_dispatch, dispatch_plan, graph_plan
-
+    """Gradient statistics for the observed ``sites`` through the backend's plan
+    (``Backend.gradient_plan``); unavailable (with the reason, and the pass-through estimate)
+    where this model cannot be differentiated."""
     label_tensor = load_labels(labels)
     try:
-        if loaded.format == "onnx":
-            plan = onnx_plan(loaded.module, sites)
-            plan.forward.to(device)
-            via = "onnx2torch"
-        elif method == "export":
-            if program is None:
-                raise GradientsUnavailable("no exported program to differentiate")
-            graph_module = program.module()
-            graph_module.to(device)
-            plan = graph_plan(graph_module, evidence)
-            via = "export"
-        else:
-            static = None
-            if loaded.format == "torchscript":
-                from reludoctor.backends.torch.torchscript_names import static_call_sites
-
-                static = static_call_sites(loaded.module)
-            plan = dispatch_plan(loaded.module, unit_axis, static, evidence)
-            via = "dispatch"
+        plan = make_plan()
         loss, samples, norms = _run(plan, calibration, device=device, batch_size=batch_size,
-                                    fixed_batch=loaded.fixed_batch, labels=label_tensor, limit=limit)
-        if via == "dispatch":
-            _finish_dispatch(plan)
+                                    fixed_batch=fixed_batch, labels=label_tensor, limit=limit)
+        if plan.finish is not None:
+            plan.finish(plan)
     except GradientsUnavailable as exc:
         warn(f"gradient statistics are unavailable for this model: {exc}")
         return unavailable(sites, str(exc))
@@ -504,4 +474,4 @@ def compute(loaded: Any, calibration: Any, sites: list[SiteStats], *, method: st
             result = replace(result, producer=evidence[site.name].layer)
         grads[site.name] = result
     grads = with_attenuation(grads, observed)
-    return GradientInfo(True, loss=loss, method=via, samples=samples), grads
+    return GradientInfo(True, loss=loss, method=plan.method, samples=samples), grads

@@ -52,7 +52,6 @@ class Context:
     calibration: CalibrationInfo
     evidence: Mapping[str, Any] = field(default_factory=dict)  # site -> ProducerEvidence
     gradients: GradientInfo | None = None
-    model_format: str | None = None  # "onnx": suggestions name ONNX nodes and initializers
 
     def producer(self, site: SiteStats) -> Any:
         """The site's producer evidence when its units line up with the site's."""
@@ -75,7 +74,7 @@ class Rule:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _preview(units: Iterable[int], limit: int = 8) -> str:
+def preview(units: Iterable[int], limit: int = 8) -> str:
     units = tuple(units)
     shown = ", ".join(map(str, units[:limit]))
     return shown + (f", ... ({len(units)} in all)" if len(units) > limit else "")
@@ -170,7 +169,7 @@ def dead_units(site: SiteStats, context: Context) -> Iterable[Finding]:
         message=f"{count} of {site.units} units at {site.name} never fired ({site.dead_ratio:.1%})",
         evidence=evidence,
         suggestion=(f"use {_activation_fix(site)} at {site.name} so dead units keep a gradient "
-                    f"(Maas et al. 2013){init}; dead units: {_preview(site.dead_units)}"),
+                    f"(Maas et al. 2013){init}; dead units: {preview(site.dead_units)}"),
     )
 
 
@@ -347,7 +346,7 @@ def negative_bias(site: SiteStats, context: Context) -> Iterable[Finding]:
                   "outlier_below": _r(layer.shift_floor), "alive_input_reach_median": _r(layer.reach_ref),
                   "parameter": param,
                   "dead_vs_alive": dead_vs_alive(site, producer)},
-        suggestion=(f"re-initialise {param} for units {_preview(explained)} (e.g. to 0"
+        suggestion=(f"re-initialise {param} for units {preview(explained)} (e.g. to 0"
                     + (", and BatchNorm gamma to 1" if producer.norm_layer else "")
                     + f") and their rows of {producer.layer}.weight with {_he(producer.layer)}; "
                     f"train with a lower learning rate (a too large step drives biases negative: "
@@ -378,7 +377,7 @@ def input_never_positive(site: SiteStats, context: Context) -> Iterable[Finding]
                   "causes": _cause_counts(causes), "dead_vs_alive": dead_vs_alive(site, producer)},
         suggestion=(f"train with a lower learning rate (or a warm-up, or gradient clipping): one too "
                     f"large step leaves a unit dead for good (dying ReLU, Lu et al. 2019); re-initialise "
-                    f"rows {_preview(units)} of {producer.layer}.weight with {_he(producer.layer)}, or use "
+                    f"rows {preview(units)} of {producer.layer}.weight with {_he(producer.layer)}, or use "
                     f"{_activation_fix(site)} at {site.name} so they can recover (Maas et al. 2013)"),
     )
 
@@ -409,7 +408,7 @@ def collapsed_weights(site: SiteStats, context: Context) -> Iterable[Finding]:
         evidence={"units": collapsed, "weight_norm": [_r(float(norms[u])) for u in collapsed],
                   "reference_norm": _r(reference), "fan_in": producer.fan_in,
                   "dead_or_dormant": affected, "dead_vs_alive": dead_vs_alive(site, producer)},
-        suggestion=(f"re-initialise the rows {_preview(collapsed)} of {producer.layer}.weight with "
+        suggestion=(f"re-initialise the rows {preview(collapsed)} of {producer.layer}.weight with "
                     f"{_he(producer.layer)} (He et al. 2015), and review the weight decay on "
                     f"{producer.layer} (too strong for the learning rate, it shrinks rows that get no "
                     "gradient to zero)"),
@@ -434,7 +433,7 @@ def prunable_units(site: SiteStats, context: Context) -> Iterable[Finding]:
                  "sample: removable without changing the outputs"),
         evidence={"units": list(site.dead_units), "output": 0.0, "samples": site.samples,
                   "firing_rate_bound_95": 3.0 / site.samples if site.samples else 1.0},
-        suggestion=(f"prune units {_preview(site.dead_units)} at {site.name}: delete {rows} and the "
+        suggestion=(f"prune units {preview(site.dead_units)} at {site.name}: delete {rows} and the "
                     f"matching input channels/columns of the layer that consumes {site.name} (if the "
                     "output joins a residual sum, remove the channel along the whole residual path)"),
     )
@@ -446,8 +445,8 @@ def dormant_units(site: SiteStats, context: Context) -> Iterable[Finding]:
     if not dormant:
         return
     layer = _layer_of(site, context)
-    weights = f"rows {_preview(dormant)} of {layer}.weight" if layer else \
-        f"the incoming weights of units {_preview(dormant)} at {site.name}"
+    weights = f"rows {preview(dormant)} of {layer}.weight" if layer else \
+        f"the incoming weights of units {preview(dormant)} at {site.name}"
     yield Finding(
         rule="dormant-units",
         severity="info",
@@ -604,76 +603,6 @@ def vanishing_gradient(context: Context) -> Iterable[Finding]:
     )
 
 
-# ----------------------------------------------------------------------------- ONNX suggestions
-
-ONNX_HE = "Kaiming-normal init (fan_in, ReLU gain; He et al. 2015)"
-ONNX_LEAKY = "LeakyReLU(0.01)"
-
-
-def _onnx_parts(site_name: str | None, context: Context) -> tuple[str, str]:
-    """(the activation, the layer feeding it) named as ONNX nodes and initializers."""
-    act = f"the activation exported as ONNX node {site_name}" if site_name else "the activations"
-    site = next((s for s in context.sites if s.name == site_name), None)
-    producer = context.producer(site) if site is not None else None
-    if producer is None:
-        return act, "the layer feeding it"
-    layer = f"the layer exported as ONNX node {producer.layer} (weight initializer {producer.weight}"
-    if producer.norm_layer:
-        layer += f", then BatchNormalization node {producer.norm_layer}"
-    return act, layer + ")"
-
-
-def onnx_suggestion(finding: Finding, context: Context) -> Finding:
-    """The finding's suggestion for an ONNX model: no PyTorch code on ONNX names
-    (``torch.nn.init.kaiming_normal_(/m/fc1/Gemm.weight)`` is nothing anyone can run). It names
-    the ONNX node and initializer, says what to change in the training code (which an ONNX file
-    comes from), and which ``reludoctor fix`` strategy patches this file."""
-    from dataclasses import replace
-
-    act, layer = _onnx_parts(finding.site, context)
-    evidence = finding.evidence
-    listed = (evidence.get(key) for key in ("units", "dead_units", "dormant_units", "saturated_units"))
-    units = _preview(next((v for v in listed if isinstance(v, (list, tuple)) and v), ()))
-    retrain = "in the training code"
-    text = {
-        "dead-units": (f"{retrain}, use {ONNX_LEAKY} for {act} so dead units keep a gradient (Maas et "
-                       f"al. 2013), or re-initialise their weight rows in {layer} with {ONNX_HE}; to "
-                       f"patch this file: reludoctor fix --leaky 0.01 or --reinit; dead units: {units}"),
-        "dead-site": (f"check {layer}: a strongly negative bias or collapsed weights; {retrain}, "
-                      f"re-initialise it with {ONNX_HE} and use {ONNX_LEAKY} for {act} before retraining"),
-        "negative-bias": (f"{retrain}, reset the bias" + (" (BatchNorm beta, and gamma to 1)"
-                                                          if "BatchNormalization" in layer else "")
-                          + f" of units {units} of {layer} to 0 and re-initialise their weight rows "
-                          f"with {ONNX_HE}; train with a lower learning rate (a too large step drives "
-                          f"biases negative: Lu et al. 2019), or use {ONNX_LEAKY} for {act}; "
-                          "reludoctor fix --reinit does the re-initialisation on this file"),
-        "input-never-positive": (f"train with a lower learning rate (or a warm-up, or gradient "
-                                 "clipping): one too large step leaves a unit dead for good (dying "
-                                 f"ReLU, Lu et al. 2019); {retrain}, re-initialise rows {units} of the "
-                                 f"weight of {layer} with {ONNX_HE}, or use {ONNX_LEAKY} for {act} so "
-                                 "they can recover"),
-        "collapsed-weights": (f"{retrain}, re-initialise rows {units} of the weight of {layer} with "
-                              f"{ONNX_HE}, and review the weight decay on that layer (too strong for "
-                              "the learning rate, it shrinks rows that get no gradient to zero)"),
-        "prunable-units": (f"prune units {units} at {finding.site}: reludoctor fix --prune-dead "
-                           f"removes them from this file (their rows in {layer} and the matching "
-                           "inputs of the layers that consume them); or remove them from the layer "
-                           f"{retrain}"),
-        "dormant-units": (f"ReDo (Sokar et al. 2023): {retrain}, re-initialise the weight rows "
-                          f"{units} of {layer} with {ONNX_HE} and zero the outgoing weights of those "
-                          "units; reludoctor fix --reinit does it on this file"),
-        "saturated-units": (f"{retrain}, use an unbounded ReLU for {act}, or lower the scale of "
-                            f"{layer} (re-initialise it, or normalise its input)"),
-        "dead-with-depth": (f"{retrain}, initialise every Conv/Linear with {ONNX_HE}, add residual "
-                            f"connections around the deep layers, and normalise before each "
-                            f"activation (BatchNorm / LayerNorm); the dead ratio rises towards "
-                            f"{finding.site}"),
-        "vanishing-gradient": (f"{retrain}, initialise every Conv/Linear with {ONNX_HE}, add "
-                               "residual connections, and normalise before each activation "
-                               "(BatchNorm / LayerNorm)"),
-    }.get(finding.rule)
-    return finding if text is None else replace(finding, suggestion=text)
-
 
 # ----------------------------------------------------------------------------- the registry
 
@@ -717,11 +646,11 @@ def rule(rule_id: str) -> Rule:
 
 def evaluate(sites: list[SiteStats] | tuple[SiteStats, ...], calibration: CalibrationInfo, *,
              evidence: Mapping[str, Any] | None = None, gradients: GradientInfo | None = None,
-             model_format: str | None = None) -> tuple[Finding, ...]:
+             suggest: Callable[[Finding, Context], Finding] | None = None) -> tuple[Finding, ...]:
     """Every rule on a scan: scan-wide input checks first, then per site in execution order
-    (rules in registry order), then the depth rules. ``model_format`` "onnx": the suggestions
-    name ONNX nodes and initializers and what to change in the training code (``onnx_suggestion``)."""
-    context = Context(tuple(sites), calibration, evidence or {}, gradients, model_format)
+    (rules in registry order), then the depth rules. ``suggest``: the backend's rewording of
+    a suggestion in its format's vocabulary (``Backend.suggestion``; ONNX names nodes and initializers)."""
+    context = Context(tuple(sites), calibration, evidence or {}, gradients)
     leading = [r for r in RULES if r.scope == "scan" and r.id in ("synthetic-data", "few-samples")]
     trailing = [r for r in RULES if r.scope == "scan" and r not in leading]
     findings: list[Finding] = []
@@ -733,6 +662,6 @@ def evaluate(sites: list[SiteStats] | tuple[SiteStats, ...], calibration: Calibr
                 findings.extend(entry.check(site, context))
     for entry in trailing:
         findings.extend(entry.check(context))
-    if model_format == "onnx":
-        findings = [onnx_suggestion(finding, context) for finding in findings]
+    if suggest is not None:
+        findings = [suggest(finding, context) for finding in findings]
     return tuple(findings)

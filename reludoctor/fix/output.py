@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from reludoctor.errors import UsageError
 from reludoctor.safeio import atomic_path  # noqa: F401 - the fix backends' (and reports') one write path
@@ -29,26 +29,17 @@ def same_file(a: Path, b: Path) -> bool:
         return a.absolute() == b.absolute()
 
 
-def output_format(out: Path, model_format: str) -> str:
-    """The format OUT's suffix asks for, checked against the input model's kind. Called once the
-    model is loaded, before the scan: OUT may not be a file the load read (the input ledger knows
-    an ONNX model's external-data files by now), whatever --force says."""
+def output_format(out: Path, backend: Any, loaded: Any) -> str:
+    """The format OUT's suffix asks for, checked by the model's backend (``Backend.fix_output``).
+    Called once the model is loaded, before the scan: OUT may not be a file the load read (the
+    input ledger knows an ONNX model's external-data files by now), whatever --force says."""
     from reludoctor.safeio import refuse_input
 
     refuse_input(out, "-o")
     kind = SUFFIXES.get(out.suffix.lower())
-    is_onnx = model_format == "onnx"
     if kind is None:
-        wanted = ".onnx" if is_onnx else ".pt2 (or .pt for a state_dict with --arch)"
-        raise UsageError(f"-o {out}: unknown suffix {out.suffix or '(none)'!r}", f"use {wanted}")
-    if is_onnx and kind != ONNX:
-        raise UsageError(f"-o {out}: an ONNX model is written as .onnx")
-    if not is_onnx and kind == ONNX:
-        raise UsageError(f"-o {out}: a PyTorch model is written as .pt2 (torch.export) or .pt "
-                         "(state_dict), not ONNX", "export to ONNX afterwards with torch.onnx.export")
-    if kind == TORCH_STATE_DICT and model_format != "state-dict":
-        raise UsageError(f"-o {out}: a state_dict output is only for state_dict inputs (--arch)",
-                         "write a .pt2 file")
+        raise UsageError(f"-o {out}: unknown suffix {out.suffix or '(none)'!r}", f"use {backend.fix_suffixes}")
+    backend.fix_output(out, kind, loaded)
     return kind
 
 

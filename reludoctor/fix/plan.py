@@ -55,6 +55,11 @@ def matches(name: str, patterns: Sequence[str]) -> bool:
     return not patterns or any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+def _prunable(op: str) -> bool:
+    entry = activations.get(op)
+    return entry is None or entry.prunable
+
+
 def _targets(site: SiteStats, strategy: Strategy) -> tuple[int, ...]:
     if strategy is Strategy.PRUNE_DEAD:
         return tuple(site.dead_units)
@@ -86,6 +91,10 @@ def plan(report: Report, strategy: Strategy, patterns: Sequence[str] = ()) -> li
         if strategy is Strategy.PRUNE_DEAD and len(targets) == site.units:
             out.append(entry.skipped(f"all {site.units} units are dead: the whole layer is "
                                      "inert; remove it from the architecture instead"))
+            continue
+        if strategy is Strategy.PRUNE_DEAD and not _prunable(site.op):
+            out.append(entry.skipped(f"{site.op}: a dead unit's output is not a constant (its "
+                                     "negative slope passes the input), so it cannot be removed"))
             continue
         if strategy is Strategy.PRUNE_DEAD and site.lower_bound != 0.0:
             out.append(entry.skipped(f"{site.op} with lower bound {site.lower_bound}: a dead "

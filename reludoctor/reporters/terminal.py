@@ -112,11 +112,20 @@ def fitted(build: Callable[[int, bool], Table], console: Console | None) -> Tabl
     return build(NAME_MIN + max(0, width - need(build(NAME_MIN, False))), False)
 
 
+def _site_order(model_format: str) -> str:
+    """How the backend lists its sites (ONNX: the graph's topological order, its execution order)."""
+    from reludoctor.backends import registry
+
+    try:
+        return registry.for_format(model_format).site_order
+    except KeyError:  # a report from a newer version, or edited by hand
+        return "execution order"
+
+
 def site_table(report: Report, top: int | None = None, console: Console | None = None) -> Table:
     """The site table, worst sites highlighted, fitted to ``console``'s width."""
     shown, hidden = top_sites(report, top)
-    # ONNX sites are listed in the graph's (topological) order, which is its execution order
-    title = "ReLU sites in " + ("graph order" if report.model.format == "onnx" else "execution order")
+    title = "ReLU sites in " + _site_order(report.model.format)
     if hidden:
         title += f" (the {len(shown)} worst of {len(report.sites)})"
     worst = _worst(report)

@@ -324,7 +324,7 @@ def test_exported_program_and_cli_batch_axis(tmp_path: Path) -> None:
     np.savez(tmp_path / "d.npz", x=x.numpy(), state=state.numpy())
     from reludoctor.engine import load_model
 
-    loaded = load_model(str(tmp_path / "stateful.pt2"), arch=None, arch_kwargs=None)
+    _, loaded = load_model(str(tmp_path / "stateful.pt2"))
     # sr was fixed by the export: an input still (the program's module takes it), bound to 16000
     assert [(s.name, s.batch_axis, s.kind) for s in loaded.inputs] == \
         [("x", 0, "tensor"), ("state", 1, "tensor"), ("sr", 0, "value")]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from reludoctor.data.calibration import load_calibration
-from reludoctor.engine import _export
+from reludoctor.backends.torch.scan import export_for_scan as _export
 from reludoctor.backends.torch.export import instrument_graph_module
 from reludoctor.backends.base import InputSpec
 from reludoctor.core.observers import BatchContext, TorchUnitObserver

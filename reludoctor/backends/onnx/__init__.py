@@ -1,1 +1,98 @@
-"""The ONNX backend: graphs run with onnxruntime."""
+"""The ONNX backend: graphs augmented with statistic outputs and run with onnxruntime.
+
+Importing this package does not import onnx or onnxruntime; every phase imports what it needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from reludoctor.backends import detect
+from reludoctor.backends.base import Backend, LoadedModel, Observation, ScanRun
+from reludoctor.errors import UsageError
+from reludoctor.options import ModelFormat
+
+
+class OnnxBackend(Backend):
+    name = "onnx"
+    formats = (ModelFormat.ONNX,)
+    file_kinds = (detect.ONNX,)
+    site_order = "graph order"
+
+    def load_path(self, path: Path, kind: str, options: Any) -> LoadedModel:
+        if options.arch:
+            raise UsageError("--arch is only for state_dict files, not ONNX models")
+        from reludoctor.backends.onnx import loader
+
+        return loader.load_path(path)
+
+    def accepts(self, model: Any) -> bool:
+        return type(model).__name__ == "ModelProto"  # onnx.ModelProto, without importing onnx
+
+    def load_object(self, model: Any, options: Any) -> LoadedModel:
+        if options.arch:
+            raise UsageError("arch is only for state_dict files, not in-memory models")
+        from reludoctor.backends.onnx import loader
+
+        return loader.from_object(model)
+
+    def check(self, loaded: LoadedModel, options: Any) -> None:
+        if options.dtype is not None and options.dtype != "fp32":
+            raise UsageError(f"--dtype {options.dtype} applies to PyTorch models only: an ONNX model "
+                             "runs in the precision it was exported in",
+                             "drop --dtype (or convert the ONNX model to float16 yourself)")
+        from reludoctor.backends.precheck import refuse_without_candidates
+
+        refuse_without_candidates(loaded)
+
+    def device(self, loaded: LoadedModel, options: Any, target: Any) -> Any:
+        if options.device == "auto" and target.type == "cuda":
+            from reludoctor.backends.onnx.graph import cuda_provider_available
+            from reludoctor.core.batches import resolve_device
+
+            if not cuda_provider_available():  # a CPU-only onnxruntime on a GPU machine
+                return resolve_device("cpu")
+        return target
+
+    def observe(self, loaded: LoadedModel, calibration: Any, run: ScanRun) -> Observation:
+        from reludoctor.backends.onnx.graph import observe_onnx
+
+        ignored: list = []
+        sites, samples, unobserved = observe_onnx(
+            loaded, calibration, device=run.device, batch_size=run.batch_size,
+            unit_axis=run.options.unit_axis, progress=run.progress, warn=run.warn, ignored=ignored)
+        return Observation("onnxruntime", sites, samples, unobserved, ignored)
+
+    def evidence(self, loaded: LoadedModel, observation: Observation, calibration: Any,
+                 run: ScanRun) -> dict:
+        from reludoctor.backends.onnx.evidence import from_onnx
+
+        return from_onnx(loaded.module, [spec.name for spec, observer in observation.sites if observer.observed])
+
+    def gradient_plan(self, loaded: LoadedModel, observation: Observation, sites: list,
+                      evidence: dict, run: ScanRun) -> Any:
+        from reludoctor.backends.onnx.gradients import onnx_plan
+
+        plan = onnx_plan(loaded.module, sites)
+        plan.forward.to(run.device)
+        plan.method = "onnx2torch"
+        return plan
+
+    def suggestion(self, finding: Any, context: Any) -> Any:
+        from reludoctor.backends.onnx.suggestions import onnx_suggestion
+
+        return onnx_suggestion(finding, context)
+
+    fix_suffixes = ".onnx"
+
+    def fix_output(self, out: Path, kind: str, loaded: LoadedModel) -> None:
+        from reludoctor.fix import output
+
+        if kind != output.ONNX:
+            raise UsageError(f"-o {out}: an ONNX model is written as .onnx")
+
+    def fix_prepare(self, loaded: LoadedModel, model: Any, data: Any, limit: int | None,
+                    strategy: Any) -> tuple[Any, Any, Any]:
+        from reludoctor.backends.onnx import fix
+
+        return fix, fix.prepare(loaded), model

@@ -60,7 +60,7 @@ def export_program(module: Any, example: tuple, dynamic_batch: bool) -> Any:
 
     if dynamic_batch and example[0].shape[0] < 2:  # a batch of 1 would be specialised
         example = tuple(torch.cat([t, t]) for t in example)
-    from reludoctor.engine import quiet_export
+    from reludoctor.backends.torch.scan import quiet_export
 
     shapes = tuple({0: Dim("batch")} for _ in example) if dynamic_batch else None
     with quiet_export():  # a failed capture's graph dump is not the user's to read

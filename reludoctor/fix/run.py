@@ -1,0 +1,254 @@
+"""``fix()``: turn a scan's diagnosis into a repaired model file plus a summary of what changed.
+
+Strategies (exactly one): ``prune-dead`` (remove dead units, lossless on the calibration data),
+``leaky`` (ReLU -> LeakyReLU(alpha), not lossless), ``reinit`` (ReDo: dead and tau-dormant units get
+fresh incoming weights and zero outgoing weights). Pipeline::
+
+    scan (Report) -> plan.plan (units per site) -> the backend's fixer (apply, skip with reasons)
+        -> write to a temporary file beside OUT -> reload it -> verify.compare on the calibration
+        data -> os.replace onto OUT -> rescan (prune, reinit)
+
+Nothing is written when a check fails or with ``dry_run``. Importing this package does not
+import torch or onnx.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from reludoctor.errors import ReludoctorError, UsageError
+from reludoctor.fix.plan import SiteFix, Strategy
+from reludoctor.fix.verify import FixVerificationError, Verification
+
+__all__ = ["fix", "FixSummary", "FixVerificationError", "SiteFix", "Strategy", "Verification",
+           "SUMMARY_SCHEMA_VERSION"]
+
+SUMMARY_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    path: str | None
+    format: str
+    sha256: str | None
+
+
+@dataclass(frozen=True)
+class FixSummary:
+    strategy: str
+    alpha: float | None
+    dry_run: bool
+    model: FileInfo
+    output: FileInfo | None  # None for a dry run
+    calibration: dict
+    sites: tuple[SiteFix, ...]
+    params_before: int
+    params_after: int
+    macs_before: int  # multiply-accumulates per sample (Conv, Linear/Gemm/MatMul layers)
+    macs_after: int
+    verification: Verification | None  # None for a dry run
+    rescan: dict | None  # dead units found by a scan of the output (prune, reinit)
+    notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    tool: dict = field(default_factory=lambda: {"name": "reludoctor", "version": _version()})
+
+    @property
+    def changed_sites(self) -> tuple[SiteFix, ...]:
+        return tuple(s for s in self.sites if s.action in ("pruned", "leaky", "reinit"))
+
+    @property
+    def units_changed(self) -> int:
+        return sum(len(s.targets) for s in self.changed_sites) if self.strategy != "leaky" \
+            else sum(s.units for s in self.changed_sites)
+
+    def to_dict(self) -> dict:
+        skipped = [s for s in self.sites if s.action == "skipped"]
+        return {
+            "schema_version": SUMMARY_SCHEMA_VERSION,
+            "tool": dict(self.tool),
+            "strategy": self.strategy,
+            "alpha": self.alpha,
+            "dry_run": self.dry_run,
+            "model": asdict(self.model),
+            "output": asdict(self.output) if self.output else None,
+            "calibration": dict(self.calibration),
+            "totals": {"sites_changed": len(self.changed_sites), "sites_skipped": len(skipped),
+                       "units_changed": self.units_changed},
+            "params": {"before": self.params_before, "after": self.params_after},
+            "macs_per_sample": {"before": self.macs_before, "after": self.macs_after},
+            "sites": [s.to_dict() for s in self.sites],
+            "verification": _finite(self.verification.to_dict()) if self.verification else None,
+            "rescan": self.rescan,
+            "notes": list(self.notes),
+            "warnings": list(self.warnings),
+        }
+
+    def to_json(self) -> str:
+        import json
+
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
+
+
+def _finite(data: dict) -> dict:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in data.items()}
+
+
+def _version() -> str:
+    from reludoctor import __version__
+
+    return __version__
+
+
+def check_options(strategy: Strategy | str | None, alpha: float | None) -> Strategy:
+    if strategy is None:
+        raise UsageError("choose a strategy", "--prune-dead, --leaky ALPHA or --reinit")
+    try:
+        chosen = Strategy(strategy)
+    except ValueError:
+        raise UsageError(f"unknown strategy {strategy!r}",
+                         f"one of {', '.join(s.value for s in Strategy)}") from None
+    if chosen is Strategy.LEAKY:
+        if alpha is None or not (math.isfinite(alpha) and 0.0 < alpha < 1.0):
+            raise UsageError(f"--leaky {alpha}: the negative slope must be in (0, 1)", "e.g. --leaky 0.01")
+    elif alpha is not None:
+        raise UsageError("alpha is only for the leaky strategy")
+    return chosen
+
+
+def _reusable(data: Any) -> Any:
+    """A one-shot iterable of batches becomes a list (the data is read several times)."""
+    if data is None or isinstance(data, (str, Path, dict, list, tuple)):
+        return data
+    if type(data).__name__ in ("ndarray", "Tensor"):
+        return data
+    if isinstance(data, Iterable):
+        return list(data)
+    return data
+
+
+def fix(
+    model: Any,
+    data: Any,
+    out: str | Path | None = None,
+    *,
+    strategy: Strategy | str,
+    alpha: float | None = None,
+    sites: Sequence[str] = (),
+    force: bool = False,
+    dry_run: bool = False,
+    batch_size: int | None = None,
+    limit: int | None = None,
+    device: str = "auto",
+    dormant_tau: float = 0.025,
+    arch: str | None = None,
+    arch_kwargs: str | dict | None = None,
+    trust_model: bool = False,
+    unsafe_pickle: bool | None = None,
+    seed: int = 0,
+    on_warning: Callable[[str], None] | None = None,
+    rescan: bool = True,
+    imports: Sequence[str] = (),
+) -> FixSummary:
+    """Scan ``model`` on ``data``, apply ``strategy`` and write the repaired model to ``out``.
+
+    ``model``: a path (.pt2, state_dict with ``arch``, .onnx), an nn.Module, ExportedProgram or
+    onnx.ModelProto (never modified). ``sites``: glob patterns on site names (default: all).
+    Returns the FixSummary; raises ReludoctorError (nothing written) on bad input, a structure it
+    cannot handle at all, or a failed verification. ``imports``: modules imported before the model
+    loads (op libraries, ``--import``).
+    """
+    from reludoctor.engine import load_model, scan, trusted
+    from reludoctor.fix import output
+    from reludoctor.fix.plan import plan, selected_nothing
+
+    chosen = check_options(strategy, alpha)
+    if data is None:
+        raise UsageError("reludoctor fix needs calibration data (--data)",
+                         "the fix is verified on it; synthetic inputs prove nothing")
+    if out is None and not dry_run:
+        raise UsageError("no output path", "pass -o OUT, or --dry-run to only see the plan")
+    sites = tuple(sites or ())
+    data = _reusable(data)
+    warnings: list[str] = []
+
+    def warn(message: str) -> None:
+        warnings.append(message)
+        if on_warning is not None:
+            on_warning(message)
+
+    out_path = Path(out) if out is not None else None
+    inputs = [Path(p) for p in (model, data) if isinstance(p, (str, Path))]
+    if out_path is not None:
+        output.check_destination(out_path, inputs, force)
+
+    trust_model = trusted(trust_model, unsafe_pickle)
+    backend, loaded = load_model(model, arch=arch, arch_kwargs=arch_kwargs, trust_model=trust_model,
+                                 imports=imports)
+    out_format = output.output_format(out_path, backend, loaded) if out_path is not None else None
+    if out_format == output.TORCH_STATE_DICT and chosen is not Strategy.REINIT:
+        raise UsageError(f"-o {out_path}: --{chosen.value} changes the architecture, which a "
+                         "state_dict cannot describe", "write a .pt2 file")
+    fixer, work, scan_target = backend.fix_prepare(loaded, model, data, limit, chosen)
+    report = scan(scan_target, data, batch_size=batch_size, device=device, limit=limit,
+                  dormant_tau=dormant_tau, method=backend.fix_scan_method, on_warning=warn)
+    if selected_nothing(report, sites):
+        raise UsageError(f"--sites {', '.join(sites)} matches no site",
+                         f"sites are: {', '.join(s.name for s in report.sites[:8])}"
+                         f"{', ...' if len(report.sites) > 8 else ''}")
+    entries = plan(report, chosen, sites)
+
+    from reludoctor.fix.result import Request
+
+    request = Request(chosen, alpha, seed, data, limit, batch_size or 32, out_path, out_format,
+                      dry_run, {s.name: set(s.dead_units) for s in report.sites}, warn)
+    result = fixer.run(loaded, work, entries, request)
+
+    rescanned = None
+    changed = [s for s in result.sites if s.action in ("pruned", "reinit")]
+    if rescan and not dry_run and changed and result.fixed_object is not None:
+        try:
+            after = scan(result.fixed_object, data, batch_size=batch_size, device=device,
+                         limit=limit, dormant_tau=dormant_tau,
+                         method=backend.fix_scan_method, on_warning=lambda m: None)
+        except ReludoctorError as exc:  # the model is written and verified; the rescan is extra
+            warn(f"the rescan of the output failed: {exc.one_line()}")
+        else:
+            per_site = {s.name: list(s.dead_units) for s in after.sites}
+            rescanned = {
+                "dead_units": after.summary.dead_units,
+                "units": after.summary.units,
+                "fixed_sites": {s.site: per_site.get(s.site) for s in changed},
+            }
+    notes = list(result.notes)
+    if chosen is Strategy.REINIT and changed:
+        notes.append("reset the optimizer state (e.g. Adam moments) of the re-initialised units' "
+                     "incoming and outgoing weights before resuming training")
+        v = result.verification
+        if v is not None and not v.lossless_expected:
+            notes.append("some re-initialised units were dormant, not dead: their small outputs are "
+                         f"dropped (outputs changed by max abs {v.max_abs_diff:.3g}, relative "
+                         f"{v.max_rel_diff:.3g})")
+    if not changed and chosen is not Strategy.LEAKY and not dry_run:
+        notes.append("no unit was changed: the output computes the same function as the input")
+    if chosen is Strategy.LEAKY and result.verification is not None:
+        v = result.verification
+        notes.append(f"not lossless: LeakyReLU changes outputs (max abs {v.max_abs_diff:.3g}, "
+                     f"relative {v.max_rel_diff:.3g} on the calibration data); fine-tune afterwards")
+    if report.calibration.synthetic:
+        notes.append("calibration data was synthetic")
+    return FixSummary(
+        strategy=chosen.value, alpha=alpha, dry_run=dry_run,
+        model=FileInfo(loaded.path, loaded.format, loaded.sha256),
+        output=(FileInfo(str(out_path), out_format, result.out_sha256)
+                if out_path is not None and not dry_run else None),
+        calibration={"source": report.calibration.source, "samples": report.calibration.samples},
+        sites=tuple(result.sites),
+        params_before=result.params_before, params_after=result.params_after,
+        macs_before=result.macs_before, macs_after=result.macs_after,
+        verification=result.verification, rescan=rescanned, notes=tuple(notes),
+        warnings=tuple(warnings),
+    )

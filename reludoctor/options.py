@@ -1,0 +1,113 @@
+"""What a scan is asked to do: the enums user strings become at the boundary, and ScanOptions,
+where every default is written once (the CLI's, the Python API's and the docs' defaults)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from enum import Enum
+from typing import Any
+
+from reludoctor.errors import UsageError
+
+
+class _Choice(str, Enum):
+    """A str Enum (Python 3.10 has no StrEnum): compares and serialises as its value."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class ModelFormat(_Choice):
+    """How a model was stored (the report's ``model.format``); each belongs to one backend."""
+
+    TORCH_EXPORT = "torch-export"
+    TORCHSCRIPT = "torchscript"
+    STATE_DICT = "state-dict"
+    MODULE = "module"
+    PICKLED_MODULE = "pickled-module"
+    ONNX = "onnx"
+
+
+class Method(_Choice):
+    """How PyTorch call sites are observed (``--method``)."""
+
+    AUTO = "auto"
+    EXPORT = "export"
+    DISPATCH = "dispatch"
+
+
+class DType(_Choice):
+    """The forward pass's precision (``--dtype``); FP32 runs without autocast."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+ALIASES = {"float32": DType.FP32, "bfloat16": DType.BF16, "float16": DType.FP16}
+DEFAULT_BATCH_SIZE = 32
+
+
+def choice(enum: type[_Choice], value: Any, option: str) -> Any:
+    """A user string -> the enum member, or a one-line UsageError listing the choices."""
+    if value is None or isinstance(value, enum):
+        return value
+    try:
+        return enum(value)
+    except ValueError:
+        alias = ALIASES.get(value) if enum is DType else None
+        if alias is not None:
+            return alias
+        raise UsageError(f"{option} {value!r} is not one of {', '.join(m.value for m in enum)}") from None
+
+
+@dataclass
+class ScanOptions:
+    """Every setting of ``reludoctor.scan`` (documented there and in docs/cli.md), defaults once.
+
+    ``check()`` validates and normalises (strings to enums); the engine reads nothing else."""
+
+    batch_size: int | None = None  # None: DEFAULT_BATCH_SIZE, or the model's fixed batch
+    device: str = "auto"
+    dtype: DType | None = None
+    limit: int | None = None
+    input_shape: tuple[int, ...] | None = None
+    unit_axis: int | None = None
+    near_dead: float = 1e-3
+    dormant_tau: float = 0.025
+    method: Method = Method.AUTO
+    # loading
+    arch: str | None = None
+    arch_kwargs: str | dict | None = None
+    trust_model: bool = False
+    imports: Any = ()
+    # gradient pass
+    gradients: bool = False
+    labels: Any = None
+    # data
+    sample: int | None = None
+    seed: int = 0
+    resize: int | None = None
+    center_crop: int | None = None
+    normalize: str | None = None
+    constants: Any = None
+    batch_axes: Any = None
+
+    @classmethod
+    def names(cls) -> frozenset[str]:
+        return frozenset(f.name for f in fields(cls))
+
+    def check(self) -> ScanOptions:
+        """Refuse impossible values with the option's name; strings become enums."""
+        if self.batch_size is not None and self.batch_size < 1:
+            raise UsageError(f"--batch-size {self.batch_size} must be at least 1")
+        if not 0 < self.near_dead <= 1:  # also refuses NaN
+            raise UsageError(f"--near-dead {self.near_dead} must be in (0, 1]")
+        if not (math.isfinite(self.dormant_tau) and self.dormant_tau >= 0):
+            raise UsageError(f"--dormant-tau {self.dormant_tau} must be a finite number >= 0")
+        self.method = choice(Method, self.method, "--method")
+        self.dtype = choice(DType, self.dtype, "--dtype")
+        if self.labels is not None and not self.gradients:
+            raise UsageError("--labels is only used by the gradient pass (--gradients)", "add --gradients")
+        return self
