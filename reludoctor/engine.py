@@ -6,7 +6,7 @@ import contextlib
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from reludoctor import __version__, activations
 from reludoctor.core import distributed
@@ -19,6 +19,10 @@ from reludoctor.report.model import CalibrationInfo, ModelInfo, Report, Threshol
 from reludoctor.core.rules import evaluate
 from reludoctor.core.batches import Progress, dtype_name, resolve_device, resolve_dtype, run
 from reludoctor.core.stats import site_stats, summarise
+
+if TYPE_CHECKING:  # pragma: no cover
+    from reludoctor.core.counts import SiteObserver
+    from reludoctor.core.sites import SiteSpec
 
 METHODS = ("auto", "export", "dispatch")
 DEFAULT_BATCH_SIZE = 32
@@ -358,11 +362,11 @@ def _observe(loaded: LoadedModel, calibration: Calibration, method: str, device:
              batch_size: int, context: BatchContext, unit_axis: int | None,
              progress: Progress | None, warn: Callable[[str], None],
              keep: dict[str, Any] | None = None, dtype: Any = None,
-             ) -> tuple[str, list, int, list[UnobservedSite]]:
+             ) -> tuple[str, list[tuple[SiteSpec, SiteObserver]], int, list[UnobservedSite]]:
     """Run the calibration data through the instrumented model.
 
     Returns (method, [(SiteSpec, observer)], samples, sites that could not be observed).
-    Observers expose ``observed``, ``shape`` and ``state() -> UnitCounts``. ``keep`` receives
+    Every backend's observer is a ``counts.SiteObserver``. ``keep`` receives
     the export path's ``program`` and instrumented ``graph_module`` (for evidence and gradients),
     and ``ignored_ops``: the ReLU-like ops that are not activations (``report.IgnoredOp``).
     """
