@@ -30,9 +30,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from reludoctor.errors import DistributedError, ReludoctorError, UsageError  # noqa: F401 - re-exported
-from reludoctor.core.observers import HIST_EDGES, UnitCounts
+from reludoctor.core.counts import CHANNELS, SiteObserver, UnitCounts, pack, unpack
 
-BINS = len(HIST_EDGES) + 1
 OPT_OUT = "RELUDOCTOR_DISTRIBUTED"  # =0: scan alone, even under torchrun or in a process group
 
 
@@ -116,7 +115,8 @@ class World:
         plan = _plan([report[1] for report in gathered])
         mine = {spec.name: state for (spec, _), state in zip(sites, counts)}
         total, states = reduce_counts(plan, mine, samples, self._all_reduce)
-        merged = [(entry.spec, Combined(entry.shape, state)) for entry, state in zip(plan, states)]
+        merged: list[tuple[Any, SiteObserver]] = [(entry.spec, Combined(entry.shape, state))
+                                                  for entry, state in zip(plan, states)]
         return merged, total
 
     def _all_reduce(self, buffer: np.ndarray, op: str) -> np.ndarray:
@@ -143,7 +143,7 @@ class PlannedSite:
 
 @dataclass
 class Combined:
-    """The merged statistics of one site, shaped like an observer for ``engine.scan``."""
+    """The merged statistics of one site, a ``SiteObserver`` for ``engine.scan``."""
 
     shape: tuple[int, ...] | None
     counts: UnitCounts | None
@@ -184,48 +184,21 @@ def _plan(per_rank: list[list[tuple]]) -> list[PlannedSite]:
 def reduce_counts(plan: list[PlannedSite], mine: dict[str, UnitCounts | None], samples: int,
                   all_reduce: Callable[[np.ndarray, str], np.ndarray],
                   ) -> tuple[int, list[UnitCounts | None]]:
-    """Combine this rank's ``UnitCounts`` with every other rank's, in three collectives:
-    int64 sums (samples, positions, positive counts, histograms), float64 sums (|output|),
-    float64 maxima (max, and -min). ``all_reduce(buffer, "sum" | "max")`` returns the
+    """Combine this rank's ``UnitCounts`` with every other rank's, one collective per channel
+    of ``counts.pack`` (int64 sums, with the sample count first; float64 sums; float64 maxima,
+    the minima negated), whatever the sites. ``all_reduce(buffer, "sum" | "max")`` returns the
     reduced buffer. Returns (samples of all ranks, merged counts per planned site)."""
-    ints, sums, peaks = [np.array([samples], np.int64)], [], []
-    for site in plan:
-        if site.units is None:
-            continue
-        state = mine.get(site.spec.name) or UnitCounts.empty(site.units, site.bounded)
-        ints += [np.array([state.positions, state.samples], np.int64),
-                 state.positive.astype(np.int64), state.hist.astype(np.int64)]
-        sums.append(state.abs_output_sum.astype(np.float64))
-        peaks.append(state.max.astype(np.float64))
-        if site.bounded:
-            peaks.append(-np.asarray(state.min if state.min is not None
-                                     else np.full(site.units, np.inf), np.float64))
-    int_total = all_reduce(np.concatenate(ints), "sum")
-    sum_total = all_reduce(np.concatenate(sums), "sum") if sums else np.zeros(0)
-    peak_total = all_reduce(np.concatenate(peaks), "max") if peaks else np.zeros(0)
-    total = int(int_total[0])
-    i, s, p = 1, 0, 0
-    merged: list[UnitCounts | None] = []
-    for site in plan:
-        if site.units is None:
-            merged.append(None)
-            continue
-        u = site.units
-        positions, seen = int(int_total[i]), int(int_total[i + 1])
-        positive = int_total[i + 2:i + 2 + u]
-        hist = int_total[i + 2 + u:i + 2 + u + BINS]
-        i += 2 + u + BINS
-        abs_sum = sum_total[s:s + u]
-        s += u
-        peak = peak_total[p:p + u]
-        p += u
-        low = None
-        if site.bounded:
-            low = -peak_total[p:p + u]
-            p += u
-        merged.append(UnitCounts(positions, seen, positive.copy(), peak.copy(),
-                                 None if low is None else low.copy(), abs_sum.copy(), hist.copy()))
-    return total, merged
+    observed = [site for site in plan if site.units is not None]
+    buffers = pack([mine.get(site.spec.name) or UnitCounts.empty(site.units, site.bounded)
+                    for site in observed])
+    first = CHANNELS[0]  # int64 sums: always reduced, it carries the sample count
+    buffers[first] = np.concatenate([np.array([samples], np.int64), buffers[first]])
+    reduced = {channel: all_reduce(buffer, channel[0]) for channel, buffer in buffers.items()
+               if channel == first or buffer.size}
+    total = int(reduced[first][0])
+    reduced[first] = reduced[first][1:]
+    states = iter(unpack(reduced, [(site.units, site.bounded) for site in observed]))
+    return total, [None if site.units is None else next(states) for site in plan]
 
 
 # ----------------------------------------------------------------------------- joining

@@ -1,9 +1,7 @@
-"""Streaming, mergeable per-unit statistics of one activation site.
+"""Streaming per-unit statistics of one activation site, on the model's device.
 
-``UnitCounts`` is the backend-neutral state (numpy, merged associatively, so shards of a
-calibration set scanned apart combine into the state of one scan over the union).
-``TorchUnitObserver`` accumulates the same state on the model's device, batch by batch, with
-no host synchronisation; ``state()`` reads it back once.
+``TorchUnitObserver`` accumulates the state of ``core.counts.UnitCounts`` (the backend-neutral,
+mergeable form) batch by batch, with no host synchronisation; ``state()`` reads it back once.
 """
 
 from __future__ import annotations
@@ -13,58 +11,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+# Also re-exported: backends/onnx/graph.py imports UnitCounts and HIST_EDGES from here.
+from reludoctor.core.counts import HIST_EDGES, UnitCounts
 from reludoctor.errors import ObserverFailure
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-# Fixed histogram edges (symmetric log scale) so histograms from separate runs add up.
-_MAGNITUDES = 10.0 ** np.arange(-3.0, 3.0001, 0.25)
-HIST_EDGES: np.ndarray = np.concatenate([-_MAGNITUDES[::-1], [0.0], _MAGNITUDES])
 # Values per batch fed to the histogram: a strided subsample keeps its cost flat.
 HIST_SAMPLE = 4096
-
-
-@dataclass
-class UnitCounts:
-    """Raw per-unit counts of one site. Arrays have one entry per unit."""
-
-    positions: int  # observed positions per unit (samples x positions per sample)
-    samples: int
-    positive: np.ndarray  # int64: positions where the pre-activation > lower bound
-    max: np.ndarray  # float64: max pre-activation
-    min: np.ndarray | None  # float64: min pre-activation (bounded activations only)
-    abs_output_sum: np.ndarray  # float64: sum of |activation output|
-    hist: np.ndarray  # int64, len(HIST_EDGES) + 1 bins: (-inf, e0), [e0, e1), ..., [e_last, inf)
-
-    @classmethod
-    def empty(cls, units: int, bounded: bool) -> UnitCounts:
-        return cls(
-            positions=0,
-            samples=0,
-            positive=np.zeros(units, np.int64),
-            max=np.full(units, -np.inf),
-            min=np.full(units, np.inf) if bounded else None,
-            abs_output_sum=np.zeros(units, np.float64),
-            hist=np.zeros(len(HIST_EDGES) + 1, np.int64),
-        )
-
-    @property
-    def units(self) -> int:
-        return int(self.positive.shape[0])
-
-    def merge(self, other: UnitCounts) -> UnitCounts:
-        if other.units != self.units or (other.min is None) != (self.min is None):
-            raise ValueError("cannot merge statistics of differently shaped sites")
-        return UnitCounts(
-            positions=self.positions + other.positions,
-            samples=self.samples + other.samples,
-            positive=self.positive + other.positive,
-            max=np.maximum(self.max, other.max),
-            min=None if self.min is None else np.minimum(self.min, other.min),
-            abs_output_sum=self.abs_output_sum + other.abs_output_sum,
-            hist=self.hist + other.hist,
-        )
 
 
 def resolve_unit_axis(ndim: int, axis: int) -> int:

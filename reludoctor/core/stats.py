@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from reludoctor.errors import DataError
-from reludoctor.core.observers import HIST_EDGES, UnitCounts
+from reludoctor.core.counts import HIST_EDGES, UnitCounts
 from reludoctor.report.model import Histogram, SiteAccumulators, SiteStats, Summary
 
 
@@ -42,11 +42,12 @@ def site_stats(
                         "check the data's scale (normalisation) and the model's weights")
     score = mean_abs / layer_mean if layer_mean > 0 else np.zeros_like(mean_abs)
     dormant = score <= dormant_tau
+    raw = counts.to_report()  # the state as the report keeps it, so unit_counts() can invert it
     saturated = None
     minimum = None
     if upper is not None and counts.min is not None:
         saturated = _indices(counts.min >= upper)
-        minimum = _floats(counts.min)
+        minimum = raw["min_preactivation"]
     units = counts.units
     return SiteStats(
         name=name,
@@ -57,20 +58,20 @@ def site_stats(
         shape=tuple(int(d) for d in shape),
         lower_bound=float(lower),
         upper_bound=None if upper is None else float(upper),
-        samples=counts.samples,
-        positions=counts.positions,
+        samples=raw["samples"],
+        positions=raw["positions"],
         dead_units=_indices(dead),
         dead_ratio=float(dead.sum()) / units if units else 0.0,
         activation_rate=_floats(rate),
-        max_preactivation=_floats(counts.max),
+        max_preactivation=raw["max_preactivation"],
         near_dead_units=_indices(near),
         dormant_units=_indices(dormant),
         dormant_score=_floats(score),
         saturated_units=saturated,
         min_preactivation=minimum,
-        histogram=Histogram(_floats(HIST_EDGES), tuple(int(c) for c in counts.hist)),
-        accumulators=SiteAccumulators(tuple(int(c) for c in counts.positive),
-                                      _floats(counts.abs_output_sum)),
+        histogram=Histogram(_floats(HIST_EDGES), raw["histogram.counts"]),
+        accumulators=SiteAccumulators(raw["accumulators.positive_count"],
+                                      raw["accumulators.abs_output_sum"]),
         unit_axis_reason=unit_axis_reason,
     )
 
@@ -80,16 +81,7 @@ def unit_counts(site: SiteStats) -> UnitCounts:
     ``reludoctor merge`` adds up. The site must carry ``accumulators``."""
     if site.accumulators is None:
         raise ValueError(f"site {site.name} has no accumulators")
-    return UnitCounts(
-        positions=site.positions,
-        samples=site.samples,
-        positive=np.asarray(site.accumulators.positive_count, dtype=np.int64).reshape(-1),
-        max=np.asarray(site.max_preactivation, dtype=np.float64).reshape(-1),
-        min=None if site.min_preactivation is None
-        else np.asarray(site.min_preactivation, dtype=np.float64).reshape(-1),
-        abs_output_sum=np.asarray(site.accumulators.abs_output_sum, dtype=np.float64).reshape(-1),
-        hist=np.asarray(site.histogram.counts, dtype=np.int64).reshape(-1),
-    )
+    return UnitCounts.from_report(site)
 
 
 def summarise(sites: tuple[SiteStats, ...] | list[SiteStats], samples: int,

@@ -13,7 +13,7 @@ from reludoctor.data.calibration import load_calibration
 from reludoctor.errors import UsageError
 from reludoctor.core.sites import SiteSpec
 from reludoctor.backends.base import InputSpec
-from reludoctor.core.observers import HIST_EDGES, UnitCounts
+from reludoctor.core.counts import HIST_EDGES, UnitCounts
 
 SPECS = [InputSpec("x", (None, 3), "float32")]
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from reludoctor.core.observers import HIST_EDGES, HIST_SAMPLE, BatchContext, TorchUnitObserver, UnitCounts
+from reludoctor.core.counts import HIST_EDGES, UnitCounts
+from reludoctor.core.observers import HIST_SAMPLE, BatchContext, TorchUnitObserver
 
 
 def numpy_counts(x: np.ndarray, axis: int, lower: float, upper: float | None) -> dict:
