@@ -14,7 +14,7 @@ from reludoctor.data.calibration import load_calibration
 from reludoctor.errors import DataError
 from reludoctor.backends.base import InputSpec
 from reludoctor.core.observers import BatchContext
-from reludoctor.core.batches import Prefetcher, _host_tensor, _to_device, run
+from reludoctor.core.batches import Prefetcher, host_tensor, run, to_device
 
 
 def _prefetch_threads() -> list[threading.Thread]:
@@ -193,15 +193,15 @@ def test_model_error_stops_the_thread() -> None:
 
 def test_host_tensor_and_device_copy_on_cpu() -> None:
     array = np.arange(6, dtype=np.float32).reshape(2, 3)
-    tensor = _host_tensor(array, torch.device("cpu"))
+    tensor = host_tensor(array, torch.device("cpu"))
     assert not tensor.is_pinned()  # pinned memory only for a CUDA target
-    assert _to_device(tensor, torch.device("cpu")) is tensor
+    assert to_device(tensor, torch.device("cpu")) is tensor
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_host_tensor_is_pinned_for_cuda() -> None:
-    tensor = _host_tensor(np.ones((2, 3), np.float32), torch.device("cuda"))
+    tensor = host_tensor(np.ones((2, 3), np.float32), torch.device("cuda"))
     assert tensor.is_pinned()
-    moved = _to_device(tensor, torch.device("cuda"))
+    moved = to_device(tensor, torch.device("cuda"))
     assert moved.device.type == "cuda"
     assert torch.equal(moved.cpu(), tensor)
