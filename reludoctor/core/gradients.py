@@ -17,14 +17,8 @@ Per site, over every element of the activation (samples x positions x units):
 The loss: cross-entropy against labels when given; else cross-entropy against the model's own
 argmax for classifier-shaped outputs ([N, C], C > 1); else 0.5 * ||output||^2.
 
-How: tensor hooks (``register_hook``) on each activation's input and output, never module
-backward hooks (those raise with inplace ReLU). A hook registered on a tensor before an inplace
-op receives the gradient with respect to its value before that op, so an inplace ``relu_``'s
-pre-activation gradient is exact. Sites are found as the dead-unit pass finds them, so names and
-order match: probes inserted before and after each activation node of a fresh copy of the
-exported graph (``ExportedProgram.module()``), or, for models observed with TorchDispatchMode
-(TorchScript, data-dependent control flow), the activation's autograd node, found from the
-tensor the mode saw. ONNX models go through onnx2torch when it is installed.
+How the sites are hooked is the backend's (``reludoctor.backends.torch.gradients``); here: the
+statistics, the loss and the pass over the batches, the same for every plan.
 
 The model is never changed: eval mode (as in the dead-unit pass), no optimizer, and
 ``torch.autograd.grad`` computes the gradients without writing any parameter's ``.grad``
@@ -49,8 +43,6 @@ LOSS_LABELS = "cross-entropy-labels"
 LOSS_ARGMAX = "cross-entropy-argmax"
 LOSS_HALF_SQUARED = "half-squared-norm"
 LOSSES = (LOSS_LABELS, LOSS_ARGMAX, LOSS_HALF_SQUARED)
-# Autograd nodes of ReLU-family ops (dispatch path): the node's hook sees both gradients.
-ACTIVATION_BACKWARD = activations.torch_backward()
 
 
 class GradientsUnavailable(Exception):
@@ -379,18 +371,6 @@ def _run(plan: GradientPass, calibration: Any, *, device: Any, batch_size: int, 
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else ""
-
-
-# ----------------------------------------------------------------------------- exported graphs
-
-
-
-# ----------------------------------------------------------------------------- TorchDispatchMode
-
-
-
-# ----------------------------------------------------------------------------- ONNX via onnx2torch
-
 
 
 # ----------------------------------------------------------------------------- entry points

@@ -1,4 +1,14 @@
-"""Gradient plans for PyTorch models: probes inserted in the exported graph, or hooks on the tensors a dispatch pass sees."""
+"""Gradient plans for PyTorch models: probes inserted in the exported graph, or hooks on the tensors a dispatch pass sees.
+
+How: tensor hooks (``register_hook``) on each activation's input and output, never module
+backward hooks (those raise with inplace ReLU). A hook registered on a tensor before an inplace
+op receives the gradient with respect to its value before that op, so an inplace ``relu_``'s
+pre-activation gradient is exact. Sites are found as the dead-unit pass finds them, so names and
+order match: probes inserted before and after each activation node of a fresh copy of the
+exported graph (``ExportedProgram.module()``), or, for models observed with TorchDispatchMode
+(TorchScript, data-dependent control flow), the activation's autograd node, found from the
+tensor the mode saw. ONNX models go through onnx2torch when it is installed.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +17,13 @@ from typing import Any
 
 import torch
 
+from reludoctor import activations
 from reludoctor.backends.torch.dispatch import DispatchHook, DispatchInstrument
 from reludoctor.backends.torch.export import activation_nodes
-from reludoctor.core.gradients import (ACTIVATION_BACKWARD, GradientPass, PassContext,
-                                       SiteAccumulator, unique_params)
+from reludoctor.core.gradients import GradientPass, PassContext, SiteAccumulator, unique_params
+
+# Autograd nodes of ReLU-family ops (dispatch path): the node's hook sees both gradients.
+ACTIVATION_BACKWARD = activations.torch_backward()
 
 
 def insert_probes(graph: Any, node: Any, accumulator: SiteAccumulator, index: int) -> None:
