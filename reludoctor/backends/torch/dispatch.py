@@ -17,6 +17,7 @@ from torch.nn.modules.module import register_module_forward_hook, register_modul
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils.weak import WeakIdKeyDictionary
 
+from reludoctor.backends.torch.torchscript_names import matches
 from reludoctor.core.sites import (
     CONSTANT_ORIGIN,
     FORWARD_OPS,
@@ -308,8 +309,6 @@ class DispatchInstrument:
               ) -> list[tuple[SiteSpec, TorchUnitObserver]]:
         """Sites in first-execution order. ``static`` (module path, module type, op) per call,
         from a TorchScript archive's graphs, names them when it lists the same ops."""
-        from reludoctor.backends.torch.torchscript_names import matches
-
         bases = [key[0] for key in self._keys]
         paths = [self._specs[key][1] for key in self._keys]
         if matches(static, [self._specs[key][0].op for key in self._keys]):
