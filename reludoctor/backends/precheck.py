@@ -16,24 +16,14 @@ from typing import Any
 from reludoctor import activations
 from reludoctor.errors import NoSitesError
 
-# ATen ops that might be a ReLU-family site (a superset of what ``sites.classify`` accepts).
-TORCH_CANDIDATES = {name.rstrip("_") for name in activations.torch_ops()} | {
-    "clip", "leaky_relu", "prelu", "_prelu_kernel", "rrelu", "rrelu_with_noise", "_addmm_activation",
-}
-# Namespaces whose ops we know: an op of any other library might hide an activation.
-TORCH_KNOWN_NAMESPACES = {"aten", "prims", "higher_order", "_operator"}
 # ONNX op types that might be a site (``onnx_graph.RELU_FAMILY`` and the fused forms).
 ONNX_CANDIDATES = activations.onnx_ops() | {"FusedConv", "FusedGemm", "NhwcFusedConv", "FusedMatMul",
                                             "ThresholdedRelu"}
 ONNX_DEFAULT_DOMAINS = {"", "ai.onnx", "com.microsoft", "ai.onnx.ml"}
 # Activations named in the message, so the user sees what the model uses instead.
-TORCH_SMOOTH = {"silu", "gelu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "mish", "elu",
-                "selu", "celu", "softplus", "glu", "log_sigmoid_forward", "softsign"}
 ONNX_SMOOTH = {"Sigmoid", "Tanh", "Gelu", "FastGelu", "BiasGelu", "QuickGelu", "HardSwish",
                "HardSigmoid", "Mish", "Elu", "Selu", "Celu", "Softplus", "Softsign"}
 
-TORCH_HINT = (activations.describe("torch") + "; a model with "
-              "smooth activations (SiLU, GELU) has no dead ReLU units to find")
 ONNX_HINT = (activations.describe("onnx") + "; a model "
              "with smooth activations (SiLU, GELU) has no dead ReLU units to find")
 
@@ -43,34 +33,6 @@ def _uses(found: Counter) -> str:
         return "it has no activation op"
     listed = ", ".join(f"{name} x{count}" if count > 1 else name for name, count in found.most_common(4))
     return f"its activations: {listed}"
-
-
-def _torch_ops(program: Any) -> tuple[Counter, bool]:
-    """(smooth activations by name, whether any node might be a site)."""
-    import torch
-
-    smooth: Counter = Counter()
-    for module in program.graph_module.modules():
-        if not isinstance(module, torch.fx.GraphModule):
-            continue
-        for node in module.graph.nodes:
-            if node.op != "call_function":
-                continue
-            target = node.target
-            namespace = getattr(target, "namespace", None)
-            if namespace is None:  # operator.getitem, sym ops, higher-order ops: their
-                namespace = "higher_order" if isinstance(target, torch._ops.HigherOrderOperator) \
-                    else "_operator"  # subgraphs are GraphModules of their own, visited above
-            if namespace not in TORCH_KNOWN_NAMESPACES:
-                return smooth, True  # a custom op: it may compute a ReLU we cannot see here
-            packet = getattr(target, "_overloadpacket", None)
-            name = (getattr(packet, "__name__", None) or getattr(target, "__name__", "")).split(".")[-1]
-            base = name.rstrip("_") if name.endswith("_") and not name.startswith("_") else name
-            if base in TORCH_CANDIDATES or name in TORCH_CANDIDATES:
-                return smooth, True
-            if base in TORCH_SMOOTH:
-                smooth[base] += 1
-    return smooth, False
 
 
 def _onnx_ops(model: Any) -> tuple[Counter, bool]:
@@ -103,14 +65,14 @@ def refuse_without_candidates(loaded: Any) -> None:
         if not candidate:
             raise NoSitesError(f"{where}: no ReLU-family node in the ONNX graph ({_uses(smooth)})",
                                ONNX_HINT)
-    elif loaded.exported is not None:
-        check_program(loaded.exported, where)
+    else:
+        from reludoctor.backends.torch.precheck import refuse_without_candidates as torch_refuse
+
+        torch_refuse(loaded)
 
 
 def check_program(program: Any, where: str) -> None:
-    """The torch.export side of ``refuse_without_candidates`` (also for a program the scan has
-    just exported from an nn.Module, before its calibration pass)."""
-    smooth, candidate = _torch_ops(program)
-    if not candidate:
-        raise NoSitesError(f"{where}: no ReLU-family op in the exported graph ({_uses(smooth)})",
-                           TORCH_HINT)
+    """``reludoctor.backends.torch.precheck.check_program``, under its old address (the engine's)."""
+    from reludoctor.backends.torch import precheck
+
+    precheck.check_program(program, where)

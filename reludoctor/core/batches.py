@@ -1,5 +1,10 @@
 """The batch loop: data -> device -> model, with padding for fixed-batch models and progress.
 
+``BatchLoop`` is the one loop over calibration batches (the scan's ``run``, the gradient pass,
+the fix's verification batches): batch sizing, prefetching, padding, counting, progress and the
+error for a batch the model rejects. It imports no torch itself: a ``Transfer`` (``to_torch``)
+turns the arrays into tensors, so numpy-only backends can use it as it is.
+
 Batches are prepared one or two ahead in a background thread (``Prefetcher``): the data
 source's own work (reading, casting, checking), the conversion to tensors and, for a CUDA
 target, the copy into pinned host memory overlap the forward pass; the main thread then
@@ -12,7 +17,8 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from typing import Any, Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 from reludoctor.data.calibration import Calibration, check_padding
 from reludoctor.errors import DataError, ObserverFailure, ReludoctorError, UsageError
@@ -62,7 +68,7 @@ def dtype_name(dtype: Any) -> str:
     return "float32" if dtype is None else str(dtype).replace("torch.", "")
 
 
-def _host_tensor(array: Any, device: Any) -> Any:
+def host_tensor(array: Any, device: Any) -> Any:
     """A batch array as a tensor ready to go to ``device``: for a CUDA target, in pinned host
     memory, so that the copy to the device can be asynchronous. Runs in the prefetch thread."""
     import numpy as np
@@ -74,15 +80,11 @@ def _host_tensor(array: Any, device: Any) -> Any:
     return tensor
 
 
-def _to_device(tensor: Any, device: Any) -> Any:
+def to_device(tensor: Any, device: Any) -> Any:
     """To ``device`` without waiting: from pinned memory the copy is queued on the stream."""
     if tensor.device == device:
         return tensor
     return tensor.to(device, non_blocking=tensor.device.type == "cpu" and tensor.is_pinned())
-
-
-def _to_tensor(array: Any, device: Any) -> Any:
-    return _to_device(_host_tensor(array, device), device)
 
 
 _DONE = object()
@@ -171,16 +173,135 @@ class Prefetcher:
             thread.join(timeout=0.05)
 
 
-def _pad(batch: tuple, size: int) -> tuple:
-    """Repeat the last sample to fill a fixed-size batch; observers see only the real rows."""
-    import torch
+class Transfer(NamedTuple):
+    """How a batch's arrays become model inputs: ``prepare`` runs in the prefetch thread (the
+    host-side work), ``place`` in the loop's own thread (e.g. the asynchronous device copy)."""
+
+    prepare: Callable[[tuple], Any] = tuple
+    place: Callable[[Any], tuple] = tuple
+
+
+def to_torch(device: Any) -> Transfer:
+    """Arrays -> tensors on ``device``: pinned host memory in the thread, then a queued copy."""
+    return Transfer(lambda arrays: tuple(host_tensor(a, device) for a in arrays),
+                    lambda host: tuple(to_device(t, device) for t in host))
+
+
+def _as_numpy(arrays: tuple) -> tuple:
+    import numpy as np
+
+    return tuple(np.asarray(a.detach().cpu().numpy() if hasattr(a, "detach") else a) for a in arrays)
+
+
+NUMPY = Transfer(_as_numpy)
+
+
+def pad_rows(batch: tuple, size: int) -> tuple:
+    """Repeat the last sample to fill a fixed-size batch (numpy arrays or tensors); observers
+    see only the real rows."""
+    import numpy as np
 
     padded = []
-    for tensor in batch:
-        missing = size - tensor.shape[0]
-        filler = tensor[-1:].expand(missing, *tensor.shape[1:])
-        padded.append(torch.cat([tensor, filler]))
+    for array in batch:
+        missing = size - array.shape[0]
+        if isinstance(array, np.ndarray):
+            padded.append(np.concatenate([array, np.repeat(array[-1:], missing, axis=0)]))
+        else:
+            import torch
+
+            padded.append(torch.cat([array, array[-1:].expand(missing, *array.shape[1:])]))
     return tuple(padded)
+
+
+@dataclass
+class Step:
+    """One batch of a ``BatchLoop``: ``inputs`` padded to the model's fixed batch when it has
+    one; ``rows`` real samples from sample ``start`` on; ``valid`` the real rows of a padded
+    batch (None: all of them)."""
+
+    inputs: tuple
+    start: int
+    rows: int
+    valid: int | None
+    calibration: Calibration
+
+    @property
+    def binding(self) -> Any:
+        """How the inputs are passed to the model (``Calibration.binding``)."""
+        return self.calibration.binding
+
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
+        """Around the model call: an exception of the model (not reludoctor's own) becomes the
+        one DataError naming the samples it failed on and how the data was bound."""
+        try:
+            yield
+        except (ObserverFailure, ReludoctorError):  # ours, not the model's
+            raise
+        except Exception as exc:  # the model rejected the data: shape, dtype, guards
+            binding = self.binding
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            hint = "check that the data matches the model's inputs (shape, dtype, count)"
+            if not binding.plain or len(binding.fed) > 1:
+                hint += f"; {binding.describe()}"
+            raise DataError(
+                f"{self.calibration.source}: the model failed on samples {self.start}-"
+                f"{self.start + self.rows - 1}: {type(exc).__name__}: {detail}", hint) from exc
+
+
+class BatchLoop:
+    """Every calibration batch as a ``Step``, in order; ``seen`` counts the samples so far.
+
+    ``fixed_batch`` (a model that takes only that many rows) overrides ``batch_size``, and the
+    last batch is padded to it (``check_padding`` first: its size comes from the file).
+    ``transfer`` converts the arrays (default: as the source gives them); ``prefetch`` batches
+    are prepared ahead in a background thread (0: none). ``progress(seen, samples)`` is called
+    after each step's body. Use it in a ``with`` block, so that the thread stops when the body
+    fails.
+    """
+
+    def __init__(self, calibration: Calibration, batch_size: int, *, fixed_batch: int | None = None,
+                 transfer: Transfer = Transfer(), progress: Progress | None = None,
+                 prefetch: int = PREFETCH):
+        self.calibration = calibration
+        self.fixed_batch = fixed_batch
+        self.seen = 0
+        self._place = transfer.place
+        self._progress = progress
+        size = fixed_batch if fixed_batch is not None else batch_size
+        self._prefetcher = Prefetcher(calibration.batches(size), transfer.prepare, prefetch)
+
+    def __enter__(self) -> BatchLoop:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._prefetcher.close()
+
+    def __iter__(self) -> Iterator[Step]:
+        fixed = self.fixed_batch
+        with self._prefetcher as prepared:
+            for host in prepared:
+                inputs = self._place(host)
+                del host
+                rows = int(inputs[0].shape[0])
+                valid = None
+                if fixed is not None and rows < fixed:
+                    check_padding(inputs, fixed, self.calibration.source)
+                    inputs = pad_rows(inputs, fixed)
+                    valid = rows
+                yield Step(inputs, self.seen, rows, valid, self.calibration)
+                self.seen += rows
+                if self._progress is not None:
+                    self._progress(self.seen, self.calibration.samples)
+
+
+def padded_arrays(calibration: Calibration, batch_size: int, fixed_batch: int | None) -> Iterator[tuple]:
+    """Calibration batches as numpy arrays, padded to a fixed batch when the model has one."""
+    for step in BatchLoop(calibration, batch_size, fixed_batch=fixed_batch, transfer=NUMPY, prefetch=0):
+        yield step.inputs
 
 
 def run(
@@ -208,43 +329,16 @@ def run(
     """
     import torch
 
-    if fixed_batch is not None:
-        batch_size = fixed_batch
-    seen = 0
     precision = (torch.autocast(device.type, dtype=dtype) if dtype is not None
                  else contextlib.nullcontext())
-    prepared = Prefetcher(calibration.batches(batch_size),
-                          lambda arrays: tuple(_host_tensor(a, device) for a in arrays), prefetch)
-    binding = None
-    with torch.inference_mode(), prepared:
-        for host in prepared:
-            binding = binding or calibration.binding
-            tensors = tuple(_to_device(t, device) for t in host)
-            del host
-            rows = int(tensors[0].shape[0])
-            if fixed_batch is not None and rows < fixed_batch:
-                check_padding(tensors, fixed_batch, calibration.source)  # a size from the file
-                tensors = _pad(tensors, fixed_batch)
-                batch.valid = rows
-            else:
-                batch.valid = None
+    steps = BatchLoop(calibration, batch_size, fixed_batch=fixed_batch, transfer=to_torch(device),
+                      progress=progress, prefetch=prefetch)
+    with torch.inference_mode(), steps:
+        for step in steps:
+            batch.valid = step.valid
             if before_forward is not None:
                 before_forward()
-            try:
-                with precision:
-                    binding.call(forward, tensors, device)
-            except (ObserverFailure, ReludoctorError):  # ours, not the model's
-                raise
-            except Exception as exc:  # the model rejected the data: shape, dtype, guards
-                detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                hint = "check that the data matches the model's inputs (shape, dtype, count)"
-                if not binding.plain or len(binding.fed) > 1:
-                    hint += f"; {binding.describe()}"
-                raise DataError(
-                    f"{calibration.source}: the model failed on samples {seen}-{seen + rows - 1}: "
-                    f"{type(exc).__name__}: {detail}", hint) from exc
-            seen += rows
-            if progress is not None:
-                progress(seen, calibration.samples)
+            with step.guard(), precision:
+                step.binding.call(forward, step.inputs, device)
     batch.valid = None
-    return seen
+    return steps.seen

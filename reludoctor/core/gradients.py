@@ -17,14 +17,8 @@ Per site, over every element of the activation (samples x positions x units):
 The loss: cross-entropy against labels when given; else cross-entropy against the model's own
 argmax for classifier-shaped outputs ([N, C], C > 1); else 0.5 * ||output||^2.
 
-How: tensor hooks (``register_hook``) on each activation's input and output, never module
-backward hooks (those raise with inplace ReLU). A hook registered on a tensor before an inplace
-op receives the gradient with respect to its value before that op, so an inplace ``relu_``'s
-pre-activation gradient is exact. Sites are found as the dead-unit pass finds them, so names and
-order match: probes inserted before and after each activation node of a fresh copy of the
-exported graph (``ExportedProgram.module()``), or, for models observed with TorchDispatchMode
-(TorchScript, data-dependent control flow), the activation's autograd node, found from the
-tensor the mode saw. ONNX models go through onnx2torch when it is installed.
+How the sites are hooked is the backend's (``reludoctor.backends.torch.gradients``); here: the
+statistics, the loss and the pass over the batches, the same for every plan.
 
 The model is never changed: eval mode (as in the dead-unit pass), no optimizer, and
 ``torch.autograd.grad`` computes the gradients without writing any parameter's ``.grad``
@@ -49,8 +43,6 @@ LOSS_LABELS = "cross-entropy-labels"
 LOSS_ARGMAX = "cross-entropy-argmax"
 LOSS_HALF_SQUARED = "half-squared-norm"
 LOSSES = (LOSS_LABELS, LOSS_ARGMAX, LOSS_HALF_SQUARED)
-# Autograd nodes of ReLU-family ops (dispatch path): the node's hook sees both gradients.
-ACTIVATION_BACKWARD = activations.torch_backward()
 
 
 class GradientsUnavailable(Exception):
@@ -292,33 +284,22 @@ def _run(plan: GradientPass, calibration: Any, *, device: Any, batch_size: int, 
     gradient norms of the mean loss)."""
     import torch
 
-    from reludoctor.core.batches import _pad, _to_tensor
+    from reludoctor.core.batches import BatchLoop, to_torch
 
-    if fixed_batch is not None:
-        batch_size = fixed_batch
     trainable = [p for p in plan.params if p.requires_grad]
     weights = {name: p for name, p in plan.producers.items() if p is not None and p.requires_grad}
     weight_index = {id(p): i for i, p in enumerate(trainable)}
     sums: dict[int, Any] = {}
     loss_kind: str | None = None
-    seen = 0
     context = plan.context
-    binding = calibration.binding  # how a batch is passed: by position or name, constants, axes
     # Gradients even when the caller runs scan() under no_grad or inference_mode.
     with _grads_restored(plan.params), torch.inference_mode(False), torch.enable_grad():
+        steps = BatchLoop(calibration, batch_size, fixed_batch=fixed_batch, transfer=to_torch(device),
+                          prefetch=0)
         try:
-            batches = calibration.batches(batch_size)
-            for arrays in batches:
-                tensors = tuple(_to_tensor(a, device) for a in arrays)
-                rows = int(tensors[0].shape[0])
-                if fixed_batch is not None and rows < fixed_batch:
-                    from reludoctor.data.calibration import check_padding
-
-                    check_padding(tensors, fixed_batch, calibration.source)
-                    tensors = _pad(tensors, fixed_batch)
-                    context.valid = rows
-                else:
-                    context.valid = None
+            for step in steps:
+                tensors, rows, seen = step.inputs, step.rows, step.start
+                context.valid = step.valid
                 leaves = [t.detach().clone().requires_grad_() if t.is_floating_point() else t
                           for t in tensors]
                 inputs = [leaf.clone() if leaf.requires_grad else leaf for leaf in leaves]
@@ -331,7 +312,7 @@ def _run(plan: GradientPass, calibration: Any, *, device: Any, batch_size: int, 
                 if plan.before_forward is not None:
                     plan.before_forward()
                 try:
-                    output = _first_tensor(binding.call(plan.forward, inputs, device))
+                    output = _first_tensor(step.binding.call(plan.forward, inputs, device))
                 except (GradientsUnavailable, ReludoctorError):
                     raise
                 except Exception as exc:
@@ -371,11 +352,11 @@ def _run(plan: GradientPass, calibration: Any, *, device: Any, batch_size: int, 
                         sums[key] = grad.detach().double() if key not in sums else sums[key] + grad.detach()
                 for accumulator in plan.accumulators:
                     accumulator.end_batch()
-                seen += rows
         finally:
             context.valid = None
             for accumulator in plan.accumulators:
                 accumulator.end_batch()
+    seen = steps.seen
     if seen == 0:
         raise GradientsUnavailable("the calibration data yielded no samples on a second pass "
                                    "(a one-shot iterator?)")

@@ -14,7 +14,7 @@ from reludoctor.data.calibration import load_calibration
 from reludoctor.errors import DataError
 from reludoctor.backends.base import InputSpec
 from reludoctor.core.observers import BatchContext
-from reludoctor.core.batches import Prefetcher, _host_tensor, _to_device, run
+from reludoctor.core.batches import Prefetcher, host_tensor, run, to_device
 
 
 def _prefetch_threads() -> list[threading.Thread]:
@@ -193,15 +193,46 @@ def test_model_error_stops_the_thread() -> None:
 
 def test_host_tensor_and_device_copy_on_cpu() -> None:
     array = np.arange(6, dtype=np.float32).reshape(2, 3)
-    tensor = _host_tensor(array, torch.device("cpu"))
+    tensor = host_tensor(array, torch.device("cpu"))
     assert not tensor.is_pinned()  # pinned memory only for a CUDA target
-    assert _to_device(tensor, torch.device("cpu")) is tensor
+    assert to_device(tensor, torch.device("cpu")) is tensor
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_host_tensor_is_pinned_for_cuda() -> None:
-    tensor = _host_tensor(np.ones((2, 3), np.float32), torch.device("cuda"))
+    tensor = host_tensor(np.ones((2, 3), np.float32), torch.device("cuda"))
     assert tensor.is_pinned()
-    moved = _to_device(tensor, torch.device("cuda"))
+    moved = to_device(tensor, torch.device("cuda"))
     assert moved.device.type == "cuda"
     assert torch.equal(moved.cpu(), tensor)
+
+
+def test_batch_loop_numpy_path_pads_counts_and_reports_progress() -> None:
+    """The loop without torch conversion (what an ONNX backend feeds): numpy in, numpy out."""
+    from reludoctor.core.batches import NUMPY, BatchLoop, padded_arrays
+
+    data = np.arange(10 * 2, dtype=np.float32).reshape(10, 2)
+    calibration = load_calibration(data, [InputSpec("x", None, None)])
+    calls: list = []
+    with BatchLoop(calibration, 3, fixed_batch=4, transfer=NUMPY, progress=lambda *a: calls.append(a)) as steps:
+        got = [(step.start, step.rows, step.valid, step.inputs[0]) for step in steps]
+    assert steps.seen == 10 and calls == [(4, 10), (8, 10), (10, 10)]
+    assert [g[:3] for g in got] == [(0, 4, None), (4, 4, None), (8, 2, 2)]
+    assert all(isinstance(g[3], np.ndarray) and g[3].shape == (4, 2) for g in got)
+    np.testing.assert_array_equal(got[-1][3][2:], np.repeat(data[-1:], 2, 0))
+    padded = list(padded_arrays(calibration, 3, 4))
+    np.testing.assert_array_equal(padded[-1][0], got[-1][3])
+    _wait_no_threads()
+
+
+def test_batch_loop_guard_names_the_samples() -> None:
+    from reludoctor.core.batches import BatchLoop
+
+    calibration = load_calibration(np.zeros((12, 3), np.float32), [InputSpec("x", None, None)])
+    with pytest.raises(DataError, match="samples 5-9: ValueError: bad"):
+        with BatchLoop(calibration, 5) as steps:
+            for step in steps:
+                with step.guard():
+                    if step.start == 5:
+                        raise ValueError("bad\nmore")
+    _wait_no_threads()

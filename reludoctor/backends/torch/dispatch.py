@@ -12,6 +12,12 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Iterator
 
+import torch.fx
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+from torch.utils.weak import WeakIdKeyDictionary
+
+from reludoctor.backends.torch.torchscript_names import matches
 from reludoctor.core.sites import (
     CONSTANT_ORIGIN,
     FORWARD_OPS,
@@ -51,11 +57,6 @@ class _ModuleStack:
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
-        from torch.nn.modules.module import (
-            register_module_forward_hook,
-            register_module_forward_pre_hook,
-        )
-
         def push(module: Any, _args: Any) -> None:
             if id(module) in self._names:
                 cls = type(module)
@@ -82,8 +83,6 @@ class _GraphNodes:
     so each call's module path comes from the node's recorded ``nn_module_stack``."""
 
     def __init__(self, graph_module: Any):
-        import torch.fx
-
         locator = self
         self.node: Any = None
 
@@ -113,8 +112,6 @@ class _GraphNodes:
 
 
 def _has_module_stacks(model: Any) -> bool:
-    import torch.fx
-
     return isinstance(model, torch.fx.GraphModule) and any(
         node.meta.get("nn_module_stack") for node in model.graph.nodes)
 
@@ -129,6 +126,23 @@ def _tensors(value: Any, out: list) -> list:
     return out
 
 
+class DispatchHook:
+    """What a ``DispatchInstrument`` does at its sites instead of observing units: the producer
+    evidence and the gradient pass find sites exactly as the scan does (so names agree) but
+    keep their own per-site object. The defaults do nothing."""
+
+    def on_site(self, name: str, activation: Any, pre: Any) -> Any:
+        """A site's first call (``name``: its base name, before de-duplication): the object
+        ``sites()`` pairs with its spec, and passes to ``on_call`` and ``on_result``."""
+        return None
+
+    def on_call(self, site: Any, pre: Any) -> None:
+        """Every call of a site, before the op runs (an inplace op has not changed ``pre`` yet)."""
+
+    def on_result(self, func: Any, args: tuple, kwargs: dict, out: Any, site: Any) -> None:
+        """After every ATen call; ``site``: the site's object when the call is a site, else None."""
+
+
 class DispatchInstrument:
     """Creates an observer for each call site the first time it executes.
 
@@ -139,13 +153,16 @@ class DispatchInstrument:
     ``ignored_ops``. The unit axis of a [N, A, B] site that no convolution produced waits for
     the op that consumes the activation in the first forward pass (a convolution: channels on
     axis 1), its first pre-activation kept until then.
+
+    With a ``hook`` (``DispatchHook``), the hook's per-site objects replace the unit observers
+    (unit axis 0, never waiting for a consumer); ``batch`` is then unused.
     """
 
-    def __init__(self, model: Any, batch: BatchContext, unit_axis: int | None = None):
-        from torch.utils.weak import WeakIdKeyDictionary
-
+    def __init__(self, model: Any, batch: BatchContext | None = None, unit_axis: int | None = None,
+                 hook: DispatchHook | None = None):
         self.batch = batch
         self.unit_axis = unit_axis
+        self.hook = hook
         self.modules: _ModuleStack | _GraphNodes
         if _has_module_stacks(model):
             self.modules = _GraphNodes(model)
@@ -177,8 +194,7 @@ class DispatchInstrument:
 
     def site_call(self, func: Any, args: tuple, kwargs: dict) -> tuple[tuple, Any, str] | None:
         """(site key, activation, module path) when this ATen call is a ReLU-family site, else
-        None; counts the call's occurrence in the current forward pass. Subclasses (the
-        evidence and gradient probes) key their sites the same way, so names agree."""
+        None; counts the call's occurrence in the current forward pass."""
         if not args or not hasattr(args[0], "ndim"):
             return None
         pre = args[0]
@@ -196,11 +212,15 @@ class DispatchInstrument:
         self._occurrences[shaped] = occurrence + 1
         return (*shaped, occurrence), activation, path
 
-    def observe(self, func: Any, args: tuple, kwargs: dict, producers: Any) -> None:
+    def observe(self, func: Any, args: tuple, kwargs: dict, producers: Any) -> Any:
+        """Before an ATen call: observe it when it is a site. Returns what ``after_call`` gets:
+        the hook's site object, or the key of a site waiting for its consumer."""
         call = self.site_call(func, args, kwargs)
         if call is None:
-            return
+            return None
         key, activation, path = call
+        if self.hook is not None:
+            return self._hooked(key, activation, path, args[0])
         if key in self._pending:
             return key
         observer = self._observers.get(key)
@@ -215,6 +235,15 @@ class DispatchInstrument:
             observer = self._resolve(key, producer, None, pre.ndim)
         observer(args[0])
         return None
+
+    def _hooked(self, key: tuple, activation: Any, path: str, pre: Any) -> Any:
+        if key not in self._specs:
+            self._keys.append(key)
+            self._specs[key] = (activation, path, 0)
+            self._observers[key] = self.hook.on_site(key[0], activation, pre)
+        site = self._observers[key]
+        self.hook.on_call(site, pre)
+        return site
 
     def _resolve(self, key: tuple, producer: str | None, consumer: str | None,
                  ndim: int) -> TorchUnitObserver:
@@ -249,8 +278,6 @@ class DispatchInstrument:
 
     def _flush(self) -> None:
         """End of a forward pass: sites still waiting had no convolution or linear consumer."""
-        from torch.utils._python_dispatch import _disable_current_modes
-
         with _disable_current_modes():  # the observers' own ops are not the model's
             for key in list(self._pending):
                 self._settle(key, None)
@@ -282,8 +309,6 @@ class DispatchInstrument:
               ) -> list[tuple[SiteSpec, TorchUnitObserver]]:
         """Sites in first-execution order. ``static`` (module path, module type, op) per call,
         from a TorchScript archive's graphs, names them when it lists the same ops."""
-        from reludoctor.backends.torch.torchscript_names import matches
-
         bases = [key[0] for key in self._keys]
         paths = [self._specs[key][1] for key in self._keys]
         if matches(static, [self._specs[key][0].op for key in self._keys]):
@@ -304,7 +329,10 @@ class DispatchInstrument:
                    producers: Any) -> None:
         """After each ATen call (``observed``: what ``observe`` returned for it): remember which
         3-D tensors a convolution or linear layer laid out, for the unit-axis choice; which
-        activation outputs wait for their consumer."""
+        activation outputs wait for their consumer. With a hook: the hook's ``on_result``."""
+        if self.hook is not None:
+            self.hook.on_result(func, args, kwargs, out, observed)
+            return
         if observed is not None and observed in self._pending:
             for result in _tensors(out, []):
                 self._pending_out[result] = observed
@@ -318,9 +346,6 @@ class DispatchInstrument:
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
-        from torch.utils._python_dispatch import TorchDispatchMode
-        from torch.utils.weak import WeakIdKeyDictionary
-
         instrument = self
         producers = WeakIdKeyDictionary()  # 3-D tensors -> "conv" | "linear" (unit axis choice)
 

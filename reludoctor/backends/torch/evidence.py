@@ -6,6 +6,10 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+import torch
+from torch.utils.weak import WeakIdKeyDictionary
+
+from reludoctor.backends.torch.dispatch import DispatchHook, DispatchInstrument
 from reludoctor.backends.torch.export import activation_nodes
 from reludoctor.core.evidence import ProducerEvidence, build
 from reludoctor.core.sites import op_base_name
@@ -148,8 +152,6 @@ class ProducerTracker:
     tensor. ``track(func, args, kwargs, out)`` after every call; ``lookup(tensor)``."""
 
     def __init__(self) -> None:
-        from torch.utils.weak import WeakIdKeyDictionary
-
         self.producers: Any = WeakIdKeyDictionary()
 
     def lookup(self, tensor: Any) -> _Track | None:
@@ -234,40 +236,26 @@ def evidence_from_track(site: str, track: _Track | None, names: dict) -> Produce
     return build(site, layer, track.kind, weight_name, weight, track.bias, norm)
 
 
+class _EvidenceHook(DispatchHook):
+    """Per site, the producer track of its pre-activation at its first call."""
+
+    def __init__(self) -> None:
+        self.tracker = ProducerTracker()
+
+    def on_site(self, name: str, activation: Any, pre: Any) -> _Track | None:
+        return self.tracker.lookup(pre)
+
+    def on_result(self, func: Any, args: tuple, kwargs: dict, out: Any, site: Any) -> None:
+        self.tracker.track(func, args, kwargs, out)
+
+
 def from_dispatch(module: Any, example: tuple, unit_axis: int | None = None,
                   static: Any = None, binding: Any = None) -> dict[str, ProducerEvidence]:
     """Evidence for the sites of one forward pass of ``module`` on ``example`` (no gradient),
     named exactly as the TorchDispatchMode instrumenter names them. ``binding``: how the
     example's tensors are passed (``reludoctor.data.binding``; default: positionally)."""
-    import torch
-
-    from reludoctor.backends.torch.dispatch import DispatchInstrument
-    from reludoctor.core.observers import BatchContext
-
     names = _param_names(module)
-    tracker = ProducerTracker()
-
-    class _Probe(DispatchInstrument):
-        def __init__(self) -> None:
-            super().__init__(module, BatchContext(), unit_axis)
-            self.tracks: dict[tuple, Any] = {}
-
-        def observe(self, func: Any, args: tuple, kwargs: dict, producers: Any) -> None:
-            call = self.site_call(func, args, kwargs)
-            if call is None:
-                return
-            key, activation, path = call
-            if key not in self._specs:
-                self._specs[key] = (activation, path, 0)
-                self._observers[key] = None
-                self._keys.append(key)
-                self.tracks[key] = tracker.lookup(args[0])
-
-        def after_call(self, func: Any, args: tuple, kwargs: dict, out: Any, observed: Any,
-                       producers: Any) -> None:
-            tracker.track(func, args, kwargs, out)
-
-    probe = _Probe()
+    probe = DispatchInstrument(module, unit_axis=unit_axis, hook=_EvidenceHook())
     with torch.no_grad(), _optimised_off(), probe.active():
         probe.start_forward()
         if binding is not None:
@@ -275,9 +263,9 @@ def from_dispatch(module: Any, example: tuple, unit_axis: int | None = None,
         else:
             probe.forward(*example)
     out = {}
-    for key, (spec, _) in zip(probe._keys, probe.sites(static)):
+    for spec, track in probe.sites(static):
         try:
-            evidence = evidence_from_track(spec.name, probe.tracks.get(key), names)
+            evidence = evidence_from_track(spec.name, track, names)
         except Exception:  # noqa: BLE001 - best effort
             evidence = None
         if evidence is not None:
@@ -288,7 +276,5 @@ def from_dispatch(module: Any, example: tuple, unit_axis: int | None = None,
 @contextlib.contextmanager
 def _optimised_off() -> Iterator[None]:
     """TorchScript's profiling executor fuses ops after a few runs; run them one by one."""
-    import torch
-
     with torch.jit.optimized_execution(False):
         yield

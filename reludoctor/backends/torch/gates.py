@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import torch.fx
+from torch.utils._python_dispatch import TorchDispatchMode
+
 GATE_OPS = {"hardswish", "hardswish_", "hardsigmoid", "hardsigmoid_"}
 
 
@@ -28,8 +31,6 @@ def _base(target: Any) -> str:
 
 def count_graph(graph_module: Any) -> int:
     """Gate calls in a torch.fx GraphModule (an exported program's module), subgraphs included."""
-    import torch
-
     count = 0
     for module in graph_module.modules():
         if isinstance(module, torch.fx.GraphModule):
@@ -46,8 +47,6 @@ class GateCounter:
         self.count: int | None = None
 
     def wrap(self, forward: Callable[..., Any]) -> Callable[..., Any]:
-        from torch.utils._python_dispatch import TorchDispatchMode
-
         counter = self
 
         class _Counting(TorchDispatchMode):

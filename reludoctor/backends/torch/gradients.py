@@ -1,12 +1,29 @@
-"""Gradient plans for PyTorch models: probes inserted in the exported graph, or hooks on the tensors a dispatch pass sees."""
+"""Gradient plans for PyTorch models: probes inserted in the exported graph, or hooks on the tensors a dispatch pass sees.
+
+How: tensor hooks (``register_hook``) on each activation's input and output, never module
+backward hooks (those raise with inplace ReLU). A hook registered on a tensor before an inplace
+op receives the gradient with respect to its value before that op, so an inplace ``relu_``'s
+pre-activation gradient is exact. Sites are found as the dead-unit pass finds them, so names and
+order match: probes inserted before and after each activation node of a fresh copy of the
+exported graph (``ExportedProgram.module()``), or, for models observed with TorchDispatchMode
+(TorchScript, data-dependent control flow), the activation's autograd node, found from the
+tensor the mode saw. ONNX models go through onnx2torch when it is installed.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+import torch
+
+from reludoctor import activations
+from reludoctor.backends.torch.dispatch import DispatchHook, DispatchInstrument
 from reludoctor.backends.torch.export import activation_nodes
-from reludoctor.core.gradients import (ACTIVATION_BACKWARD, GradientPass, PassContext,
-                                       SiteAccumulator, unique_params)
+from reludoctor.core.gradients import GradientPass, PassContext, SiteAccumulator, unique_params
+
+# Autograd nodes of ReLU-family ops (dispatch path): the node's hook sees both gradients.
+ACTIVATION_BACKWARD = activations.torch_backward()
 
 
 def insert_probes(graph: Any, node: Any, accumulator: SiteAccumulator, index: int) -> None:
@@ -44,88 +61,82 @@ def graph_plan(graph_module: Any, evidence: dict[str, Any]) -> GradientPass:
     params = dict(graph_module.named_parameters())
     producers = {name: params.get(ev.weight) for name, ev in evidence.items()}
     return GradientPass(graph_module, accumulators, unique_params(graph_module.parameters()), producers,
-                 context=context)
+                        context=context)
+
+
+class _GradientHook(DispatchHook):
+    """Per site a SiteAccumulator: the mask from the pre-activation the mode sees; after the
+    forward pass, hooks on each call's autograd node for both gradients."""
+
+    def __init__(self, context: PassContext) -> None:
+        self.context = context
+        self.calls: list[tuple[SiteAccumulator, Any]] = []  # this forward's (site, output)
+
+    def on_site(self, name: str, activation: Any, pre: Any) -> SiteAccumulator:
+        return SiteAccumulator(name, activation.op, activation.lower, activation.upper, self.context)
+
+    def on_call(self, site: SiteAccumulator, pre: Any) -> None:
+        site.forward(pre)
+
+    def on_result(self, func: Any, args: tuple, kwargs: dict, out: Any, site: Any) -> None:
+        if site is not None:
+            self.calls.append((site, out))
+
+    def hook_nodes(self) -> None:
+        for accumulator, out in self.calls:
+            node = getattr(out, "grad_fn", None)
+            if node is None:
+                continue
+            if not type(node).__name__.startswith(ACTIVATION_BACKWARD):
+                accumulator.failure = (f"its output was changed in place afterwards "
+                                       f"({type(node).__name__})")
+                continue
+
+            def hook(grad_inputs: Any, grad_outputs: Any, _acc: SiteAccumulator = accumulator) -> None:
+                _acc.backward_out(grad_outputs[0])
+                _acc.backward_pre(grad_inputs[0] if grad_inputs else None)
+
+            node.register_hook(hook)
+            accumulator.hooked = True
+        self.calls.clear()
+
+
+@dataclass
+class DispatchPass(GradientPass):
+    """A gradient pass through a DispatchInstrument: its sites are named after the pass."""
+
+    probe: Any = None
+    static: Any = None  # TorchScript call sites (``torchscript_names``) that name the sites
 
 
 def dispatch_plan(module: Any, unit_axis: int | None, static: Any, evidence: dict[str, Any]) -> GradientPass:
     """Sites named by the dispatch instrumenter's own logic; per call, the mask is taken from the
     pre-activation the mode sees, and the gradients from the activation's autograd node."""
-    from reludoctor.backends.torch.dispatch import DispatchInstrument
-    from reludoctor.core.observers import BatchContext
-
     context = PassContext()
+    hook = _GradientHook(context)
+    probe = DispatchInstrument(module, unit_axis=unit_axis, hook=hook)
 
-    class _Probe(DispatchInstrument):
-        def __init__(self) -> None:
-            super().__init__(module, BatchContext(), unit_axis)
-            self.calls: list[tuple[SiteAccumulator, Any]] = []
-
-        def observe(self, func: Any, args: tuple, kwargs: dict, producers: Any) -> Any:
-            call = self.site_call(func, args, kwargs)
-            if call is None:
-                return None
-            key, activation, path = call
-            accumulator = self._observers.get(key)
-            if accumulator is None:
-                accumulator = SiteAccumulator(key[0], activation.op, activation.lower, activation.upper,
-                                              context)
-                self._observers[key] = accumulator
-                self._specs[key] = (activation, path, 0)
-                self._keys.append(key)
-            accumulator.forward(args[0])
-            return accumulator
-
-        def after_call(self, func: Any, args: tuple, kwargs: dict, out: Any, observed: Any,
-                       producers: Any) -> None:
-            if observed is not None:
-                self.calls.append((observed, out))
-
-        def start(self) -> None:
-            self.calls.clear()
-            self.start_forward()
-
-        def hook_nodes(self) -> None:
-            for accumulator, out in self.calls:
-                node = getattr(out, "grad_fn", None)
-                if node is None:
-                    continue
-                if not type(node).__name__.startswith(ACTIVATION_BACKWARD):
-                    accumulator.failure = (f"its output was changed in place afterwards "
-                                           f"({type(node).__name__})")
-                    continue
-
-                def hook(grad_inputs: Any, grad_outputs: Any, _acc: SiteAccumulator = accumulator) -> None:
-                    _acc.backward_out(grad_outputs[0])
-                    _acc.backward_pre(grad_inputs[0] if grad_inputs else None)
-
-                node.register_hook(hook)
-                accumulator.hooked = True
-            self.calls.clear()
-
-    probe = _Probe()
+    def start() -> None:
+        hook.calls.clear()
+        probe.start_forward()
 
     def forward(*args: Any) -> Any:
-        import torch
-
         # TorchScript's profiling executor would fuse ops (and their autograd nodes) after a
         # few runs: run them one by one.
         with torch.jit.optimized_execution(False), probe.active():
             return probe.forward(*args)
 
-    plan = GradientPass(forward, [], unique_params(getattr(module, "parameters", lambda: [])()),
-                 before_forward=probe.start, after_forward=probe.hook_nodes, context=context)
     params = dict(getattr(module, "named_parameters", lambda: [])())
-    plan.producers = {name: params.get(ev.weight) for name, ev in evidence.items()}
-    plan.probe = probe  # type: ignore[attr-defined]
-    plan.static = static  # type: ignore[attr-defined]
-    return plan
+    return DispatchPass(forward, [], unique_params(getattr(module, "parameters", lambda: [])()),
+                        {name: params.get(ev.weight) for name, ev in evidence.items()},
+                        before_forward=start, after_forward=hook.hook_nodes, context=context,
+                        probe=probe, static=static)
 
 
-def _finish_dispatch(plan: GradientPass) -> None:
+def _finish_dispatch(plan: DispatchPass) -> None:
     """Names of the dispatch sites (the same as the dead-unit pass), onto the accumulators."""
-    probe = plan.probe  # type: ignore[attr-defined]
     ordered = []
-    for spec, accumulator in probe.sites(plan.static):  # type: ignore[attr-defined]
+    for spec, accumulator in plan.probe.sites(plan.static):
         accumulator.name = spec.name
         ordered.append(accumulator)
     plan.accumulators = ordered

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 # Functional calls compiled as prim::CallFunction, by the function's name.
 _FUNCTIONAL_OPS = {"relu": "relu", "relu6": "relu6", "hardtanh": "hardtanh", "threshold": "threshold"}
 _ATEN_OPS = {"relu": "relu", "relu6": "relu6", "hardtanh": "hardtanh", "threshold": "threshold",
@@ -23,8 +25,6 @@ def _same_family(op: str) -> str:
 def static_call_sites(module: Any) -> list[tuple[str, str, str]] | None:
     """[(module path, module type, op)] in graph order, or None where activation calls sit in
     branches or loops (then the static order may not be the executed one)."""
-    import torch
-
     class _Branching(Exception):
         pass
 
