@@ -39,7 +39,7 @@ class TorchBackend(Backend):
         if options.method == Method.EXPORT and loaded.format == ModelFormat.TORCHSCRIPT:
             raise UsageError("--method export cannot trace a TorchScript archive",
                              "use --method dispatch (the default for TorchScript)")
-        from reludoctor.backends.precheck import refuse_without_candidates
+        from reludoctor.backends.torch.precheck import refuse_without_candidates
 
         refuse_without_candidates(loaded)
 

@@ -95,7 +95,7 @@ def _capture(loaded: LoadedModel, calibration: Any, run: ScanRun) -> tuple[Any, 
         run.warn("torch.export could not capture the model "
                  f"({type(exc).__name__}); observing with TorchDispatchMode instead")
         return None, None
-    from reludoctor.backends.precheck import check_program
+    from reludoctor.backends.torch.precheck import check_program
 
     check_program(program, loaded.path or "model")  # before the calibration pass
     return program, program.module()
