@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import sys
 import traceback
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from reludoctor import __version__
+from reludoctor.options import DEFAULT_BATCH_SIZE, ScanOptions
+
+DEFAULTS = ScanOptions()  # typer shows and uses these: every default is written once, in options.py
 
 EXIT_OK, EXIT_GATE, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -154,18 +158,38 @@ def _settings(config: Optional[str], fail_over: Optional[float], fail_on: Option
         baseline=baseline, top=top, tolerance=tolerance))
 
 
-def _prepare(config, fail_over, fail_on, fail_over_site, baseline, top, destinations,  # noqa: ANN001, ANN202
-             stdout_format, inputs, writes: bool = True):
-    """What scan and report share before they run: the settings (file + command line) and the
-    planned outputs (none when this process writes nothing).
+@dataclass(frozen=True)
+class ReportArgs:
+    """The options scan and report share: where the report goes, and what gates it."""
 
-    ``destinations``: the --json, --markdown, --junit, --sarif and --html values, in that order.
-    """
-    settings = _settings(config, fail_over, fail_on, fail_over_site, baseline, top)
+    json_out: Optional[str] = None
+    markdown_out: Optional[str] = None
+    junit_out: Optional[str] = None
+    sarif_out: Optional[str] = None
+    html_out: Optional[str] = None
+    stdout_format: Optional[str] = None
+    top: Optional[int] = None
+    fail_over: Optional[float] = None
+    fail_on: Optional[list[str]] = None
+    fail_over_site: Optional[list[str]] = None
+    baseline: Optional[str] = None
+    config: Optional[str] = None
+
+    @classmethod
+    def pick(cls, params: dict) -> ReportArgs:
+        return cls(**{f.name: params[f.name] for f in fields(cls)})
+
+
+def _prepare(args: ReportArgs, inputs: list, writes: bool = True):  # noqa: ANN202
+    """What scan and report share before they run: the settings (file + command line) and the
+    planned outputs (none when this process writes nothing)."""
+    settings = _settings(args.config, args.fail_over, args.fail_on, args.fail_over_site,
+                         args.baseline, args.top)
+    destinations = [args.json_out, args.markdown_out, args.junit_out, args.sarif_out, args.html_out]
     outputs = dict(zip(OUTPUT_OPTIONS, destinations))
     planned, to_stdout = ([], None)
     if writes:
-        planned, to_stdout = _plan_outputs(outputs, stdout_format,
+        planned, to_stdout = _plan_outputs(outputs, args.stdout_format,
                                            [*inputs, settings.baseline, settings.source])
     return settings, planned, to_stdout
 
@@ -266,21 +290,21 @@ def scan(
     html_out: Optional[str] = HTML_OPTION,
     stdout_format: Optional[str] = FORMAT_OPTION,
     top: Optional[int] = TOP_OPTION,
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Samples per forward pass (default 32; a fixed-batch model's own size)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help=f"Samples per forward pass (default {DEFAULT_BATCH_SIZE}; a fixed-batch model's own size)."),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Use at most N samples (synthetic: generate N, default 256)."),
     sample: Optional[int] = typer.Option(None, "--sample", metavar="N", help="Scan N samples drawn at random without replacement (read in file order); with --limit, drawn from the first --limit samples."),
-    seed: int = typer.Option(0, "--seed", metavar="S", help="Seed of --sample and of synthetic inputs."),
+    seed: int = typer.Option(DEFAULTS.seed, "--seed", metavar="S", help="Seed of --sample and of synthetic inputs."),
     resize: Optional[int] = typer.Option(None, "--resize", metavar="N", help="Image folders: resize the shorter side to N (bilinear, like torchvision Resize(N))."),
     center_crop: Optional[int] = typer.Option(None, "--center-crop", metavar="N", help="Image folders: crop the central NxN (like torchvision CenterCrop(N))."),
     normalize: Optional[str] = typer.Option(None, "--normalize", metavar="imagenet|none", help="Image folders: pixels in [0, 1], then ImageNet mean/std or none (default: imagenet for RGB models, none for 1-channel)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (auto: CUDA when available)."),
+    device: str = typer.Option(DEFAULTS.device, "--device", help="auto, cpu, cuda or cuda:N (auto: CUDA when available)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", metavar="fp32|bf16|fp16", help="PyTorch models: run the forward pass under autocast in bf16 or fp16 (statistics still accumulate in float32/64; dead-unit decisions may differ from fp32 at the margin)."),
     input_shape: Optional[str] = typer.Option(None, "--input-shape", help="Sample shape without batch for synthetic data, e.g. 3,224,224."),
     constants: Optional[list[str]] = typer.Option(None, "--const", metavar="NAME=VALUE", help="A model input that is not per-sample, the same for every batch: VALUE is JSON (16000, 0.5, true, \"text\", [1, 2]), e.g. --const sr=16000. Repeatable."),
     batch_axes: Optional[list[str]] = typer.Option(None, "--batch-axis", metavar="NAME=AXIS", help="The axis of input NAME that indexes samples, when it is not 0 (a recurrent state [2, N, 128]: --batch-axis state=1; ONNX inputs default to their dynamic dimension). Repeatable."),
     unit_axis: Optional[int] = typer.Option(None, "--unit-axis", help="Axis of the activation that holds units (default: 1 for [N,C,...] and [N,F], last for [N,T,F])."),
-    near_dead: float = typer.Option(1e-3, "--near-dead", help="Alive units firing on fewer than this fraction of positions are near-dead."),
-    dormant_tau: float = typer.Option(0.025, "--dormant-tau", help="tau of tau-dormant units (Sokar et al. 2023)."),
+    near_dead: float = typer.Option(DEFAULTS.near_dead, "--near-dead", help="Alive units firing on fewer than this fraction of positions are near-dead."),
+    dormant_tau: float = typer.Option(DEFAULTS.dormant_tau, "--dormant-tau", help="tau of tau-dormant units (Sokar et al. 2023)."),
     fail_over: Optional[float] = FAIL_OVER_OPTION,
     fail_on: Optional[list[str]] = FAIL_ON_OPTION,
     fail_over_site: Optional[list[str]] = FAIL_OVER_SITE_OPTION,
@@ -288,7 +312,7 @@ def scan(
     config: Optional[str] = CONFIG_OPTION,
     arch: Optional[str] = typer.Option(None, "--arch", help="Architecture for a state_dict: package.module:factory."),
     arch_kwargs: Optional[str] = typer.Option(None, "--arch-kwargs", help="JSON keyword arguments for the --arch factory."),
-    method: str = typer.Option("auto", "--method", help="How call sites are observed: auto, export (torch.export) or dispatch (TorchDispatchMode)."),
+    method: str = typer.Option(DEFAULTS.method.value, "--method", help="How call sites are observed: auto, export (torch.export) or dispatch (TorchDispatchMode)."),
     trust_model: bool = TRUST_MODEL_OPTION,
     unsafe_pickle: bool = UNSAFE_PICKLE_OPTION,
     imports: Optional[list[str]] = IMPORT_OPTION,
@@ -299,26 +323,29 @@ def scan(
     debug: bool = DEBUG_OPTION,
 ) -> None:
     """Scan MODEL for dead ReLU units over calibration data."""
-    options = dict(locals())
-    code = _guarded(debug, lambda: _scan(**options))
+    params = dict(locals())
+    code = _guarded(debug, lambda: _scan(model, data, params, ReportArgs.pick(params), quiet, verbose))
     raise typer.Exit(code)
 
 
-def _scan(model, data, json_out, markdown_out, junit_out, sarif_out, html_out, stdout_format,  # noqa: ANN001
-          top, batch_size, limit, device, input_shape, unit_axis, near_dead, dormant_tau, fail_over,
-          fail_on, fail_over_site, baseline, config, arch, arch_kwargs, method, trust_model,
-          unsafe_pickle, gradients, labels, quiet, debug, sample=None, seed=0, resize=None,
-          center_crop=None, normalize=None, dtype=None, imports=None, constants=None,
-          batch_axes=None, verbose=False) -> int:
+def _scan_options(params: dict, warn) -> ScanOptions:  # noqa: ANN001
+    """The command line's values as ScanOptions (the few that need parsing, parsed)."""
+    values = {name: params[name] for name in ScanOptions.names() if name in params}
+    values.update(input_shape=_parse_shape(params["input_shape"]),
+                  trust_model=_trust(params["trust_model"], params["unsafe_pickle"], warn),
+                  imports=tuple(params["imports"] or ()), constants=list(params["constants"] or ()),
+                  batch_axes=list(params["batch_axes"] or ()))
+    return ScanOptions(**values)
+
+
+def _scan(model: str, data: Optional[str], params: dict, outputs: ReportArgs, quiet: bool,
+          verbose: bool) -> int:
     from reludoctor.report.baseline import load_report
     from reludoctor.core.distributed import is_writer
     from reludoctor.engine import scan as run_scan
 
     writer = is_writer()  # under torchrun only rank 0 prints and writes (other ranks: errors only)
-    settings, planned, to_stdout = _prepare(
-        config, fail_over, fail_on, fail_over_site, baseline, top,
-        [json_out, markdown_out, junit_out, sarif_out, html_out], stdout_format,
-        [model, data, labels], writes=writer)
+    settings, planned, to_stdout = _prepare(outputs, [model, data, params["labels"]], writes=writer)
     baseline_report = load_report(settings.baseline, "baseline") if settings.baseline else None
     err = _stderr()
     progress_bar = None
@@ -342,16 +369,7 @@ def _scan(model, data, json_out, markdown_out, junit_out, sarif_out, html_out, s
     try:
         if progress_bar is not None:
             progress_bar.start()
-        report = run_scan(
-            model, data, batch_size=batch_size, device=device, limit=limit,
-            input_shape=_parse_shape(input_shape), unit_axis=unit_axis, near_dead=near_dead,
-            dormant_tau=dormant_tau, method=method, arch=arch, arch_kwargs=arch_kwargs,
-            trust_model=_trust(trust_model, unsafe_pickle, warn), progress=progress, on_warning=warn,
-            gradients=gradients, labels=labels,
-            sample=sample, seed=seed, resize=resize, center_crop=center_crop, normalize=normalize,
-            dtype=dtype, imports=tuple(imports or ()), constants=list(constants or ()),
-            batch_axes=list(batch_axes or ()),
-        )
+        report = run_scan(model, data, _scan_options(params, warn), progress=progress, on_warning=warn)
     finally:
         if progress_bar is not None:
             progress_bar.stop()
@@ -383,20 +401,17 @@ def report_command(
     debug: bool = DEBUG_OPTION,
 ) -> None:
     """Render a saved JSON report in any format without rescanning (gates re-evaluated when set)."""
-    options = dict(locals())
-    code = _guarded(debug, lambda: _report(**options))
+    outputs = ReportArgs.pick(dict(locals()))
+    code = _guarded(debug, lambda: _report(saved, outputs))
     raise typer.Exit(code)
 
 
-def _report(saved, json_out, markdown_out, junit_out, sarif_out, html_out, stdout_format, top,  # noqa: ANN001
-            fail_over, fail_on, fail_over_site, baseline, config, debug) -> int:
+def _report(saved: str, outputs: ReportArgs) -> int:
     from dataclasses import replace
 
     from reludoctor.report.baseline import load_report
 
-    settings, planned, to_stdout = _prepare(
-        config, fail_over, fail_on, fail_over_site, baseline, top,
-        [json_out, markdown_out, junit_out, sarif_out, html_out], stdout_format, [saved])
+    settings, planned, to_stdout = _prepare(outputs, [saved])
     report = load_report(saved)
     baseline_report = load_report(settings.baseline, "baseline") if settings.baseline else None
     err = _stderr()
@@ -488,11 +503,11 @@ def fix_command(
     summary: Optional[str] = typer.Option(None, "--summary", metavar="FILE", help="Write the JSON summary to FILE ('-': stdout instead of the table)."),
     force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Scan and show what would change; write nothing."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Samples per forward pass (default 32)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help=f"Samples per forward pass (default {DEFAULT_BATCH_SIZE})."),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Use at most N calibration samples."),
-    device: str = typer.Option("auto", "--device", help="Device of the scan: auto, cpu, cuda or cuda:N (the fix itself runs on the CPU)."),
-    dormant_tau: float = typer.Option(0.025, "--dormant-tau", help="tau of tau-dormant units (--reinit re-initialises dead and dormant units)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of --reinit's Kaiming initialisation."),
+    device: str = typer.Option(DEFAULTS.device, "--device", help="Device of the scan: auto, cpu, cuda or cuda:N (the fix itself runs on the CPU)."),
+    dormant_tau: float = typer.Option(DEFAULTS.dormant_tau, "--dormant-tau", help="tau of tau-dormant units (--reinit re-initialises dead and dormant units)."),
+    seed: int = typer.Option(DEFAULTS.seed, "--seed", help="Seed of --reinit's Kaiming initialisation."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Architecture for a state_dict: package.module:factory."),
     arch_kwargs: Optional[str] = typer.Option(None, "--arch-kwargs", help="JSON keyword arguments for the --arch factory."),
     trust_model: bool = TRUST_MODEL_OPTION,
@@ -636,7 +651,7 @@ def main() -> None:
         app()
     except KeyboardInterrupt as exc:  # outside a command (click's parsing): still one line
         sys.exit(_interrupted(getattr(exc, "signum", None)))
-    except SystemExit as exc:
+    except SystemExit:
         if _SIGNALLED:  # click turned it into "Aborted!" and exit 1
             sys.exit(_interrupted(_SIGNALLED[0]))
         raise

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from reludoctor.errors import ReludoctorError, UsageError
+from reludoctor.options import DEFAULT_BATCH_SIZE, ScanOptions
 from reludoctor.fix.plan import SiteFix, Strategy
 from reludoctor.fix.verify import FixVerificationError, Verification
 
@@ -142,8 +143,8 @@ def fix(
     dry_run: bool = False,
     batch_size: int | None = None,
     limit: int | None = None,
-    device: str = "auto",
-    dormant_tau: float = 0.025,
+    device: str = ScanOptions.device,
+    dormant_tau: float = ScanOptions.dormant_tau,
     arch: str | None = None,
     arch_kwargs: str | dict | None = None,
     trust_model: bool = False,
@@ -203,7 +204,7 @@ def fix(
 
     from reludoctor.fix.result import Request
 
-    request = Request(chosen, alpha, seed, data, limit, batch_size or 32, out_path, out_format,
+    request = Request(chosen, alpha, seed, data, limit, batch_size or DEFAULT_BATCH_SIZE, out_path, out_format,
                       dry_run, {s.name: set(s.dead_units) for s in report.sites}, warn)
     result = fixer.run(loaded, work, entries, request)
 
