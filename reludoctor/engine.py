@@ -235,7 +235,7 @@ def scan(
         labels = _sampled_labels(labels, calibration.sample_indices)
     target = resolve_device(device)
     if loaded.format == "onnx" and device == "auto" and target.type == "cuda":
-        from reludoctor.backends.onnx.graph import cuda_provider_available
+        from reludoctor.backends.onnx.session import cuda_provider_available
 
         if not cuda_provider_available():  # a CPU-only onnxruntime on a GPU machine
             target = resolve_device("cpu")
@@ -368,7 +368,7 @@ def _observe(loaded: LoadedModel, calibration: Calibration, method: str, device:
     """
     ignored: list = keep.setdefault("ignored_ops", []) if keep is not None else []
     if loaded.format == "onnx":
-        from reludoctor.backends.onnx.graph import observe_onnx
+        from reludoctor.backends.onnx.observer import observe_onnx
 
         sites, samples, unobserved = observe_onnx(
             loaded, calibration, device=device, batch_size=batch_size, unit_axis=unit_axis,

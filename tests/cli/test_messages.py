@@ -31,7 +31,7 @@ def test_ort_message_keeps_the_lines_after_the_first():
     import onnxruntime
     from onnx import TensorProto, helper
 
-    from reludoctor.backends.onnx.graph import _ort_message
+    from reludoctor.backends.onnx.session import _ort_message
 
     graph = helper.make_graph(
         [helper.make_node("Relu", ["state"], ["r"]), helper.make_node("Reshape", ["r", "s"], ["y"])],
