@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from reludoctor.errors import MissingDependencyError, ReludoctorError, UsageError  # noqa: F401 - re-exported
 from reludoctor.fix.plan import SiteFix, Strategy
+from reludoctor.data.calibration import padded_batches as batches
 from reludoctor.backends.torch.fix_graph import ActivationNode, activation_nodes, export_program, get_path, lift
 
 
@@ -406,19 +407,6 @@ def example_rows(calibration: Any, rows: int) -> tuple:
     if np.shape(example[0])[0] < rows:  # a fixed-batch model with fewer samples: repeat the last
         example = tuple(np.concatenate([a, np.repeat(a[-1:], rows - len(a), axis=0)]) for a in example)
     return example
-
-
-def batches(calibration: Any, batch_size: int, fixed: int | None) -> Any:
-    """Calibration batches as numpy arrays, padded to a fixed batch when the model has one."""
-    import numpy as np
-
-    size = fixed or batch_size
-    for batch in calibration.batches(size):
-        arrays = tuple(np.asarray(b.detach().cpu().numpy() if hasattr(b, "detach") else b) for b in batch)
-        rows = arrays[0].shape[0]
-        if fixed is not None and rows < fixed:
-            arrays = tuple(np.concatenate([a, np.repeat(a[-1:], fixed - rows, axis=0)]) for a in arrays)
-        yield arrays
 
 
 def _probe(work: TorchWork, calibration: Any, batch_size: int, fixed: int | None) -> Callable[[Any], bool]:
