@@ -11,7 +11,8 @@ TopK, ...) or on constants is no site and goes to ``ignored_ops`` with the reaso
 by onnxruntime (``com.microsoft`` FusedConv/FusedGemm), are reported as unobserved sites with the
 reason.
 
-``discover_model`` finds and names the sites the observer instruments.
+``discover_model`` is the one place a site gets its name: the observer, the producer evidence,
+the gradient plan and the fixer all read the names (and nodes) from it.
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ METADATA_OPS = {"Shape", "Size"}  # a tensor's size, not its values: a constant
 FORWARD_OPS = {"Identity", "Dropout", "Cast"}
 INTEGER_TYPES = {2, 3, 4, 5, 6, 7, 9, 12, 13, 21, 22}  # (u)int8/16/32/64, bool, (u)int4
 RELU_FAMILY = activations.onnx_ops()
+# The op types that are a site whatever their constants (Clip and Max: only with the bounds
+# ``_classify`` checks), with their catalogue entry.
+PLAIN_OPS = {name: a for a in activations.CATALOGUE for name in a.onnx_ops if name not in ("Clip", "Max")}
 FUSED_ACTIVATION_OPS = {"FusedConv", "FusedGemm", "NhwcFusedConv", "FusedMatMul"}
 FUSED_ACTIVATIONS = activations.onnx_fused()
 
@@ -100,12 +104,9 @@ def _classify(node: Any, scope: _Scope, opset: int,
     if not node.input[0] or scope.is_constant(node.input[0]):
         if not (kind == "Max" and len(node.input) == 2):
             return None  # an activation of a constant has no batch and no units
-    if kind == "Relu":
-        return "relu", None, node.input[0], False, None
-    if kind == "LeakyRelu":
-        return "leaky_relu", None, node.input[0], True, None
-    if kind == "PRelu":
-        return "prelu", None, node.input[0], True, None
+    plain = PLAIN_OPS.get(kind)
+    if plain is not None:  # |Y| of an op not zero below its bound needs an Abs
+        return plain.op, None, node.input[0], not plain.zero_below, None
     if kind == "Max" and len(node.input) == 2:
         for index in (0, 1):
             other = node.input[1 - index]
@@ -333,3 +334,13 @@ def discover_model(model: Any, warn: Warn | None = None) -> Scanned:
     types = _value_types(model)
     return Scanned(model, opset, types, _discover(model, opset, types))
 
+
+def site_nodes(model: Any) -> dict[str, tuple[_Found, Any]]:
+    """site name -> (site, its node in ``model.graph``), for the observable sites of the main
+    graph (those a graph edit or a converted module can reach). The node is found by its first
+    output, ``site.y`` (a function's call node keeps the output of the site inlined from it:
+    only ReLU-family nodes count)."""
+    by_output = {node.output[0]: node for node in model.graph.node
+                 if node.output and node.op_type in RELU_FAMILY and node.domain in DEFAULT_DOMAINS}
+    return {site.name: (site, by_output[site.y]) for site in discover_model(model).discovery.sites
+            if not site.path and not site.unobserved and site.y in by_output}
