@@ -432,3 +432,25 @@ def test_hard_sigmoid_clip_variant_and_constant_relu_are_not_sites() -> None:
     report = scan(_conv_model(nodes, inits, opset=13), _data(6))
     assert [s.name for s in report.sites] == ["real"]
     assert any(w.startswith("1 hard-swish/hard-sigmoid gate(s)") for w in report.warnings)
+
+
+def test_evidence_and_fix_read_the_discovery_s_site_names() -> None:
+    """Two Relu nodes with the same name (onnxruntime refuses that in one graph; a main graph and
+    an If branch may) and a Clip to -1 (no site) with it too: discovery names the Relus 'act#1',
+    'act#2'; the evidence and the fixer find each under that name, with its producer."""
+    from reludoctor.backends.onnx.discover import discover_model, site_nodes
+    from reludoctor.backends.onnx.evidence import from_onnx
+
+    w2 = RNG.standard_normal((4, 6, 1, 1)).astype(np.float32)
+    proto = _conv_model([
+        helper.make_node("Clip", ["pre", "minus_one"], ["clipped"], name="act"),
+        helper.make_node("Relu", ["pre"], ["a"], name="act"),
+        helper.make_node("Conv", ["a", "w2"], ["pre2"], name="conv2"),
+        helper.make_node("Relu", ["pre2"], ["y"], name="act"),
+    ], [const("minus_one", np.float32(-1)), const("w2", w2)])
+    names = [site.name for site in discover_model(proto).discovery.sites]
+    assert names == ["act#1", "act#2"]
+    assert {name: node.output[0] for name, (_, node) in site_nodes(proto).items()} == {
+        "act#1": "a", "act#2": "y"}
+    evidence = from_onnx(proto, names)
+    assert {name: found.layer for name, found in evidence.items()} == {"act#1": "conv", "act#2": "conv2"}
