@@ -70,7 +70,7 @@ def main() -> None:
 
     import reludoctor
     from reludoctor.data.calibration import load_calibration
-    from reludoctor.backends.onnx.graph import OnnxInstrument
+    from reludoctor.backends.onnx.observer import OnnxInstrument
     from reludoctor.backends.onnx.loader import load_path
 
     batch = args.batch_size

@@ -299,7 +299,8 @@ def _onnx_section(args: argparse.Namespace, clock: Clock, data: Any) -> list[tup
     import torchvision
 
     from reludoctor.data.calibration import load_calibration
-    from reludoctor.backends.onnx.graph import OnnxInstrument, cuda_provider_available
+    from reludoctor.backends.onnx.observer import OnnxInstrument
+    from reludoctor.backends.onnx.session import cuda_provider_available
     from reludoctor.backends.onnx.loader import load_path
 
     device = torch.device(args.device)

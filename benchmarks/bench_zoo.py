@@ -252,7 +252,7 @@ def _onnx_case(path: str, data: Any, threads: int, args: argparse.Namespace) -> 
     import torch
 
     from reludoctor.data.calibration import load_calibration
-    from reludoctor.backends.onnx.graph import OnnxInstrument
+    from reludoctor.backends.onnx.observer import OnnxInstrument
     from reludoctor.backends.onnx.loader import load_path
 
     bs, n = args.batch_size, args.batches

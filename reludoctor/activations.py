@@ -15,6 +15,7 @@ graphs (an exporter keeps them as LeakyRelu/PRelu nodes) but not yet in PyTorch 
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 
@@ -109,3 +110,11 @@ def describe(backend: str) -> str:
     else:
         names = [a.label for a in CATALOGUE if a.torch_ops]
     return f"reludoctor observes {', '.join(names[:-1])} and {names[-1]}"
+
+
+def listed_uses(found: Counter) -> str:
+    """'its activations: silu x12, gelu' for a model refused before its data pass (prechecks)."""
+    if not found:
+        return "it has no activation op"
+    listed = ", ".join(f"{name} x{count}" if count > 1 else name for name, count in found.most_common(4))
+    return f"its activations: {listed}"

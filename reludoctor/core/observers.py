@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-# Also re-exported: backends/onnx/graph.py imports UnitCounts and HIST_EDGES from here.
 from reludoctor.core.counts import HIST_EDGES, UnitCounts
 from reludoctor.errors import ObserverFailure
 

@@ -1,7 +1,7 @@
 """What counts as a ReLU-family call site, how it is named, and which axis holds its units.
 
 Shared by the torch.export and TorchDispatchMode instrumenters so both report the same sites;
-the ONNX instrumenter (``onnx_graph``) applies the same rules to ONNX op types.
+the ONNX site discovery (``backends.onnx.discover``) applies the same rules to ONNX op types.
 
 What is an activation (``decide``, the one place it is decided). A call is a site when:
 

@@ -31,7 +31,7 @@ def test_ort_message_keeps_the_lines_after_the_first():
     import onnxruntime
     from onnx import TensorProto, helper
 
-    from reludoctor.backends.onnx.graph import _ort_message
+    from reludoctor.backends.onnx.session import _ort_message
 
     graph = helper.make_graph(
         [helper.make_node("Relu", ["state"], ["r"]), helper.make_node("Reshape", ["r", "s"], ["y"])],
@@ -399,7 +399,7 @@ def test_a_relu_inside_an_unknown_library_op_is_not_refused_early():
     go on (here an ONNX node of a custom domain; onnxruntime then refuses the unknown op)."""
     from onnx import helper
 
-    from reludoctor.backends.precheck import _onnx_ops
+    from reludoctor.backends.onnx.precheck import _onnx_ops
 
     model = _silu_onnx()
     model.graph.node.append(helper.make_node("MyRelu", ["y1"], ["z"], domain="com.example"))

@@ -273,7 +273,8 @@ def test_fasterrcnn_exported_to_onnx_has_the_same_sites_and_its_box_clips_are_ig
 
     import onnx
 
-    from reludoctor.backends.onnx.graph import _discover, _value_types
+    from reludoctor.backends.onnx.discover import _discover
+    from reludoctor.backends.onnx.shapes import _value_types
 
     torch.manual_seed(0)
     model = detection.fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None).eval()

@@ -110,7 +110,7 @@ def test_not_relu_family(nodes, inits, opset) -> None:  # noqa: ANN001
 def test_clip_min_from_a_graph_input_is_not_a_site() -> None:
     conv = _conv_model([helper.make_node("Clip", ["pre", "lo"], ["y"])], opset=13)
     conv.graph.input.append(value("lo", [], TensorProto.FLOAT))
-    from reludoctor.backends.onnx.graph import _discover
+    from reludoctor.backends.onnx.discover import _discover
 
     assert _discover(conv, 13).sites == []
 
@@ -340,9 +340,9 @@ def test_unit_axis_override_and_dynamic_spatial_dims() -> None:
 
 
 def test_shapes_unknown_to_inference_are_probed(monkeypatch: pytest.MonkeyPatch) -> None:
-    from reludoctor.backends.onnx import graph as onnx_graph
+    from reludoctor.backends.onnx import discover
 
-    monkeypatch.setattr(onnx_graph, "_value_types", lambda proto: {})
+    monkeypatch.setattr(discover, "_value_types", lambda proto: {})
     proto = _conv_model([helper.make_node("Clip", ["pre", "lo", "hi"], ["y"], name="act")],
                         [const("lo", np.float32(0)), const("hi", np.float32(6))])
     data = _data(9)
@@ -363,15 +363,15 @@ def test_float16_and_float64_activations() -> None:
 
 
 def test_in_memory_model_is_not_modified_and_large_model_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    from reludoctor.backends.onnx import graph as onnx_graph
+    from reludoctor.backends.onnx import session, shapes
 
     proto = _conv_model([helper.make_node("Relu", ["pre"], ["y"], name="act")])
     before = proto.SerializeToString()
     data = _data(10)
     small = scan(proto, data, batch_size=4)
     assert proto.SerializeToString() == before
-    monkeypatch.setattr(onnx_graph, "MAX_PROTO_BYTES", 0)  # as if over protobuf's 2 GiB limit
-    monkeypatch.setattr(onnx_graph, "STRIP_FOR_INFERENCE_BYTES", 0)  # weights aside for inference
+    monkeypatch.setattr(session, "MAX_PROTO_BYTES", 0)  # as if over protobuf's 2 GiB limit
+    monkeypatch.setattr(shapes, "STRIP_FOR_INFERENCE_BYTES", 0)  # weights aside for inference
     large = scan(proto, data, batch_size=4)
     assert proto.SerializeToString() == before
     assert small.sites[0].activation_rate == large.sites[0].activation_rate
@@ -432,3 +432,25 @@ def test_hard_sigmoid_clip_variant_and_constant_relu_are_not_sites() -> None:
     report = scan(_conv_model(nodes, inits, opset=13), _data(6))
     assert [s.name for s in report.sites] == ["real"]
     assert any(w.startswith("1 hard-swish/hard-sigmoid gate(s)") for w in report.warnings)
+
+
+def test_evidence_and_fix_read_the_discovery_s_site_names() -> None:
+    """Two Relu nodes with the same name (onnxruntime refuses that in one graph; a main graph and
+    an If branch may) and a Clip to -1 (no site) with it too: discovery names the Relus 'act#1',
+    'act#2'; the evidence and the fixer find each under that name, with its producer."""
+    from reludoctor.backends.onnx.discover import discover_model, site_nodes
+    from reludoctor.backends.onnx.evidence import from_onnx
+
+    w2 = RNG.standard_normal((4, 6, 1, 1)).astype(np.float32)
+    proto = _conv_model([
+        helper.make_node("Clip", ["pre", "minus_one"], ["clipped"], name="act"),
+        helper.make_node("Relu", ["pre"], ["a"], name="act"),
+        helper.make_node("Conv", ["a", "w2"], ["pre2"], name="conv2"),
+        helper.make_node("Relu", ["pre2"], ["y"], name="act"),
+    ], [const("minus_one", np.float32(-1)), const("w2", w2)])
+    names = [site.name for site in discover_model(proto).discovery.sites]
+    assert names == ["act#1", "act#2"]
+    assert {name: node.output[0] for name, (_, node) in site_nodes(proto).items()} == {
+        "act#1": "a", "act#2": "y"}
+    evidence = from_onnx(proto, names)
+    assert {name: found.layer for name, found in evidence.items()} == {"act#1": "conv", "act#2": "conv2"}

@@ -214,17 +214,17 @@ def test_cuda_without_the_provider_is_a_usage_error(monkeypatch: pytest.MonkeyPa
     import torch
 
     from reludoctor.data.calibration import load_calibration
-    from reludoctor.backends.onnx import graph as onnx_graph
+    from reludoctor.backends.onnx import observer, session
 
     loaded = onnx_loader.from_object(_mlp())
     calibration = load_calibration(RNG.standard_normal((4, 8)).astype(np.float32), loaded.inputs)
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
     with pytest.raises(UsageError, match="no CUDA execution provider"):
-        onnx_graph.observe_onnx(loaded, calibration, device=torch.device("cuda"), batch_size=4,
-                                unit_axis=None, progress=None, warn=lambda m: None)
+        observer.observe_onnx(loaded, calibration, device=torch.device("cuda"), batch_size=4,
+                              unit_axis=None, progress=None, warn=lambda m: None)
     monkeypatch.setattr(onnxruntime, "get_available_providers",
                         lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    assert onnx_graph._providers(torch.device("cuda:1")) == [
+    assert session._providers(torch.device("cuda:1")) == [
         ("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
 
 

@@ -41,13 +41,13 @@ class OnnxBackend(Backend):
             raise UsageError(f"--dtype {options.dtype} applies to PyTorch models only: an ONNX model "
                              "runs in the precision it was exported in",
                              "drop --dtype (or convert the ONNX model to float16 yourself)")
-        from reludoctor.backends.precheck import refuse_without_candidates
+        from reludoctor.backends.onnx.precheck import refuse_without_candidates
 
         refuse_without_candidates(loaded)
 
     def device(self, loaded: LoadedModel, options: Any, target: Any) -> Any:
         if options.device == "auto" and target.type == "cuda":
-            from reludoctor.backends.onnx.graph import cuda_provider_available
+            from reludoctor.backends.onnx.session import cuda_provider_available
             from reludoctor.core.batches import resolve_device
 
             if not cuda_provider_available():  # a CPU-only onnxruntime on a GPU machine
@@ -55,7 +55,7 @@ class OnnxBackend(Backend):
         return target
 
     def observe(self, loaded: LoadedModel, calibration: Any, run: ScanRun) -> Observation:
-        from reludoctor.backends.onnx.graph import observe_onnx
+        from reludoctor.backends.onnx.observer import observe_onnx
 
         ignored: list = []
         sites, samples, unobserved = observe_onnx(

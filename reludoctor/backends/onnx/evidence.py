@@ -6,53 +6,31 @@ from typing import Any
 
 import numpy as np
 
+from reludoctor.backends.onnx.discover import site_nodes
+from reludoctor.backends.onnx.scope import _attribute, _Scope
 from reludoctor.core.evidence import ProducerEvidence, build
-from reludoctor.core.sites import unique_names
 
 
 def from_onnx(model: Any, site_names: list[str]) -> dict[str, ProducerEvidence]:
     """Evidence from an ONNX graph's initializers: Relu/Clip fed by Conv or Gemm/MatMul(+Add),
-    optionally through BatchNormalization. Main graph only; site names as the ONNX backend gives
-    them (node name, else first output name, '#k' where repeated)."""
-    from onnx import numpy_helper
+    optionally through BatchNormalization. Main graph only; sites as ``discover`` names them."""
+    import torch
 
     graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    producers = {out: node for node in graph.node for out in node.output if out}
+    scope = _Scope(graph, None)
+    producers = scope.producers
     wanted = set(site_names)
 
     def value(name: str) -> np.ndarray | None:
-        if name in inits:
-            return numpy_helper.to_array(inits[name]).astype(np.float64)
-        node = producers.get(name)
-        if node is not None and node.op_type == "Constant":
-            for attribute in node.attribute:
-                if attribute.name == "value":
-                    return numpy_helper.to_array(attribute.t).astype(np.float64)
-        return None
+        found = scope.values(name)
+        return None if found is None else found.astype(np.float64)
 
-    def attribute(node: Any, key: str, default: Any) -> Any:
-        from onnx import helper
-
-        for a in node.attribute:
-            if a.name == key:
-                return helper.get_attribute_value(a)
-        return default
-
-    import torch
-
-    bases = []
-    nodes = []
-    for node in graph.node:
-        if node.op_type in ("Relu", "Clip", "Max", "LeakyRelu", "PRelu") and node.input:
-            bases.append(node.name or node.output[0])
-            nodes.append(node)
     out = {}
-    for node, name in zip(nodes, unique_names(bases)):
+    for name, (site, _) in site_nodes(model).items():
         if name not in wanted:
             continue
         try:
-            current = producers.get(node.input[0])
+            current = producers.get(site.x)
             norm = None
             bias_extra = None
             if current is not None and current.op_type == "BatchNormalization":
@@ -60,7 +38,7 @@ def from_onnx(model: Any, site_names: list[str]) -> dict[str, ProducerEvidence]:
                 if any(x is None for x in (g, b, m, v)):
                     continue
                 norm = (current.name or current.output[0], torch.from_numpy(g), torch.from_numpy(b),
-                        torch.from_numpy(m), torch.from_numpy(v), float(attribute(current, "epsilon", 1e-5)))
+                        torch.from_numpy(m), torch.from_numpy(v), float(_attribute(current, "epsilon", 1e-5)))
                 current = producers.get(current.input[0])
             if current is not None and current.op_type == "Add":  # MatMul + bias
                 left, right = (value(n) for n in current.input[:2])
@@ -71,7 +49,7 @@ def from_onnx(model: Any, site_names: list[str]) -> dict[str, ProducerEvidence]:
                     continue
             if current is None:
                 continue
-            if current.op_type == "Conv" and int(attribute(current, "group", 1)) == 1:
+            if current.op_type == "Conv" and int(_attribute(current, "group", 1)) == 1:
                 w = value(current.input[1])
                 b = value(current.input[2]) if len(current.input) > 2 and current.input[2] else None
                 kind = "conv"
@@ -79,12 +57,12 @@ def from_onnx(model: Any, site_names: list[str]) -> dict[str, ProducerEvidence]:
                 w = value(current.input[1])
                 if w is None:
                     continue
-                w = w * float(attribute(current, "alpha", 1.0))
-                if not int(attribute(current, "transB", 0)):
+                w = w * float(_attribute(current, "alpha", 1.0))
+                if not int(_attribute(current, "transB", 0)):
                     w = w.T
                 b = value(current.input[2]) if len(current.input) > 2 and current.input[2] else None
                 if b is not None:
-                    b = np.broadcast_to(b * float(attribute(current, "beta", 1.0)), (w.shape[0],)).copy()
+                    b = np.broadcast_to(b * float(_attribute(current, "beta", 1.0)), (w.shape[0],)).copy()
                 kind = "linear"
             elif current.op_type == "MatMul":
                 w = value(current.input[1])

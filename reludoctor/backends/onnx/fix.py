@@ -21,12 +21,14 @@ from typing import Any
 
 import numpy as np
 
+from reludoctor import activations
+from reludoctor.backends.onnx.discover import site_nodes
+from reludoctor.backends.onnx.scope import _attribute
 from reludoctor.errors import UsageError
 from reludoctor.fix.plan import SiteFix, Strategy
-from reludoctor import activations
 
+LEAKY_FORM = activations.ops_where("leaky_form")  # the site ops --leaky replaces (Relu, Max(x, 0))
 PASS_THROUGH = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Dropout", "Identity"}
-ACTIVATIONS = activations.onnx_ops()
 
 
 class Skip(Exception):
@@ -37,15 +39,6 @@ class Skip(Exception):
 class OnnxWork:
     model: Any  # a copy of the input ModelProto, edited in place
     shapes: dict  # tensor name -> dims (None where unknown), from shape inference of the input
-
-
-def _attribute(node: Any, name: str, default: Any) -> Any:
-    from onnx import helper
-
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
 
 
 def _shapes(model: Any) -> dict:
@@ -141,29 +134,8 @@ class _Consumer:
     block: int  # features per unit (Flatten after a spatial map), else 1
 
 
-def _site_nodes(graph: _Graph) -> dict[str, Any]:
-    nodes = {}
-    for node in graph.graph.node:
-        if node.op_type in ACTIVATIONS and node.domain in ("", "ai.onnx") and node.input:
-            name = node.name or node.output[0]
-            nodes.setdefault(name, node)
-    return nodes
-
-
-def _pre_input(node: Any, graph: _Graph) -> str:
-    if node.op_type == "Max":
-        if len(node.input) != 2:
-            raise Skip("Max with more than two inputs")
-        for index in (0, 1):
-            other = node.input[1 - index]
-            if node.input[index] in graph.inits and float(np.max(np.abs(graph.array(node.input[index])))) == 0.0:
-                return other
-        raise Skip("Max is not Max(x, 0)")
-    return node.input[0]
-
-
-def _producer(site_node: Any, graph: _Graph) -> _Layer:
-    tensor = _pre_input(site_node, graph)
+def _producer(site_node: Any, tensor: str, graph: _Graph) -> _Layer:
+    """The layer whose weights make the units of ``tensor``, the pre-activation of ``site_node``."""
     graph.only_use(tensor, site_node)
     node = graph.producer.get(tensor)
     norm = None
@@ -270,8 +242,9 @@ def _columns(units: list[int], block: int) -> list[int]:
     return [u * block + i for u in units for i in range(block)]
 
 
-def _structure(entry: SiteFix, site_node: Any, graph: _Graph, shapes: dict) -> tuple[_Layer, list[_Consumer]]:
-    layer = _producer(site_node, graph)
+def _structure(entry: SiteFix, site_node: Any, pre: str, graph: _Graph,
+               shapes: dict) -> tuple[_Layer, list[_Consumer]]:
+    layer = _producer(site_node, pre, graph)
     units = graph.array(layer.weight).shape[layer.axis]
     if units != entry.units:
         raise Skip(f"the producer has {units} outputs, the site {entry.units} units")
@@ -301,34 +274,28 @@ def _apply(work: OnnxWork, entries: list[SiteFix], strategy: Strategy, alpha: fl
     from onnx import helper
 
     graph = _Graph(work.model)
-    nodes = _site_nodes(graph)
+    sites = site_nodes(work.model)
     rng = np.random.default_rng(seed)
     out = []
     for entry in entries:
         if entry.action != strategy.value:
             out.append(entry)
             continue
-        site_node = nodes.get(entry.site)
+        site, site_node = sites.get(entry.site, (None, None))
         if site_node is None:
-            out.append(entry.skipped("not a node of the main graph (inside a subgraph, or a "
-                                     "repeated node name)"))
+            out.append(entry.skipped("not a node of the main graph (inside a subgraph)"))
             continue
         if strategy is Strategy.LEAKY:
-            if site_node.op_type not in ("Relu", "Max"):
+            if site.op not in LEAKY_FORM:
                 out.append(entry.skipped(f"{site_node.op_type} is not a plain Relu"))
                 continue
-            try:
-                source = _pre_input(site_node, graph)
-            except Skip as reason:
-                out.append(entry.skipped(str(reason)))
-                continue
-            new = helper.make_node("LeakyRelu", [source], list(site_node.output),
+            new = helper.make_node("LeakyRelu", [site.x], list(site_node.output),
                                    name=site_node.name, alpha=float(alpha))
             site_node.CopyFrom(new)
             out.append(replace(entry, action="leaky", units_after=entry.units))
             continue
         try:
-            layer, consumers = _structure(entry, site_node, graph, work.shapes)
+            layer, consumers = _structure(entry, site_node, site.x, graph, work.shapes)
         except Skip as reason:
             out.append(entry.skipped(str(reason)))
             continue
@@ -459,17 +426,16 @@ def ort_runner(source: Any, names: list[str], fixed: int | None) -> Any:
 def run(loaded: Any, work: OnnxWork, entries: list[SiteFix], request: Any) -> Any:
     import onnx
 
-    from reludoctor.data.calibration import load_calibration
+    from reludoctor.data.calibration import load_calibration, padded_batches
     from reludoctor.fix.output import atomic_path
     from reludoctor.fix.result import Applied, lossless_expected
-    from reludoctor.backends.torch.fix import batches
     from reludoctor.fix.verify import verified
-    from reludoctor.backends.torch.loader import sha256_of
+    from reludoctor.backends.onnx.loader import sha256_of
 
     original_bytes = loaded.module.SerializeToString()
     calibration = load_calibration(request.data, loaded.inputs, limit=request.limit)
     names = [spec.name for spec in loaded.inputs]
-    example = next(iter(batches(calibration, 1, loaded.fixed_batch)), None)  # symbolic shapes
+    example = next(iter(padded_batches(calibration, 1, loaded.fixed_batch)), None)  # symbolic shapes
     params_before, macs_before = params(work.model), macs(work.model, example, names)
     sites = _apply(work, entries, request.strategy, request.alpha, request.seed)
     try:
@@ -488,7 +454,7 @@ def run(loaded: Any, work: OnnxWork, entries: list[SiteFix], request: Any) -> An
         onnx.checker.check_model(str(temp), full_check=True)
         verification = verified(ort_runner(original_bytes, names, loaded.fixed_batch),
                                 ort_runner(str(temp), names, loaded.fixed_batch),
-                                batches(calibration, request.batch_size, loaded.fixed_batch),
+                                padded_batches(calibration, request.batch_size, loaded.fixed_batch),
                                 calibration.samples, lossless_expected=lossless)
         applied.out_sha256 = sha256_of(temp)
     applied.verification = verification

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from reludoctor.backends.onnx.discover import site_nodes
 from reludoctor.backends.torch.gradients import insert_probes
 from reludoctor.core.gradients import GradientPass, GradientsUnavailable, PassContext, SiteAccumulator, first_line, unique_params
-from reludoctor.core.sites import unique_names
 from reludoctor.report.model import SiteStats
 
 
@@ -30,28 +30,20 @@ def onnx_plan(model: Any, sites: list[SiteStats]) -> GradientPass:
     modules = [n for n in graph_module.graph.nodes if n.op == "call_module"]
     if len(modules) != len(nodes):
         raise GradientsUnavailable("onnx2torch's module does not map one to one onto the ONNX nodes")
-    bases, picked = [], []
-    for onnx_node, fx_node in zip(nodes, modules):
-        if onnx_node.op_type in ("Relu", "Clip", "Max", "LeakyRelu", "PRelu") and onnx_node.input:
-            bases.append(onnx_node.name or onnx_node.output[0])
-            picked.append((onnx_node, fx_node))
-    site_names = [site.name for site in sites]
+    fx_of = {onnx_node.output[0]: fx for onnx_node, fx in zip(nodes, modules) if onnx_node.output}
     stats = {site.name: site for site in sites}
     onnx_names = {fx: onnx_node.name or onnx_node.output[0] for onnx_node, fx in zip(nodes, modules)}
-    wanted = set(site_names)
+    by_name = {}
+    for name, (site, _) in site_nodes(model).items():
+        fx_node = fx_of.get(site.y)
+        if name in stats and fx_node is not None and fx_node.args and hasattr(fx_node.args[0], "op"):
+            by_name[name] = (site, fx_node)
     context = PassContext()
     accumulators = []
     graph = graph_module.graph
-    by_name = {}
-    for (onnx_node, fx_node), name in zip(picked, unique_names(bases)):
-        if name not in wanted or not fx_node.args or not hasattr(fx_node.args[0], "op"):
-            continue
-        by_name[name] = (onnx_node, fx_node)
-    for index, name in enumerate(n for n in site_names if n in by_name):
-        onnx_node, fx_node = by_name[name]
-        op = {"Relu": "relu", "Clip": "clip", "Max": "relu", "LeakyRelu": "leaky_relu",
-              "PRelu": "prelu"}[onnx_node.op_type]
-        accumulator = SiteAccumulator(name, op, stats[name].lower_bound, stats[name].upper_bound,
+    for index, name in enumerate(n for n in stats if n in by_name):
+        site, fx_node = by_name[name]
+        accumulator = SiteAccumulator(name, site.op, stats[name].lower_bound, stats[name].upper_bound,
                                       context)
         insert_probes(graph, fx_node, accumulator, index)
         accumulators.append(accumulator)

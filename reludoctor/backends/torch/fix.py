@@ -21,9 +21,9 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from reludoctor.core.batches import padded_arrays
 from reludoctor.errors import MissingDependencyError, ReludoctorError, UsageError  # noqa: F401 - re-exported
 from reludoctor.fix.plan import SiteFix, Strategy
+from reludoctor.data.calibration import padded_batches as batches
 from reludoctor.backends.torch.fix_graph import ActivationNode, activation_nodes, export_program, get_path, lift
 
 
@@ -407,9 +407,6 @@ def example_rows(calibration: Any, rows: int) -> tuple:
     if np.shape(example[0])[0] < rows:  # a fixed-batch model with fewer samples: repeat the last
         example = tuple(np.concatenate([a, np.repeat(a[-1:], rows - len(a), axis=0)]) for a in example)
     return example
-
-
-batches = padded_arrays  # the ONNX fix reads its verification batches from here too
 
 
 def _probe(work: TorchWork, calibration: Any, batch_size: int, fixed: int | None) -> Callable[[Any], bool]:

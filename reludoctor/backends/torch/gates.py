@@ -2,7 +2,7 @@
 
 ``hardswish(x) = x * relu6(x + 3) / 6`` and ``hardsigmoid`` are smooth gates, not ReLUs (their
 "dead" side still passes gradient near the knee), so no path reports them as sites. The ONNX
-path says how many it passed over (``onnx_graph``); this module lets the PyTorch paths say the
+path says how many it passed over (``onnx.discover``); this module lets the PyTorch paths say the
 same: from the exported graph, or by counting the calls of the first forward pass under
 TorchDispatchMode (every call site runs once per forward, loops aside).
 """

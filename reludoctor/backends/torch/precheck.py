@@ -1,7 +1,8 @@
 """Before the calibration pass: does a torch.export program hold any ReLU-family op at all?
 
-The torch half of ``reludoctor.backends.precheck`` (which says why the check is loose): any op
-that could be a site, or an op of an unknown library, lets the scan go on.
+Deliberately loose: any op that could be a site (``clamp`` with any bounds, ``leaky_relu``), or
+an op of an unknown library, lets the scan go on, and the site discovery (``core.sites``)
+decides exactly; only a graph in which no such op appears is refused here.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import torch
 import torch.fx
 
 from reludoctor import activations
-from reludoctor.backends.precheck import _uses
 from reludoctor.errors import NoSitesError
 
 # ATen ops that might be a ReLU-family site (a superset of what ``sites.classify`` accepts).
@@ -68,5 +68,5 @@ def check_program(program: Any, where: str) -> None:
     also for a program the scan has just exported from an nn.Module, before its calibration pass."""
     smooth, candidate = _torch_ops(program)
     if not candidate:
-        raise NoSitesError(f"{where}: no ReLU-family op in the exported graph ({_uses(smooth)})",
+        raise NoSitesError(f"{where}: no ReLU-family op in the exported graph ({activations.listed_uses(smooth)})",
                            TORCH_HINT)
