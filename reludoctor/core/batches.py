@@ -231,22 +231,27 @@ class Step:
         return self.calibration.binding
 
     @contextlib.contextmanager
-    def guard(self) -> Iterator[None]:
+    def guard(self, describe: Callable[[BaseException], str] | None = None) -> Iterator[None]:
         """Around the model call: an exception of the model (not reludoctor's own) becomes the
-        one DataError naming the samples it failed on and how the data was bound."""
+        one DataError naming the samples it failed on and how the data was bound. ``describe``:
+        the runtime's own wording of its error (default: its type and first line)."""
         try:
             yield
         except (ObserverFailure, ReludoctorError):  # ours, not the model's
             raise
         except Exception as exc:  # the model rejected the data: shape, dtype, guards
             binding = self.binding
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             hint = "check that the data matches the model's inputs (shape, dtype, count)"
             if not binding.plain or len(binding.fed) > 1:
                 hint += f"; {binding.describe()}"
             raise DataError(
                 f"{self.calibration.source}: the model failed on samples {self.start}-"
-                f"{self.start + self.rows - 1}: {type(exc).__name__}: {detail}", hint) from exc
+                f"{self.start + self.rows - 1}: {(describe or _type_and_line)(exc)}", hint) from exc
+
+
+def _type_and_line(exc: BaseException) -> str:
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {detail}"
 
 
 class BatchLoop:

@@ -256,17 +256,6 @@ def check_padding(batch: Sequence[Any], fixed_batch: int, source: str) -> None:
             "re-export the model with a dynamic batch axis (dynamic_axes / dynamic_shapes)")
 
 
-def padded_batches(calibration: Calibration, batch_size: int, fixed: int | None) -> Iterator[Batch]:
-    """The calibration batches as numpy arrays, each padded (its last sample repeated) to the
-    model's fixed batch when it has one: what a fixer runs the original and fixed models on."""
-    for batch in calibration.batches(fixed or batch_size):
-        arrays = tuple(np.asarray(b.detach().cpu().numpy() if hasattr(b, "detach") else b) for b in batch)
-        rows = arrays[0].shape[0]
-        if fixed is not None and rows < fixed:
-            arrays = tuple(np.concatenate([a, np.repeat(a[-1:], fixed - rows, axis=0)]) for a in arrays)
-        yield arrays
-
-
 def _take(array: Any, rows: Any) -> Any:
     """Rows of an array or tensor: a slice, or sorted indices (a memmap reads only those)."""
     if isinstance(rows, slice) or isinstance(array, np.ndarray):

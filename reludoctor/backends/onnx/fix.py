@@ -426,7 +426,8 @@ def ort_runner(source: Any, names: list[str], fixed: int | None) -> Any:
 def run(loaded: Any, work: OnnxWork, entries: list[SiteFix], request: Any) -> Any:
     import onnx
 
-    from reludoctor.data.calibration import load_calibration, padded_batches
+    from reludoctor.core.batches import padded_arrays
+    from reludoctor.data.calibration import load_calibration
     from reludoctor.fix.output import atomic_path
     from reludoctor.fix.result import Applied, lossless_expected
     from reludoctor.fix.verify import verified
@@ -435,7 +436,7 @@ def run(loaded: Any, work: OnnxWork, entries: list[SiteFix], request: Any) -> An
     original_bytes = loaded.module.SerializeToString()
     calibration = load_calibration(request.data, loaded.inputs, limit=request.limit)
     names = [spec.name for spec in loaded.inputs]
-    example = next(iter(padded_batches(calibration, 1, loaded.fixed_batch)), None)  # symbolic shapes
+    example = next(iter(padded_arrays(calibration, 1, loaded.fixed_batch)), None)  # symbolic shapes
     params_before, macs_before = params(work.model), macs(work.model, example, names)
     sites = _apply(work, entries, request.strategy, request.alpha, request.seed)
     try:
@@ -454,7 +455,7 @@ def run(loaded: Any, work: OnnxWork, entries: list[SiteFix], request: Any) -> An
         onnx.checker.check_model(str(temp), full_check=True)
         verification = verified(ort_runner(original_bytes, names, loaded.fixed_batch),
                                 ort_runner(str(temp), names, loaded.fixed_batch),
-                                padded_batches(calibration, request.batch_size, loaded.fixed_batch),
+                                padded_arrays(calibration, request.batch_size, loaded.fixed_batch),
                                 calibration.samples, lossless_expected=lossless)
         applied.out_sha256 = sha256_of(temp)
     applied.verification = verification

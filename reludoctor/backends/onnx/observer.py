@@ -244,28 +244,23 @@ class OnnxInstrument:
         self.output_names = [name for observer in self.observers for name in observer.output_names()]
 
     def run(self, calibration: Any, progress: Progress | None = None) -> int:
-        """Every calibration batch through the session; returns the number of samples seen."""
-        seen = 0
-        for arrays in calibration.batches(self.rows):
-            feed, valid = _feed(self.loaded, arrays, calibration.source, seen, self.fixed,
-                                calibration.binding)
-            if valid == 0:
-                continue
-            padded = valid if self.fixed is None or valid >= self.fixed else self.fixed
-            try:
-                values = self.session.run(self.output_names, feed, _quiet_run_options())
-            except Exception as exc:  # onnxruntime rejected the data (shape, dtype, a runtime check)
-                raise DataError(
-                    f"{calibration.source}: the model failed on samples {seen}-{seen + valid - 1}: "
-                    f"{_ort_message(exc)}",
-                    "check that the data matches the model's inputs (shape, dtype, count)") from exc
-            results = dict(zip(self.output_names, values))
-            for observer in self.observers:
-                observer.update(results, padded, valid)
-            seen += valid
-            if progress is not None:
-                progress(seen, calibration.samples)
-        return seen
+        """Every calibration batch through the session (the one batch loop, numpy arrays
+        padded to a fixed batch there); returns the number of samples seen."""
+        from reludoctor.core.batches import NUMPY, BatchLoop
+
+        with BatchLoop(calibration, self.rows, fixed_batch=self.fixed, transfer=NUMPY,
+                       progress=progress) as steps:
+            for step in steps:
+                if step.rows == 0:
+                    continue
+                with step.guard(_ort_message):
+                    feed, _ = _feed(self.loaded, step.inputs, calibration.source, step.start, None,
+                                    step.binding)
+                    values = self.session.run(self.output_names, feed, _quiet_run_options())
+                results = dict(zip(self.output_names, values))
+                for observer in self.observers:
+                    observer.update(results, len(step.inputs[0]), step.rows)
+            return steps.seen
 
     def sites(self) -> list[tuple[SiteSpec, OnnxSiteObserver]]:
         return [(SiteSpec(o.site.name, o.site.op, o.site.module, o.site.lower, o.site.upper,

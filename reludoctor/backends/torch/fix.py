@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from reludoctor.errors import MissingDependencyError, ReludoctorError, UsageError  # noqa: F401 - re-exported
 from reludoctor.fix.plan import SiteFix, Strategy
-from reludoctor.data.calibration import padded_batches as batches
+from reludoctor.core.batches import padded_arrays
 from reludoctor.backends.torch.fix_graph import ActivationNode, activation_nodes, export_program, get_path, lift
 
 
@@ -413,7 +413,7 @@ def _probe(work: TorchWork, calibration: Any, batch_size: int, fixed: int | None
     """A check of a candidate module against the original program on the first batch."""
     from reludoctor.fix.verify import compare, torch_runner
 
-    first = next(iter(batches(calibration, batch_size, fixed)))
+    first = next(iter(padded_arrays(calibration, batch_size, fixed)))
     reference = torch_runner(work.program.module())(first)
 
     def check(module: Any) -> bool:
@@ -437,7 +437,7 @@ def _full_check(work: TorchWork, calibration: Any, batch_size: int,
     def check(module: Any) -> bool:
         if not cache:
             original = torch_runner(work.program.module())
-            cache.extend((batch, original(batch)) for batch in batches(calibration, batch_size, fixed))
+            cache.extend((batch, original(batch)) for batch in padded_arrays(calibration, batch_size, fixed))
         reference = {id(batch): outputs for batch, outputs in cache}
         try:
             return compare(lambda b: reference[id(b)], torch_runner(module),
@@ -492,7 +492,7 @@ def run(loaded: Any, work: TorchWork, entries: list[SiteFix], request: Any) -> A
                 reloaded_program = torch.export.load(str(temp))
             fixed_object, fixed_fn = reloaded_program, reloaded_program.module()
         verification = verified(torch_runner(original), torch_runner(fixed_fn),
-                                batches(calibration, request.batch_size, loaded.fixed_batch),
+                                padded_arrays(calibration, request.batch_size, loaded.fixed_batch),
                                 calibration.samples, lossless_expected=lossless)
         applied.out_sha256 = sha256_of(temp)
     applied.verification = verification
