@@ -2,7 +2,7 @@
 what the rest of the tool may assume about it.
 
 A site's ``op`` in the report is a catalogue key. The PyTorch backend matches ATen op names
-(``torch_ops``; ``classify`` in ``core.sites`` also checks the bounds), the ONNX backend op
+(``torch_ops``; ``classify`` in ``backends.torch.sites`` also checks the bounds), the ONNX backend op
 types (``onnx_ops``; ``backends.onnx.discover`` checks Clip's and Max's constants). Everything
 else reads the properties: the gradient pass (``grad_mask``, ``torch_backward``), the rules
 (``zero_below``), the fixer (``prunable``, ``leaky_form``) and the "what does reludoctor observe"
@@ -68,7 +68,7 @@ def get(op: str) -> Activation | None:
 
 
 def torch_ops() -> frozenset[str]:
-    """Every ATen base name some activation claims (bounds are checked by ``core.sites``)."""
+    """Every ATen base name some activation claims (bounds are checked by ``backends.torch.sites``)."""
     return frozenset(name for a in CATALOGUE for name in a.torch_ops)
 
 

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import reludoctor
-from reludoctor.core.sites import Ignored, decide
+from reludoctor.core.sites import Ignored
+from reludoctor.backends.torch.sites import decide
 
 aten = torch.ops.aten
 

@@ -44,7 +44,7 @@ TORCH_CALLS = [
 
 
 def test_torch_classifier_reports_only_catalogue_ops():
-    from reludoctor.core.sites import classify
+    from reludoctor.backends.torch.sites import classify
 
     reached = set()
     for name, extra, expected in TORCH_CALLS:

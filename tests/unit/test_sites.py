@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reludoctor.core.sites import base_name, choose_unit_axis, classify, unique_names
+from reludoctor.core.sites import choose_unit_axis, unique_names
+from reludoctor.backends.torch.sites import base_name, classify
 
 aten = torch.ops.aten
 

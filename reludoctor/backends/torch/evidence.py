@@ -12,7 +12,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from reludoctor.backends.torch.dispatch import DispatchHook, DispatchInstrument
 from reludoctor.backends.torch.export import activation_nodes
 from reludoctor.core.evidence import ProducerEvidence, build
-from reludoctor.core.sites import op_base_name
+from reludoctor.backends.torch.sites import op_base_name
 
 
 IDENTITY_OPS = {"clone", "contiguous", "alias", "dropout", "detach", "_to_copy", "to",

@@ -16,7 +16,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from reludoctor.core.sites import ActivationOp, op_base_name
+from reludoctor.backends.torch.sites import ActivationOp, op_base_name
 from reludoctor.backends.torch.export import activation_nodes as graph_activation_nodes
 
 CONV_CALLS = {"conv1d": 1, "conv2d": 2, "conv3d": 3}

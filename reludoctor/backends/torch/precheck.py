@@ -1,7 +1,7 @@
 """Before the calibration pass: does a torch.export program hold any ReLU-family op at all?
 
 Deliberately loose: any op that could be a site (``clamp`` with any bounds, ``leaky_relu``), or
-an op of an unknown library, lets the scan go on, and the site discovery (``core.sites``)
+an op of an unknown library, lets the scan go on, and the site discovery (``backends.torch.sites``)
 decides exactly; only a graph in which no such op appears is refused here.
 """
 
