@@ -1,7 +1,8 @@
 """Which units of which sites a strategy targets, chosen from a scan Report (no model access).
 
-The backends (``torch_fix``, ``onnx_fix``) then apply the plan where the model's structure allows
-and turn the rest into skips with a reason; ``SiteFix`` records the outcome per site.
+The backends' fixers (``backends.torch.fix``, ``backends.onnx.fix``) then apply the plan where
+the model's structure allows and turn the rest into skips with a reason; ``SiteFix`` records the
+outcome per site.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What a backend (``torch_fix``, ``onnx_fix``) hands back to ``fix()``."""
+"""What a backend's fixer (``backends.torch.fix``, ``backends.onnx.fix``) hands back to ``fix()``."""
 
 from __future__ import annotations
 
