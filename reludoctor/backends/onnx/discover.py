@@ -72,7 +72,6 @@ Warn = Callable[[str], None]
 
 
 @dataclass
-@dataclass
 class _Found:
     """A ReLU-family node, where it sits, and what is known about its pre-activation."""
 

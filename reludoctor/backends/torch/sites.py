@@ -66,6 +66,13 @@ FORWARD_OPS = {"clone", "contiguous", "dropout", "native_dropout", "alias", "_to
                "detach", "feature_dropout", "alpha_dropout", "lift_fresh"}
 
 
+# The ops that are a site whatever their arguments, with their catalogue entry; the others
+# (hardtanh, clamp, threshold) are sites only with the bounds ``_classify`` checks.
+BOUNDS_CHECKED = ("hardtanh", "clamp", "clamp_min", "threshold")
+PLAIN_OPS = {name.rstrip("_"): a for a in activations.CATALOGUE for name in a.torch_ops
+             if name.rstrip("_") not in BOUNDS_CHECKED}
+
+
 @dataclass(frozen=True)
 class ActivationOp:
     op: str  # relu | relu6 | hardtanh | clamp | threshold
@@ -117,10 +124,9 @@ def _classify(target: Any, args: tuple, kwargs: dict) -> ActivationOp | Ignored 
     name = op_base_name(target)
     inplace = name.endswith("_")
     base = name.rstrip("_")
-    if base == "relu":
-        return ActivationOp("relu", 0.0, None, inplace)
-    if base == "relu6":
-        return ActivationOp("relu6", 0.0, 6.0, inplace)
+    plain = PLAIN_OPS.get(base)
+    if plain is not None:
+        return ActivationOp(plain.op, plain.lower, plain.upper, inplace)
     if base == "hardtanh":
         lower = _number(_arg(args, kwargs, 1, "min_val", -1.0))
         upper = _number(_arg(args, kwargs, 2, "max_val", 1.0))
