@@ -159,7 +159,7 @@ def load_labels(labels: Any) -> Any:
         return None
     source = str(labels) if isinstance(labels, (str, Path)) else f"in-memory {type(labels).__name__}"
     if isinstance(labels, (str, Path)):
-        from reludoctor.data.calibration import read_labels
+        from reludoctor.data.arrays import read_labels
 
         labels = read_labels(labels)  # untrusted like --data: regular file, checked, noted
     if isinstance(labels, torch.Tensor):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from reludoctor.core import distributed
+from reludoctor.data import shard as sharding
 from reludoctor.data.calibration import load_calibration
 from reludoctor.errors import UsageError
 from reludoctor.core.sites import SiteSpec
@@ -26,7 +27,7 @@ def _rows(batches) -> list[np.ndarray]:  # noqa: ANN001
                                                 (1, 1, 2), (7, 3, 5)])
 def test_shard_batches_deal_out_whole_batches(total, batch, size):
     """Batch k of one process goes to rank k mod size: disjoint, complete, whole batches."""
-    shards = [distributed.shard_batches(total, batch, rank, size) for rank in range(size)]
+    shards = [sharding.shard_batches(total, batch, rank, size) for rank in range(size)]
     joined = np.concatenate(shards)
     assert sorted(joined.tolist()) == list(range(total))  # disjoint and complete
     for rank, rows in enumerate(shards):
@@ -43,13 +44,13 @@ def test_sharded_calibration_reads_exactly_the_single_process_batches(options):
     data = np.arange(3 * 61, dtype=np.float32).reshape(61, 3)
     single = _rows(load_calibration(data, SPECS, **options).batches(8))
     for size in (2, 3):
-        per_rank = [_rows(distributed.shard(load_calibration(data, SPECS, **options), 8, rank, size)
+        per_rank = [_rows(sharding.shard(load_calibration(data, SPECS, **options), 8, rank, size)
                           .batches(8)) for rank in range(size)]
         dealt = [per_rank[k % size][k // size] for k in range(len(single))]
         assert sum(len(r) for r in per_rank) == len(single)
         for mine, theirs in zip(dealt, single):
             np.testing.assert_array_equal(mine, theirs)
-    shard = distributed.shard(load_calibration(data, SPECS, **options), 8, 1, 2)
+    shard = sharding.shard(load_calibration(data, SPECS, **options), 8, 1, 2)
     assert shard.samples == sum(len(b) for b in _rows(shard.batches(8)))
     whole = load_calibration(data, SPECS, **options)
     np.testing.assert_array_equal(shard.example(2)[0], whole.example(2)[0])  # the set's first rows
@@ -63,9 +64,9 @@ def test_an_iterable_of_batches_is_dealt_out_by_batch():
         return (data[i:i + 7] for i in range(0, 40, 7))
 
     single = _rows(load_calibration(source(), SPECS).batches(8))
-    per_rank = [_rows(distributed.shard(load_calibration(source(), SPECS), 8, rank, 2).batches(8))
+    per_rank = [_rows(sharding.shard(load_calibration(source(), SPECS), 8, rank, 2).batches(8))
                 for rank in range(2)]
-    assert distributed.shard(load_calibration(source(), SPECS), 8, 0, 2).samples is None
+    assert sharding.shard(load_calibration(source(), SPECS), 8, 0, 2).samples is None
     assert len(single) == 6 and len(per_rank[0]) == len(per_rank[1]) == 3  # chunks of <= 7 rows
     dealt = [per_rank[k % 2][k // 2] for k in range(len(single))]
     for mine, theirs in zip(dealt, single):

@@ -283,7 +283,7 @@ def test_compressed_npz_inflating_past_the_limit_is_refused_before_inflating(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A deflate bomb (zeros inflate ~1000:1): the members' declared sizes are summed and checked
     against MAX_NPZ_INFLATE_BYTES before anything is inflated (lowered here to keep the test small)."""
-    from reludoctor.data import calibration as data
+    from reludoctor.data import arrays as data
 
     assert data.MAX_NPZ_INFLATE_BYTES == 1 << 30
     monkeypatch.setattr(data, "MAX_NPZ_INFLATE_BYTES", 1 << 20)
@@ -439,9 +439,9 @@ def test_every_image_is_noted_at_discovery(tmp_path: Path) -> None:
 
 
 def test_labels_reader_is_hardened_and_noted(tmp_path: Path) -> None:
-    """``data.read_labels`` (for ``gradients.load_labels``): regular files only, byte order,
+    """``data.arrays.read_labels`` (for ``gradients.load_labels``): regular files only, byte order,
     the ledger."""
-    from reludoctor.data.calibration import read_labels
+    from reludoctor.data.arrays import read_labels
 
     labels = np.arange(12, dtype=">i8") % 10
     path = tmp_path / "labels.npy"
