@@ -154,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         _write_npy(root / "4n.npy", 4 * n, size, seed=2)
         _write_images(root / "images_n", root / "images_4n", n, size, seed=3)
         png_bytes = sum(p.stat().st_size for p in (root / "images_4n").rglob("*.png"))
-        print(f"reludoctor memory benchmark: peak RSS of one scan per child process "
-              f"(os.wait4 ru_maxrss)")
+        print("reludoctor memory benchmark: peak RSS of one scan per child process "
+              "(os.wait4 ru_maxrss)")
         print(f"machine: {platform.platform()}, python {platform.python_version()}, "
               f"{os.cpu_count()} CPUs; torch threads per child: {args.threads}")
         print(f"model: small CNN (2 conv + ReLU, random init), CPU, batch {BATCH}; samples float32 "

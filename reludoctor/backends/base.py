@@ -1,4 +1,4 @@
-"""The backend interface: what every loader returns (LoadedModel, InputSpec), what a scan run
+"""The backend interface: what every loader returns (LoadedModel, its inputs as data/binding.InputSpec), what a scan run
 resolved (ScanRun), what observing produced (Observation), and Backend, the phases a format
 implements."""
 
@@ -11,17 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
+from reludoctor.data.binding import InputSpec
 
-@dataclass(frozen=True)
-class InputSpec:
-    name: str
-    shape: tuple[int | None, ...] | None  # None entries are dynamic (the batch, usually)
-    dtype: str | None  # numpy dtype name, e.g. "float32", "int64"
-    # How calibration data binds to it (``reludoctor.data.binding``):
-    optional: bool = False  # has a default: bound only when the data or a constant gives it
-    batch_axis: int | None = 0  # where its samples lie; None: not per-sample (fed whole, a constant)
-    kind: str = "tensor"  # tensor | tensors (a list, one tensor per sample) | value (int, str, ...)
-    keyword: bool = False  # passed by name only (a keyword-only parameter)
 
 
 @dataclass

@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, Iterator, Sequence
 import numpy as np
 
 from reludoctor import safeio
-from reludoctor.backends.base import InputSpec
+from reludoctor.data.binding import InputSpec
 from reludoctor.errors import DataError
 
 # An .npz member is read whole. Its .npy header's declared size is checked against the member's

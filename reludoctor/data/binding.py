@@ -19,7 +19,20 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from reludoctor.errors import DataError, UsageError
-from reludoctor.backends.base import InputSpec
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One input of a model as its backend's loader declares it, and how data binds to it."""
+
+    name: str
+    shape: tuple[int | None, ...] | None  # None entries are dynamic (the batch, usually)
+    dtype: str | None  # numpy dtype name, e.g. "float32", "int64"
+    # How calibration data binds to it:
+    optional: bool = False  # has a default: bound only when the data or a constant gives it
+    batch_axis: int | None = 0  # where its samples lie; None: not per-sample (fed whole, a constant)
+    kind: str = "tensor"  # tensor | tensors (a list, one tensor per sample) | value (int, str, ...)
+    keyword: bool = False  # passed by name only (a keyword-only parameter)
 
 
 def parse_constants(items: Sequence[str] | Mapping[str, Any] | None) -> dict[str, Any]:

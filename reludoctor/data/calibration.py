@@ -25,7 +25,7 @@ import numpy as np
 from reludoctor.data.arrays import load_file, native_dtype
 from reludoctor.data.binding import Binding, bind
 from reludoctor.errors import DataError, UsageError
-from reludoctor.backends.base import InputSpec
+from reludoctor.data.binding import InputSpec
 from reludoctor.data.sampling import check_options as check_selection
 from reludoctor.data.sampling import select
 

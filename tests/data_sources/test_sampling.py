@@ -10,7 +10,7 @@ from datasource_kit import torch, write_image
 
 from reludoctor.data.calibration import load_calibration
 from reludoctor.errors import UsageError
-from reludoctor.backends.base import InputSpec
+from reludoctor.data.binding import InputSpec
 from reludoctor.data.sampling import select
 
 SPEC = InputSpec("x", (None, 2, 3), "float32")

@@ -11,7 +11,7 @@ from datasource_kit import DIGITS_CNN, DIGITS_NPY, FIXTURES
 
 import reludoctor
 from reludoctor.data.calibration import load_calibration
-from reludoctor.backends.base import InputSpec
+from reludoctor.data.binding import InputSpec
 
 PER_UNIT = ("dead_units", "activation_rate", "max_preactivation", "near_dead_units")
 

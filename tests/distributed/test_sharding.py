@@ -13,7 +13,7 @@ from reludoctor.data import shard as sharding
 from reludoctor.data.calibration import load_calibration
 from reludoctor.errors import UsageError
 from reludoctor.core.sites import SiteSpec
-from reludoctor.backends.base import InputSpec
+from reludoctor.data.binding import InputSpec
 from reludoctor.core.counts import HIST_EDGES, UnitCounts
 
 SPECS = [InputSpec("x", (None, 3), "float32")]

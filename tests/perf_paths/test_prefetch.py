@@ -12,7 +12,7 @@ import torch
 
 from reludoctor.data.calibration import load_calibration
 from reludoctor.errors import DataError
-from reludoctor.backends.base import InputSpec
+from reludoctor.data.binding import InputSpec
 from reludoctor.core.observers import BatchContext
 from reludoctor.core.batches import Prefetcher, host_tensor, run, to_device
 

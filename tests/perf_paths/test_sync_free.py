@@ -13,7 +13,7 @@ import torch
 from reludoctor.data.calibration import load_calibration
 from reludoctor.backends.torch.scan import export_for_scan as _export
 from reludoctor.backends.torch.export import instrument_graph_module
-from reludoctor.backends.base import InputSpec
+from reludoctor.data.binding import InputSpec
 from reludoctor.core.observers import BatchContext, TorchUnitObserver
 from reludoctor.core.batches import run
 

@@ -26,7 +26,7 @@ import pytest
 from reludoctor import safeio
 from reludoctor.data.calibration import load_calibration
 from reludoctor.errors import DataError
-from reludoctor.backends.base import InputSpec
+from reludoctor.data.binding import InputSpec
 from tests.security.kit import (CALIB, CALIB_FLAT, CNN_ONNX, CNN_TS, MLP_ONNX, MLP_PT2, ROOT, cli,
                                  one_line_error, returns, run_cli)
 

@@ -15,7 +15,8 @@ from typing import Any, Iterator
 
 from reludoctor import safeio
 from reludoctor.errors import ModelLoadError
-from reludoctor.backends.base import InputSpec, LoadedModel
+from reludoctor.backends.base import LoadedModel
+from reludoctor.data.binding import InputSpec
 from reludoctor.backends.torch.loader import sha256_of  # plain hashlib: does not import torch
 
 MIN_OPSET = 7  # the in-graph statistics use ops (Cast, HardSigmoid, pools) of opset 7 and up

@@ -25,7 +25,8 @@ from typing import Any, Iterator
 from reludoctor import safeio
 from reludoctor.errors import ModelLoadError, UnsafeModelError, UsageError
 from reludoctor.backends import detect
-from reludoctor.backends.base import InputSpec, LoadedModel
+from reludoctor.backends.base import LoadedModel
+from reludoctor.data.binding import InputSpec
 
 
 @contextlib.contextmanager
