@@ -101,6 +101,7 @@ def _plan_outputs(outputs: dict[str, Optional[str]], stdout_format: Optional[str
     outputs may be the same file; none may overwrite an input; folders must exist.
     """
     from reludoctor import safeio
+    from reludoctor.data import images
     from reludoctor.errors import UsageError
     from reludoctor.reporters import STDOUT_FORMATS
 
@@ -124,7 +125,7 @@ def _plan_outputs(outputs: dict[str, Optional[str]], stdout_format: Optional[str
         target = safeio.resolve_path(dest, option, UsageError)
         if target.is_dir():
             raise UsageError(f"{option} {dest} is a directory", "give a file path")
-        hit = safeio.would_overwrite(dest, inputs)
+        hit = safeio.would_overwrite(dest, inputs, images.SUFFIXES)
         if hit is not None:
             raise UsageError(f"{option} {dest} would overwrite an input file ({hit})", "choose another path")
         if target in seen:
@@ -547,8 +548,9 @@ def _fix(model, data, out, prune_dead, leaky, reinit, sites, summary, force, dry
         if out and same_file(target, Path(out)):
             raise UsageError(f"--summary {summary} would overwrite {out}", "choose another path")
         from reludoctor import safeio
+        from reludoctor.data import images
 
-        hit = safeio.would_overwrite(summary, [model, data])  # links, images inside --data too
+        hit = safeio.would_overwrite(summary, [model, data], images.SUFFIXES)  # images in --data too
         if hit is not None:
             raise UsageError(f"--summary {summary} would overwrite an input file ({hit})", "choose another path")
         check_destination(target, [], force=True, option="--summary")

@@ -227,10 +227,12 @@ def refuse_input(destination: str | Path, option: str | None = None) -> None:
                          "overwrites what it reads", "choose another path")
 
 
-def would_overwrite(destination: str | Path, inputs: "list[str | Path | None]") -> str | None:
+def would_overwrite(destination: str | Path, inputs: "list[str | Path | None]",
+                    folder_suffixes: "tuple[str, ...] | frozenset[str]" = ()) -> str | None:
     """Before a run reads anything: the input ``destination`` is among ``inputs`` (through
-    symlinks and hard links), an existing image inside an input folder (a scan would read it),
-    or a file this run already read (the ledger); else None."""
+    symlinks and hard links), an existing file with one of ``folder_suffixes`` inside an input
+    folder (a scan of an image folder would read it), or a file this run already read (the
+    ledger); else None."""
     known = InputLedger()
     folders = []
     for item in inputs:
@@ -240,10 +242,8 @@ def would_overwrite(destination: str | Path, inputs: "list[str | Path | None]") 
                 folders.append(Path(item).resolve())
     hit = known.reader_of(destination) or input_at(destination)
     if hit is None and folders:
-        from reludoctor.data.images import SUFFIXES
-
         target = Path(destination).resolve()
-        if target.suffix.lower() in SUFFIXES and target.is_file():
+        if target.suffix.lower() in folder_suffixes and target.is_file():
             hit = next((str(target) for folder in folders if folder in target.parents), None)
     return hit
 
