@@ -17,7 +17,7 @@ from typing import Optional
 import typer
 
 from reludoctor import __version__
-from reludoctor.options import DEFAULT_BATCH_SIZE, ScanOptions
+from reludoctor.options import DEFAULT_BATCH_SIZE, FixOptions, ScanOptions
 
 DEFAULTS = ScanOptions()  # typer shows and uses these: every default is written once, in options.py
 
@@ -517,14 +517,12 @@ def fix_command(
     debug: bool = DEBUG_OPTION,
 ) -> None:
     """Write a repaired model: prune dead units, switch to LeakyReLU, or re-initialise (ReDo)."""
-    options = dict(locals())
-    code = _guarded(debug, lambda: _fix(**options))
+    params = dict(locals())
+    code = _guarded(debug, lambda: _fix(model, data, out, summary, params))
     raise typer.Exit(code)
 
 
-def _fix(model, data, out, prune_dead, leaky, reinit, sites, summary, force, dry_run,  # noqa: ANN001
-         batch_size, limit, device, dormant_tau, seed, arch, arch_kwargs, trust_model, unsafe_pickle,
-         debug, imports=None) -> int:
+def _fix(model: str, data: Optional[str], out: Optional[str], summary: Optional[str], params: dict) -> int:
     from rich.console import Console
 
     from reludoctor.errors import UsageError
@@ -532,8 +530,9 @@ def _fix(model, data, out, prune_dead, leaky, reinit, sites, summary, force, dry
     from reludoctor.fix.output import check_destination, same_file
     from reludoctor.reporters import emit
 
-    chosen = [name for name, on in (("--prune-dead", prune_dead), ("--leaky", leaky is not None),
-                                    ("--reinit", reinit)) if on]
+    leaky, dry_run = params["leaky"], params["dry_run"]
+    chosen = [name for name, on in (("--prune-dead", params["prune_dead"]), ("--leaky", leaky is not None),
+                                    ("--reinit", params["reinit"])) if on]
     if len(chosen) != 1:
         raise UsageError("choose exactly one strategy" + (f", not {' and '.join(chosen)}" if chosen else ""),
                          "--prune-dead, --leaky ALPHA or --reinit")
@@ -558,11 +557,11 @@ def _fix(model, data, out, prune_dead, leaky, reinit, sites, summary, force, dry
     err = _stderr()
     warn = _warner(err)
 
-    result = fix(model, data, out, strategy=strategy, alpha=leaky, sites=tuple(sites or ()),
-                 force=force, dry_run=dry_run, batch_size=batch_size, limit=limit, device=device,
-                 dormant_tau=dormant_tau, arch=arch, arch_kwargs=arch_kwargs,
-                 trust_model=_trust(trust_model, unsafe_pickle, warn), seed=seed, on_warning=warn,
-                 imports=tuple(imports or ()))
+    values = {name: params[name] for name in FixOptions.names() if name in params}
+    values.update(strategy=strategy, alpha=leaky, sites=tuple(params["sites"] or ()),
+                  trust_model=_trust(params["trust_model"], params["unsafe_pickle"], warn),
+                  imports=tuple(params["imports"] or ()))
+    result = fix(model, data, out, FixOptions(**values), on_warning=warn)
     if summary is not None:
         emit(result.to_json(), summary, "--summary")  # the ledger: external data, images too
     if summary != "-":

@@ -111,3 +111,29 @@ class ScanOptions:
         if self.labels is not None and not self.gradients:
             raise UsageError("--labels is only used by the gradient pass (--gradients)", "add --gradients")
         return self
+
+
+@dataclass
+class FixOptions:
+    """Every setting of ``reludoctor.fix`` (``reludoctor fix``), defaults once; ``strategy`` is
+    required (``prune-dead``, ``leaky`` with ``alpha``, or ``reinit``)."""
+
+    strategy: Any = None
+    alpha: float | None = None
+    sites: Any = ()  # glob patterns on site names; empty: every site
+    force: bool = False
+    dry_run: bool = False
+    batch_size: int | None = None
+    limit: int | None = None
+    device: str = ScanOptions.device
+    dormant_tau: float = ScanOptions.dormant_tau
+    arch: str | None = None
+    arch_kwargs: str | dict | None = None
+    trust_model: bool = False
+    seed: int = 0  # --reinit's Kaiming initialisation
+    rescan: bool = True
+    imports: Any = ()
+
+    @classmethod
+    def names(cls) -> frozenset[str]:
+        return frozenset(f.name for f in fields(cls))

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from reludoctor.errors import ReludoctorError, UsageError
-from reludoctor.options import DEFAULT_BATCH_SIZE, ScanOptions
+from reludoctor.options import DEFAULT_BATCH_SIZE, FixOptions, ScanOptions
 from reludoctor.fix.plan import SiteFix, Strategy
 from reludoctor.fix.verify import FixVerificationError, Verification
 
@@ -131,33 +131,15 @@ def _reusable(data: Any) -> Any:
     return data
 
 
-def fix(
-    model: Any,
-    data: Any,
-    out: str | Path | None = None,
-    *,
-    strategy: Strategy | str,
-    alpha: float | None = None,
-    sites: Sequence[str] = (),
-    force: bool = False,
-    dry_run: bool = False,
-    batch_size: int | None = None,
-    limit: int | None = None,
-    device: str = ScanOptions.device,
-    dormant_tau: float = ScanOptions.dormant_tau,
-    arch: str | None = None,
-    arch_kwargs: str | dict | None = None,
-    trust_model: bool = False,
-    unsafe_pickle: bool | None = None,
-    seed: int = 0,
-    on_warning: Callable[[str], None] | None = None,
-    rescan: bool = True,
-    imports: Sequence[str] = (),
-) -> FixSummary:
+def fix(model: Any, data: Any, out: str | Path | None = None, options: FixOptions | None = None, *,
+        on_warning: Callable[[str], None] | None = None, unsafe_pickle: bool | None = None,
+        **settings: Any) -> FixSummary:
     """Scan ``model`` on ``data``, apply ``strategy`` and write the repaired model to ``out``.
 
     ``model``: a path (.pt2, state_dict with ``arch``, .onnx), an nn.Module, ExportedProgram or
-    onnx.ModelProto (never modified). ``sites``: glob patterns on site names (default: all).
+    onnx.ModelProto (never modified). Settings (``reludoctor.options.FixOptions``, where every
+    default is) come as keywords (``strategy="prune-dead"``), as ``options``, or both.
+    ``sites``: glob patterns on site names (default: all).
     Returns the FixSummary; raises ReludoctorError (nothing written) on bad input, a structure it
     cannot handle at all, or a failed verification. ``imports``: modules imported before the model
     loads (op libraries, ``--import``).
@@ -166,13 +148,17 @@ def fix(
     from reludoctor.fix import output
     from reludoctor.fix.plan import plan, selected_nothing
 
-    chosen = check_options(strategy, alpha)
+    unknown = sorted(set(settings) - FixOptions.names())
+    if unknown:
+        raise TypeError(f"fix() got unexpected keyword argument(s): {', '.join(unknown)}")
+    options = replace(options, **settings) if options is not None else FixOptions(**settings)
+    chosen = check_options(options.strategy, options.alpha)
     if data is None:
         raise UsageError("reludoctor fix needs calibration data (--data)",
                          "the fix is verified on it; synthetic inputs prove nothing")
-    if out is None and not dry_run:
+    if out is None and not options.dry_run:
         raise UsageError("no output path", "pass -o OUT, or --dry-run to only see the plan")
-    sites = tuple(sites or ())
+    sites = tuple(options.sites or ())
     data = _reusable(data)
     warnings: list[str] = []
 
@@ -184,18 +170,19 @@ def fix(
     out_path = Path(out) if out is not None else None
     inputs = [Path(p) for p in (model, data) if isinstance(p, (str, Path))]
     if out_path is not None:
-        output.check_destination(out_path, inputs, force)
+        output.check_destination(out_path, inputs, options.force)
 
-    trust_model = trusted(trust_model, unsafe_pickle)
-    backend, loaded = load_model(model, arch=arch, arch_kwargs=arch_kwargs, trust_model=trust_model,
-                                 imports=imports)
+    backend, loaded = load_model(model, arch=options.arch, arch_kwargs=options.arch_kwargs,
+                                 trust_model=trusted(options.trust_model, unsafe_pickle),
+                                 imports=options.imports)
     out_format = output.output_format(out_path, backend, loaded) if out_path is not None else None
     if out_format == output.TORCH_STATE_DICT and chosen is not Strategy.REINIT:
         raise UsageError(f"-o {out_path}: --{chosen.value} changes the architecture, which a "
                          "state_dict cannot describe", "write a .pt2 file")
-    fixer, work, scan_target = backend.fix_prepare(loaded, model, data, limit, chosen)
-    report = scan(scan_target, data, batch_size=batch_size, device=device, limit=limit,
-                  dormant_tau=dormant_tau, method=backend.fix_scan_method, on_warning=warn)
+    fixer, work, scan_target = backend.fix_prepare(loaded, model, data, options.limit, chosen)
+    scan_options = ScanOptions(batch_size=options.batch_size, device=options.device, limit=options.limit,
+                               dormant_tau=options.dormant_tau, method=backend.fix_scan_method)
+    report = scan(scan_target, data, scan_options, on_warning=warn)
     if selected_nothing(report, sites):
         raise UsageError(f"--sites {', '.join(sites)} matches no site",
                          f"sites are: {', '.join(s.name for s in report.sites[:8])}"
@@ -204,48 +191,20 @@ def fix(
 
     from reludoctor.fix.result import Request
 
-    request = Request(chosen, alpha, seed, data, limit, batch_size or DEFAULT_BATCH_SIZE, out_path, out_format,
-                      dry_run, {s.name: set(s.dead_units) for s in report.sites}, warn)
+    request = Request(chosen, options.alpha, options.seed, data, options.limit,
+                      options.batch_size or DEFAULT_BATCH_SIZE, out_path, out_format, options.dry_run,
+                      {s.name: set(s.dead_units) for s in report.sites}, warn)
     result = fixer.run(loaded, work, entries, request)
-
-    rescanned = None
     changed = [s for s in result.sites if s.action in ("pruned", "reinit")]
-    if rescan and not dry_run and changed and result.fixed_object is not None:
-        try:
-            after = scan(result.fixed_object, data, batch_size=batch_size, device=device,
-                         limit=limit, dormant_tau=dormant_tau,
-                         method=backend.fix_scan_method, on_warning=lambda m: None)
-        except ReludoctorError as exc:  # the model is written and verified; the rescan is extra
-            warn(f"the rescan of the output failed: {exc.one_line()}")
-        else:
-            per_site = {s.name: list(s.dead_units) for s in after.sites}
-            rescanned = {
-                "dead_units": after.summary.dead_units,
-                "units": after.summary.units,
-                "fixed_sites": {s.site: per_site.get(s.site) for s in changed},
-            }
-    notes = list(result.notes)
-    if chosen is Strategy.REINIT and changed:
-        notes.append("reset the optimizer state (e.g. Adam moments) of the re-initialised units' "
-                     "incoming and outgoing weights before resuming training")
-        v = result.verification
-        if v is not None and not v.lossless_expected:
-            notes.append("some re-initialised units were dormant, not dead: their small outputs are "
-                         f"dropped (outputs changed by max abs {v.max_abs_diff:.3g}, relative "
-                         f"{v.max_rel_diff:.3g})")
-    if not changed and chosen is not Strategy.LEAKY and not dry_run:
-        notes.append("no unit was changed: the output computes the same function as the input")
-    if chosen is Strategy.LEAKY and result.verification is not None:
-        v = result.verification
-        notes.append(f"not lossless: LeakyReLU changes outputs (max abs {v.max_abs_diff:.3g}, "
-                     f"relative {v.max_rel_diff:.3g} on the calibration data); fine-tune afterwards")
-    if report.calibration.synthetic:
-        notes.append("calibration data was synthetic")
+    rescanned = None
+    if options.rescan and not options.dry_run and changed and result.fixed_object is not None:
+        rescanned = _rescan(scan, result.fixed_object, data, scan_options, changed, warn)
+    notes = _notes(chosen, result, changed, options.dry_run, report.calibration.synthetic)
     return FixSummary(
-        strategy=chosen.value, alpha=alpha, dry_run=dry_run,
+        strategy=chosen.value, alpha=options.alpha, dry_run=options.dry_run,
         model=FileInfo(loaded.path, loaded.format, loaded.sha256),
         output=(FileInfo(str(out_path), out_format, result.out_sha256)
-                if out_path is not None and not dry_run else None),
+                if out_path is not None and not options.dry_run else None),
         calibration={"source": report.calibration.source, "samples": report.calibration.samples},
         sites=tuple(result.sites),
         params_before=result.params_before, params_after=result.params_after,
@@ -253,3 +212,40 @@ def fix(
         verification=result.verification, rescan=rescanned, notes=tuple(notes),
         warnings=tuple(warnings),
     )
+
+
+def _rescan(scan: Callable, fixed: Any, data: Any, options: ScanOptions, changed: list,
+            warn: Callable[[str], None]) -> dict | None:
+    """The written model scanned again: how many of the fixed sites' units are still dead."""
+    try:
+        after = scan(fixed, data, options, on_warning=lambda m: None)
+    except ReludoctorError as exc:  # the model is written and verified; the rescan is extra
+        warn(f"the rescan of the output failed: {exc.one_line()}")
+        return None
+    per_site = {s.name: list(s.dead_units) for s in after.sites}
+    return {
+        "dead_units": after.summary.dead_units,
+        "units": after.summary.units,
+        "fixed_sites": {s.site: per_site.get(s.site) for s in changed},
+    }
+
+
+def _notes(chosen: Strategy, result: Any, changed: list, dry_run: bool, synthetic: bool) -> list[str]:
+    """What the user should know about the written model, beyond its table."""
+    notes = list(result.notes)
+    v = result.verification
+    if chosen is Strategy.REINIT and changed:
+        notes.append("reset the optimizer state (e.g. Adam moments) of the re-initialised units' "
+                     "incoming and outgoing weights before resuming training")
+        if v is not None and not v.lossless_expected:
+            notes.append("some re-initialised units were dormant, not dead: their small outputs are "
+                         f"dropped (outputs changed by max abs {v.max_abs_diff:.3g}, relative "
+                         f"{v.max_rel_diff:.3g})")
+    if not changed and chosen is not Strategy.LEAKY and not dry_run:
+        notes.append("no unit was changed: the output computes the same function as the input")
+    if chosen is Strategy.LEAKY and v is not None:
+        notes.append(f"not lossless: LeakyReLU changes outputs (max abs {v.max_abs_diff:.3g}, "
+                     f"relative {v.max_rel_diff:.3g} on the calibration data); fine-tune afterwards")
+    if synthetic:
+        notes.append("calibration data was synthetic")
+    return notes
