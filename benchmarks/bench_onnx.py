@@ -69,9 +69,9 @@ def main() -> None:
     import onnxruntime
 
     import reludoctor
-    from reludoctor.data.calibration import load_calibration
-    from reludoctor.backends.onnx.observer import OnnxInstrument
     from reludoctor.backends.onnx.loader import load_path
+    from reludoctor.backends.onnx.observer import OnnxInstrument
+    from reludoctor.data.calibration import load_calibration
 
     batch = args.batch_size
     ks = list(range(1, args.batches + 1))

@@ -183,12 +183,12 @@ def _torch_section(args: argparse.Namespace, clock: Clock, data: Any) -> list[tu
     import torch
     import torchvision
 
-    from reludoctor.data.calibration import load_calibration
-    from reludoctor.engine import _export
     from reludoctor.backends.torch.export import instrument_graph_module
     from reludoctor.backends.torch.loader import from_object
-    from reludoctor.core.observers import BatchContext
     from reludoctor.core.batches import resolve_dtype, run
+    from reludoctor.core.observers import BatchContext
+    from reludoctor.data.calibration import load_calibration
+    from reludoctor.engine import _export
 
     device = torch.device(args.device)
     bs, n = args.batch_size, args.batches
@@ -298,10 +298,10 @@ def _onnx_section(args: argparse.Namespace, clock: Clock, data: Any) -> list[tup
     import torch
     import torchvision
 
-    from reludoctor.data.calibration import load_calibration
+    from reludoctor.backends.onnx.loader import load_path
     from reludoctor.backends.onnx.observer import OnnxInstrument
     from reludoctor.backends.onnx.session import cuda_provider_available
-    from reludoctor.backends.onnx.loader import load_path
+    from reludoctor.data.calibration import load_calibration
 
     device = torch.device(args.device)
     if device.type == "cuda" and not cuda_provider_available():
@@ -356,8 +356,7 @@ def _onnx_section(args: argparse.Namespace, clock: Clock, data: Any) -> list[tup
 
     variants = [Variant("plain onnxruntime", plain), Variant("reludoctor scan", scan)]
     if not args.no_peers:
-        from onnxruntime.quantization.calibrate import (CalibrationDataReader, CalibrationMethod,
-                                                        create_calibrator)
+        from onnxruntime.quantization.calibrate import CalibrationDataReader, CalibrationMethod, create_calibrator
 
         start = time.perf_counter()
         calibrator = create_calibrator(path, ["Relu"],

@@ -140,12 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     import torchvision
 
     import reludoctor
-    from reludoctor.data.calibration import load_calibration
-    from reludoctor.engine import _export
     from reludoctor.backends.torch.export import instrument_graph_module
     from reludoctor.backends.torch.loader import from_object
-    from reludoctor.core.observers import BatchContext, TorchUnitObserver
     from reludoctor.core.batches import run
+    from reludoctor.core.observers import BatchContext, TorchUnitObserver
+    from reludoctor.data.calibration import load_calibration
+    from reludoctor.engine import _export
 
     if args.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: CUDA is not available here; nothing timed")

@@ -175,12 +175,12 @@ def _torch_case(model: Any, data: Any, args: argparse.Namespace) -> dict[str, An
     import numpy as np
     import torch
 
-    from reludoctor.data.calibration import load_calibration
-    from reludoctor.engine import _export
     from reludoctor.backends.torch.export import instrument_graph_module
     from reludoctor.backends.torch.loader import from_object
-    from reludoctor.core.observers import BatchContext
     from reludoctor.core.batches import run
+    from reludoctor.core.observers import BatchContext
+    from reludoctor.data.calibration import load_calibration
+    from reludoctor.engine import _export
 
     bs, n = args.batch_size, args.batches
     device = torch.device("cpu")
@@ -251,9 +251,9 @@ def _onnx_case(path: str, data: Any, threads: int, args: argparse.Namespace) -> 
     import onnxruntime
     import torch
 
-    from reludoctor.data.calibration import load_calibration
-    from reludoctor.backends.onnx.observer import OnnxInstrument
     from reludoctor.backends.onnx.loader import load_path
+    from reludoctor.backends.onnx.observer import OnnxInstrument
+    from reludoctor.data.calibration import load_calibration
 
     bs, n = args.batch_size, args.batches
     opts = onnxruntime.SessionOptions()

@@ -24,8 +24,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.fuzz.cases import FORMATS  # noqa: E402
-from tests.fuzz.harness import (DEFAULT_AS_LIMIT, DEFAULT_RSS_BOUND_MB, DEFAULT_TIMEOUT, Settings,  # noqa: E402
-                                check_import, child_env, format_table, make_plan, run_all, summarize)
+from tests.fuzz.harness import (  # noqa: E402
+    DEFAULT_AS_LIMIT,
+    DEFAULT_RSS_BOUND_MB,
+    DEFAULT_TIMEOUT,
+    Settings,
+    check_import,
+    child_env,
+    format_table,
+    make_plan,
+    run_all,
+    summarize,
+)
 
 
 def main(argv: list[str] | None = None) -> int:

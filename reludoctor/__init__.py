@@ -11,9 +11,9 @@ __version__ = "0.1.0"
 __all__ = ["scan", "Report", "ReludoctorError", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from reludoctor.engine import scan
     from reludoctor.errors import ReludoctorError
     from reludoctor.report.model import Report
-    from reludoctor.engine import scan
 
 
 def __getattr__(name: str) -> Any:

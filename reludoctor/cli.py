@@ -142,8 +142,8 @@ def _settings(config: Optional[str], fail_over: Optional[float], fail_on: Option
               fail_over_site: Optional[list[str]], baseline: Optional[str], top: Optional[int],
               tolerance: Optional[float] = None):  # noqa: ANN202
     """The settings file (found upwards from here, or --config) with the command line on top."""
-    from reludoctor.report.config import Overrides, fail_on_value, ratio, resolve, site_limit
     from reludoctor.errors import UsageError
+    from reludoctor.report.config import Overrides, fail_on_value, ratio, resolve, site_limit
 
     if fail_over is not None:
         ratio(fail_over, "--fail-over")
@@ -218,8 +218,7 @@ def _write_outputs(report, planned: list[tuple[str, str]], stdout_format: Option
     from rich.console import Console
 
     from reludoctor.errors import ReludoctorError, UsageError
-    from reludoctor.reporters import RenderOptions, emit, render
-    from reludoctor.reporters import terminal
+    from reludoctor.reporters import RenderOptions, emit, render, terminal
 
     options = RenderOptions(top=top)
     rendered = []
@@ -250,8 +249,8 @@ def _trust(trust_model: bool, unsafe_pickle: bool, warn) -> bool:  # noqa: ANN00
 def _gate_exit(report, err) -> int:  # noqa: ANN001
     from rich.markup import escape
 
-    from reludoctor.report import gates
     from reludoctor.errors import printable
+    from reludoctor.report import gates
 
     if report.gates is None or report.gates.passed:
         return EXIT_OK
@@ -341,9 +340,9 @@ def _scan_options(params: dict, warn) -> ScanOptions:  # noqa: ANN001
 
 def _scan(model: str, data: Optional[str], params: dict, outputs: ReportArgs, quiet: bool,
           verbose: bool) -> int:
-    from reludoctor.report.baseline import load_report
     from reludoctor.core.distributed import is_writer
     from reludoctor.engine import scan as run_scan
+    from reludoctor.report.baseline import load_report
 
     writer = is_writer()  # under torchrun only rank 0 prints and writes (other ranks: errors only)
     settings, planned, to_stdout = _prepare(outputs, [model, data, params["labels"]], writes=writer)

@@ -244,8 +244,8 @@ def _sampled_labels(labels: Any, indices: Any) -> Any:
     """The labels of a --sample subset (the data's sample indices), as a tensor."""
     import torch
 
-    from reludoctor.errors import DataError
     from reludoctor.core.gradients import load_labels
+    from reludoctor.errors import DataError
 
     tensor = load_labels(labels)
     needed = int(indices[-1]) + 1

@@ -14,7 +14,6 @@ from typing import Any, Callable, ClassVar
 from reludoctor.data.binding import InputSpec
 
 
-
 @dataclass
 class LoadedModel:
     format: str  # an options.ModelFormat value

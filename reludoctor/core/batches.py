@@ -20,9 +20,9 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
+from reludoctor.core.observers import BatchContext
 from reludoctor.data.calibration import Calibration, check_padding
 from reludoctor.errors import DataError, ObserverFailure, ReludoctorError, UsageError
-from reludoctor.core.observers import BatchContext
 
 Progress = Callable[[int, "int | None"], None]
 

@@ -29,9 +29,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from reludoctor.errors import DistributedError, ReludoctorError, UsageError  # noqa: F401 - re-exported
-from reludoctor.data.shard import shard
 from reludoctor.core.counts import CHANNELS, SiteObserver, UnitCounts, pack, unpack
+from reludoctor.data.shard import shard
+from reludoctor.errors import DistributedError, ReludoctorError, UsageError  # noqa: F401 - re-exported
 
 OPT_OUT = "RELUDOCTOR_DISTRIBUTED"  # =0: scan alone, even under torchrun or in a process group
 

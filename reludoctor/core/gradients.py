@@ -35,9 +35,9 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from reludoctor import activations
 from reludoctor.errors import DataError, ReludoctorError, UsageError
 from reludoctor.report.model import GradientInfo, SiteGradient, SiteStats
-from reludoctor import activations
 
 LOSS_LABELS = "cross-entropy-labels"
 LOSS_ARGMAX = "cross-entropy-argmax"

@@ -22,8 +22,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from reludoctor.report.model import CalibrationInfo, Finding, GradientInfo, SiteStats
 from reludoctor import activations
+from reludoctor.report.model import CalibrationInfo, Finding, GradientInfo, SiteStats
 
 LEAKY = "nn.LeakyReLU(0.01)"
 RELU_LIKE_OPS = activations.ops_where("zero_below")  # output 0 below the bound

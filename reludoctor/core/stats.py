@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from reludoctor.errors import DataError
 from reludoctor.core.counts import HIST_EDGES, UnitCounts
+from reludoctor.errors import DataError
 from reludoctor.report.model import Histogram, SiteAccumulators, SiteStats, Summary
 
 

@@ -23,11 +23,10 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from reludoctor.data.arrays import load_file, native_dtype
-from reludoctor.data.binding import Binding, bind
-from reludoctor.errors import DataError, UsageError
-from reludoctor.data.binding import InputSpec
+from reludoctor.data.binding import Binding, InputSpec, bind
 from reludoctor.data.sampling import check_options as check_selection
 from reludoctor.data.sampling import select
+from reludoctor.errors import DataError, UsageError
 
 DEFAULT_SYNTHETIC_SAMPLES = 256
 # Synthetic inputs are generated whole (samples x the model's declared input shape); a model file

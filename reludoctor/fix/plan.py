@@ -12,8 +12,8 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Sequence
 
-from reludoctor.report.model import Report, SiteStats
 from reludoctor import activations
+from reludoctor.report.model import Report, SiteStats
 
 
 class Strategy(str, Enum):

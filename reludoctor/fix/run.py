@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from reludoctor.errors import ReludoctorError, UsageError
-from reludoctor.options import DEFAULT_BATCH_SIZE, FixOptions, ScanOptions
 from reludoctor.fix.plan import SiteFix, Strategy
 from reludoctor.fix.verify import FixVerificationError, Verification
+from reludoctor.options import DEFAULT_BATCH_SIZE, FixOptions, ScanOptions
 
 __all__ = ["fix", "FixSummary", "FixVerificationError", "SiteFix", "Strategy", "Verification",
            "SUMMARY_SCHEMA_VERSION"]

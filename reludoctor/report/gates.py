@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from fnmatch import fnmatchcase
 
+from reludoctor.core.rules import RULE_IDS
 from reludoctor.report.baseline import got_worse
 from reludoctor.report.config import SEVERITIES, Settings
 from reludoctor.report.model import GateFailure, GateOutcome, Report, SiteChange, SiteStats
-from reludoctor.core.rules import RULE_IDS
 
 SEVERITY_RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
 # --fail-on warns about an id that is neither a rule nor in the report (a typo would otherwise

@@ -15,9 +15,9 @@ from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 from urllib.parse import quote
 
+from reludoctor.core.rules import RULES as REGISTRY
 from reludoctor.report.model import Finding, Report
 from reludoctor.reporters.common import RenderOptions
-from reludoctor.core.rules import RULES as REGISTRY
 
 SARIF_VERSION = "2.1.0"
 SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"

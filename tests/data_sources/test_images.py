@@ -9,9 +9,9 @@ import pytest
 from datasource_kit import Image, random_rgb, write_image
 
 from reludoctor.data import images
+from reludoctor.data.binding import InputSpec
 from reludoctor.data.calibration import load_calibration
 from reludoctor.errors import DataError, UsageError
-from reludoctor.data.binding import InputSpec
 
 RGB = InputSpec("x", (None, 3, None, None), "float32")
 GRAY = InputSpec("x", (None, 1, None, None), "float32")

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from datasource_kit import torch, write_image
 
-from reludoctor.data.calibration import load_calibration
-from reludoctor.errors import UsageError
 from reludoctor.data.binding import InputSpec
+from reludoctor.data.calibration import load_calibration
 from reludoctor.data.sampling import select
+from reludoctor.errors import UsageError
 
 SPEC = InputSpec("x", (None, 2, 3), "float32")
 

@@ -10,8 +10,8 @@ import pytest
 from datasource_kit import DIGITS_CNN, DIGITS_NPY, FIXTURES
 
 import reludoctor
-from reludoctor.data.calibration import load_calibration
 from reludoctor.data.binding import InputSpec
+from reludoctor.data.calibration import load_calibration
 
 PER_UNIT = ("dead_units", "activation_rate", "max_preactivation", "near_dead_units")
 
@@ -93,9 +93,8 @@ def test_image_options_refused_for_arrays(option: dict) -> None:
 def test_onnx_model_over_an_image_folder(tmp_path: Path) -> None:
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from onnx import TensorProto, helper, numpy_helper
-
     from datasource_kit import write_image
+    from onnx import TensorProto, helper, numpy_helper
 
     shift = numpy_helper.from_array(np.full((1, 3, 1, 1), 0.9, dtype=np.float32), "shift")
     graph = helper.make_graph(

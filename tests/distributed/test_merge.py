@@ -13,10 +13,10 @@ import pytest
 from typer.testing import CliRunner
 
 from reludoctor import scan
-from reludoctor.report.baseline import load_report
 from reludoctor.cli import app
-from reludoctor.report.merge import GRADIENTS_DROPPED, MergeError, merge_files, merge_reports
 from reludoctor.core.rules import evaluate
+from reludoctor.report.baseline import load_report
+from reludoctor.report.merge import GRADIENTS_DROPPED, MergeError, merge_files, merge_reports
 from reludoctor.report.schema import validate
 from tests.distributed.compare import MODELS, assert_same_sites
 

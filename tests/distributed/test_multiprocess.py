@@ -156,8 +156,8 @@ def test_a_rank_other_than_0_writes_and_prints_nothing_and_exits_0(files, tmp_pa
     not be stopped while it writes)."""
     from typer.testing import CliRunner
 
-    from reludoctor.core import distributed
     from reludoctor.cli import app
+    from reludoctor.core import distributed
 
     monkeypatch.setattr(distributed, "is_writer", lambda: False)
     out = tmp_path / "report.json"

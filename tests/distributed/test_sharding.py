@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from reludoctor.core import distributed
+from reludoctor.core.counts import HIST_EDGES, UnitCounts
+from reludoctor.core.sites import SiteSpec
 from reludoctor.data import shard as sharding
+from reludoctor.data.binding import InputSpec
 from reludoctor.data.calibration import load_calibration
 from reludoctor.errors import UsageError
-from reludoctor.core.sites import SiteSpec
-from reludoctor.data.binding import InputSpec
-from reludoctor.core.counts import HIST_EDGES, UnitCounts
 
 SPECS = [InputSpec("x", (None, 3), "float32")]
 

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import reludoctor
-from reludoctor.core.sites import Ignored
 from reludoctor.backends.torch.sites import decide
+from reludoctor.core.sites import Ignored
 
 aten = torch.ops.aten
 

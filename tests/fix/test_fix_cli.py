@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from fix_models import assert_one_line_error, sha256
 
 
@@ -172,7 +171,6 @@ def test_cli_onnx_run_and_refusal(cli, tmp_path):
 
     import numpy as np
     import torch
-
     from fix_models import PlantedMLP
 
     model_path = tmp_path / "mlp.onnx"

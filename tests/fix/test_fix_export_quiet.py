@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from reludoctor.fix import fix
 from reludoctor.errors import ReludoctorError
+from reludoctor.fix import fix
 
 
 class DataDependent(torch.nn.Module):

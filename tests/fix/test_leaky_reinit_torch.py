@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from fix_models import images, vectors
-from fix_models import PlantedCNN, PlantedMLP, WithReLU6
+from fix_models import PlantedCNN, PlantedMLP, WithReLU6, images, vectors
 
 
 def _run(strategy, model, x, out, **kwargs):

@@ -6,9 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from fix_models import images, vectors
-from fix_models import PlantedCNN, PlantedMLP, PlantedResidual, dead_units
+from fix_models import PlantedCNN, PlantedMLP, PlantedResidual, dead_units, images, vectors
 
 pytest.importorskip("torch_pruning")
 

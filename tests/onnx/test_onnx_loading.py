@@ -12,9 +12,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from reludoctor.errors import ModelLoadError, UsageError
 from reludoctor.backends import detect
 from reludoctor.backends.onnx import loader as onnx_loader
+from reludoctor.errors import ModelLoadError, UsageError
 from tests.onnx.onnx_kit import Expected, assert_site, const, model, save, scan, value
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -213,8 +213,8 @@ def test_cuda_without_the_provider_is_a_usage_error(monkeypatch: pytest.MonkeyPa
     import onnxruntime
     import torch
 
-    from reludoctor.data.calibration import load_calibration
     from reludoctor.backends.onnx import observer, session
+    from reludoctor.data.calibration import load_calibration
 
     loaded = onnx_loader.from_object(_mlp())
     calibration = load_calibration(RNG.standard_normal((4, 8)).astype(np.float32), loaded.inputs)

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from reludoctor.core.batches import Prefetcher, host_tensor, run, to_device
+from reludoctor.core.observers import BatchContext
+from reludoctor.data.binding import InputSpec
 from reludoctor.data.calibration import load_calibration
 from reludoctor.errors import DataError
-from reludoctor.data.binding import InputSpec
-from reludoctor.core.observers import BatchContext
-from reludoctor.core.batches import Prefetcher, host_tensor, run, to_device
 
 
 def _prefetch_threads() -> list[threading.Thread]:

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from reludoctor.data.calibration import load_calibration
-from reludoctor.backends.torch.scan import export_for_scan as _export
 from reludoctor.backends.torch.export import instrument_graph_module
-from reludoctor.data.binding import InputSpec
-from reludoctor.core.observers import BatchContext, TorchUnitObserver
+from reludoctor.backends.torch.scan import export_for_scan as _export
 from reludoctor.core.batches import run
+from reludoctor.core.observers import BatchContext, TorchUnitObserver
+from reludoctor.data.binding import InputSpec
+from reludoctor.data.calibration import load_calibration
 
 READ_BACKS = ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__")
 

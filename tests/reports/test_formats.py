@@ -13,9 +13,9 @@ import pytest
 from fixed import NASTY, fixed_report, judged_report, make_report, make_site, with_gradients
 
 from reludoctor.report.model import Report, ReportFormatError
+from reludoctor.report.schema import validate
 from reludoctor.reporters import RENDERERS, STDOUT_FORMATS, OutputFormat, RenderOptions, render
 from reludoctor.reporters.common import human, md_code
-from reludoctor.report.schema import validate
 
 GOLDEN_NAMES = {
     OutputFormat.TABLE: "table.txt",

@@ -24,11 +24,22 @@ import numpy as np
 import pytest
 
 from reludoctor import safeio
+from reludoctor.data.binding import InputSpec
 from reludoctor.data.calibration import load_calibration
 from reludoctor.errors import DataError
-from reludoctor.data.binding import InputSpec
-from tests.security.kit import (CALIB, CALIB_FLAT, CNN_ONNX, CNN_TS, MLP_ONNX, MLP_PT2, ROOT, cli,
-                                 one_line_error, returns, run_cli)
+from tests.security.kit import (
+    CALIB,
+    CALIB_FLAT,
+    CNN_ONNX,
+    CNN_TS,
+    MLP_ONNX,
+    MLP_PT2,
+    ROOT,
+    cli,
+    one_line_error,
+    returns,
+    run_cli,
+)
 
 EXPECTED = json.loads((ROOT / "fixtures" / "expected.json").read_text())
 GRAY = InputSpec("input", (None, 1, 8, 8), "float32")

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import torch
 
-from reludoctor.errors import ModelLoadError, UnsafeModelError
 from reludoctor.backends.torch import pt2_verify
+from reludoctor.errors import ModelLoadError, UnsafeModelError
 
 ROOT = Path(__file__).resolve().parents[2]
 PT2 = ROOT / "fixtures" / "models" / "digits_mlp_dead.pt2"

@@ -21,11 +21,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from reludoctor import safeio
-from reludoctor.data.calibration import (MAX_FIXED_BATCH, MAX_PADDED_BATCH_BYTES, MAX_SAMPLE_BYTES,
-                             load_calibration)
-from reludoctor.errors import DataError, ModelLoadError
-from reludoctor.backends.onnx import loader as onnx_loader
 from reludoctor.backends.detect import detect_format
+from reludoctor.backends.onnx import loader as onnx_loader
+from reludoctor.data.calibration import MAX_FIXED_BATCH, MAX_PADDED_BATCH_BYTES, MAX_SAMPLE_BYTES, load_calibration
+from reludoctor.errors import DataError, ModelLoadError
 from tests.security.kit import CALIB, CNN_ONNX, cli, one_line_error, returns, run_cli
 
 FLOAT = TensorProto.FLOAT

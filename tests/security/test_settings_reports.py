@@ -22,7 +22,6 @@ import pytest
 from tests.security.kit import CALIB, CNN_ONNX, ROOT, TERMINAL_ENV, cli
 from tests.security.kit import refused as one_line_error
 
-
 # --- helpers --------------------------------------------------------------------------------
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reludoctor.core.sites import choose_unit_axis, unique_names
 from reludoctor.backends.torch.sites import base_name, classify
+from reludoctor.core.sites import choose_unit_axis, unique_names
 
 aten = torch.ops.aten
 

@@ -426,12 +426,12 @@ def ort_runner(source: Any, names: list[str], fixed: int | None) -> Any:
 def run(loaded: Any, work: OnnxWork, entries: list[SiteFix], request: Any) -> Any:
     import onnx
 
+    from reludoctor.backends.onnx.loader import sha256_of
     from reludoctor.core.batches import padded_arrays
     from reludoctor.data.calibration import load_calibration
     from reludoctor.fix.output import atomic_path
     from reludoctor.fix.result import Applied, lossless_expected
     from reludoctor.fix.verify import verified
-    from reludoctor.backends.onnx.loader import sha256_of
 
     original_bytes = loaded.module.SerializeToString()
     calibration = load_calibration(request.data, loaded.inputs, limit=request.limit)

@@ -6,7 +6,14 @@ from typing import Any
 
 from reludoctor.backends.onnx.discover import site_nodes
 from reludoctor.backends.torch.gradients import insert_probes
-from reludoctor.core.gradients import GradientPass, GradientsUnavailable, PassContext, SiteAccumulator, first_line, unique_params
+from reludoctor.core.gradients import (
+    GradientPass,
+    GradientsUnavailable,
+    PassContext,
+    SiteAccumulator,
+    first_line,
+    unique_params,
+)
 from reludoctor.report.model import SiteStats
 
 

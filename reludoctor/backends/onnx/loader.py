@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from reludoctor import safeio
-from reludoctor.errors import ModelLoadError
 from reludoctor.backends.base import LoadedModel
-from reludoctor.data.binding import InputSpec
 from reludoctor.backends.torch.loader import sha256_of  # plain hashlib: does not import torch
+from reludoctor.data.binding import InputSpec
+from reludoctor.errors import ModelLoadError
 
 MIN_OPSET = 7  # the in-graph statistics use ops (Cast, HardSigmoid, pools) of opset 7 and up
 DEFAULT_DOMAINS = ("", "ai.onnx")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from reludoctor.core.rules import Context, preview
 from reludoctor.report.model import Finding
 
-
 ONNX_HE = "Kaiming-normal init (fan_in, ReLU gain; He et al. 2015)"
 
 

@@ -17,10 +17,18 @@ from torch.nn.modules.module import register_module_forward_hook, register_modul
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils.weak import WeakIdKeyDictionary
 
+from reludoctor.backends.torch.sites import (
+    FORWARD_OPS,
+    PASS_THROUGH_OPS,
+    base_name,
+    decide,
+    derive,
+    op_base_name,
+    producer_kind,
+)
 from reludoctor.backends.torch.torchscript_names import matches
-from reludoctor.core.sites import CONSTANT_ORIGIN, INPUT_ORIGIN, Ignored, SiteSpec, unique_names, unit_axis_choice
-from reludoctor.backends.torch.sites import FORWARD_OPS, PASS_THROUGH_OPS, base_name, decide, derive, op_base_name, producer_kind
 from reludoctor.core.observers import BatchContext, TorchUnitObserver
+from reludoctor.core.sites import CONSTANT_ORIGIN, INPUT_ORIGIN, Ignored, SiteSpec, unique_names, unit_axis_choice
 
 
 class _ModuleStack:

@@ -11,9 +11,8 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from reludoctor.backends.torch.dispatch import DispatchHook, DispatchInstrument
 from reludoctor.backends.torch.export import activation_nodes
-from reludoctor.core.evidence import ProducerEvidence, build
 from reludoctor.backends.torch.sites import op_base_name
-
+from reludoctor.core.evidence import ProducerEvidence, build
 
 IDENTITY_OPS = {"clone", "contiguous", "alias", "dropout", "detach", "_to_copy", "to",
                 "lift_fresh_copy", "native_dropout", "feature_dropout"}

@@ -9,9 +9,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from reludoctor.core.sites import CONSTANT_ORIGIN, INPUT_ORIGIN, Ignored, Origin, SiteSpec, strongest, unique_names, unit_axis_choice
-from reludoctor.backends.torch.sites import FORWARD_OPS, PASS_THROUGH_OPS, base_name, decide, derive, op_base_name, producer_kind
+from reludoctor.backends.torch.sites import (
+    FORWARD_OPS,
+    PASS_THROUGH_OPS,
+    base_name,
+    decide,
+    derive,
+    op_base_name,
+    producer_kind,
+)
 from reludoctor.core.observers import BatchContext, TorchUnitObserver
+from reludoctor.core.sites import (
+    CONSTANT_ORIGIN,
+    INPUT_ORIGIN,
+    Ignored,
+    Origin,
+    SiteSpec,
+    strongest,
+    unique_names,
+    unit_axis_choice,
+)
 
 
 def _module_of(node: Any) -> tuple[str, str]:

@@ -21,10 +21,10 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+from reludoctor.backends.torch.fix_graph import ActivationNode, activation_nodes, export_program, get_path, lift
+from reludoctor.core.batches import padded_arrays
 from reludoctor.errors import MissingDependencyError, ReludoctorError, UsageError  # noqa: F401 - re-exported
 from reludoctor.fix.plan import SiteFix, Strategy
-from reludoctor.core.batches import padded_arrays
-from reludoctor.backends.torch.fix_graph import ActivationNode, activation_nodes, export_program, get_path, lift
 
 
 def torch_pruning() -> Any:
@@ -452,11 +452,11 @@ def run(loaded: Any, work: TorchWork, entries: list[SiteFix], request: Any) -> A
     """Prepare, apply the strategy, write to a temporary file, reload and verify it, rename."""
     import torch
 
+    from reludoctor.backends.torch.loader import _quiet_torch, sha256_of
     from reludoctor.data.calibration import load_calibration
     from reludoctor.fix.output import TORCH_STATE_DICT, atomic_path
     from reludoctor.fix.result import Applied, lossless_expected
     from reludoctor.fix.verify import torch_macs, torch_params, torch_runner, verified
-    from reludoctor.backends.torch.loader import _quiet_torch, sha256_of
 
     calibration = load_calibration(request.data, loaded.inputs, limit=request.limit)
     params_before = torch_params(work.lifted)

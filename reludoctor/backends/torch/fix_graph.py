@@ -16,8 +16,8 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from reludoctor.backends.torch.sites import ActivationOp, op_base_name
 from reludoctor.backends.torch.export import activation_nodes as graph_activation_nodes
+from reludoctor.backends.torch.sites import ActivationOp, op_base_name
 
 CONV_CALLS = {"conv1d": 1, "conv2d": 2, "conv3d": 3}
 

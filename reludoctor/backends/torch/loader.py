@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
+import importlib.util
 import inspect
 import json
-import importlib.util
 import logging
 import pickle
 import re
@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from reludoctor import safeio
-from reludoctor.errors import ModelLoadError, UnsafeModelError, UsageError
 from reludoctor.backends import detect
 from reludoctor.backends.base import LoadedModel
 from reludoctor.data.binding import InputSpec
+from reludoctor.errors import ModelLoadError, UnsafeModelError, UsageError
 
 
 @contextlib.contextmanager

@@ -10,7 +10,6 @@ from typing import Any
 from reludoctor import activations
 from reludoctor.core.sites import CONSTANT, INDEXED, LAYER, Ignored, Origin, not_an_activation, strongest
 
-
 # Module classes whose own call is the activation: the site is named by the module path alone.
 ACTIVATION_MODULES = activations.torch_modules()
 
