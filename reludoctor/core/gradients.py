@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from reludoctor import activations
+from reludoctor.core.observers import BatchContext
 from reludoctor.errors import DataError, ReludoctorError, UsageError
 from reludoctor.report.model import GradientInfo, SiteGradient, SiteStats
 
@@ -49,15 +50,10 @@ class GradientsUnavailable(Exception):
     """Gradient statistics cannot be computed for this model; the message says why."""
 
 
-@dataclass
-class PassContext:
-    valid: int | None = None  # rows of the current batch that are real (fixed-batch padding)
-
-
 class SiteAccumulator:
     """Streaming gradient statistics of one site; device tensors, read back once."""
 
-    def __init__(self, name: str, op: str, lower: float, upper: float | None, context: PassContext):
+    def __init__(self, name: str, op: str, lower: float, upper: float | None, context: BatchContext):
         self.name = name
         self.op = op
         self.lower = lower
@@ -273,7 +269,7 @@ class GradientPass:
     producers: dict[str, Any] = field(default_factory=dict)  # site name -> producer weight param
     before_forward: Callable[[], None] | None = None
     after_forward: Callable[[], None] | None = None
-    context: PassContext = field(default_factory=PassContext)
+    context: BatchContext = field(default_factory=BatchContext)
     method: str = ""  # the report's gradients.method: export | dispatch | onnx2torch
     finish: Callable[[GradientPass], None] | None = None  # after the last batch (names sites)
 

@@ -9,11 +9,11 @@ from reludoctor.backends.torch.gradients import insert_probes
 from reludoctor.core.gradients import (
     GradientPass,
     GradientsUnavailable,
-    PassContext,
     SiteAccumulator,
     first_line,
     unique_params,
 )
+from reludoctor.core.observers import BatchContext
 from reludoctor.report.model import SiteStats
 
 
@@ -45,7 +45,7 @@ def onnx_plan(model: Any, sites: list[SiteStats]) -> GradientPass:
         fx_node = fx_of.get(site.y)
         if name in stats and fx_node is not None and fx_node.args and hasattr(fx_node.args[0], "op"):
             by_name[name] = (site, fx_node)
-    context = PassContext()
+    context = BatchContext()
     accumulators = []
     graph = graph_module.graph
     for index, name in enumerate(n for n in stats if n in by_name):

@@ -20,7 +20,8 @@ import torch
 from reludoctor import activations
 from reludoctor.backends.torch.dispatch import DispatchHook, DispatchInstrument
 from reludoctor.backends.torch.export import activation_nodes
-from reludoctor.core.gradients import GradientPass, PassContext, SiteAccumulator, unique_params
+from reludoctor.core.gradients import GradientPass, SiteAccumulator, unique_params
+from reludoctor.core.observers import BatchContext
 
 # Autograd nodes of ReLU-family ops (dispatch path): the node's hook sees both gradients.
 ACTIVATION_BACKWARD = activations.torch_backward()
@@ -50,7 +51,7 @@ def insert_probes(graph: Any, node: Any, accumulator: SiteAccumulator, index: in
 
 def graph_plan(graph_module: Any, evidence: dict[str, Any]) -> GradientPass:
     """Probes before and after every activation node, named as instrument_graph_module does."""
-    context = PassContext()
+    context = BatchContext()
     graph = graph_module.graph
     accumulators = []
     for index, (node, activation, _, name) in enumerate(activation_nodes(graph_module)):
@@ -68,7 +69,7 @@ class _GradientHook(DispatchHook):
     """Per site a SiteAccumulator: the mask from the pre-activation the mode sees; after the
     forward pass, hooks on each call's autograd node for both gradients."""
 
-    def __init__(self, context: PassContext) -> None:
+    def __init__(self, context: BatchContext) -> None:
         self.context = context
         self.calls: list[tuple[SiteAccumulator, Any]] = []  # this forward's (site, output)
 
@@ -112,7 +113,7 @@ class DispatchPass(GradientPass):
 def dispatch_plan(module: Any, unit_axis: int | None, static: Any, evidence: dict[str, Any]) -> GradientPass:
     """Sites named by the dispatch instrumenter's own logic; per call, the mask is taken from the
     pre-activation the mode sees, and the gradients from the activation's autograd node."""
-    context = PassContext()
+    context = BatchContext()
     hook = _GradientHook(context)
     probe = DispatchInstrument(module, unit_axis=unit_axis, hook=hook)
 
