@@ -188,7 +188,7 @@ def _torch_section(args: argparse.Namespace, clock: Clock, data: Any) -> list[tu
     from reludoctor.core.batches import resolve_dtype, run
     from reludoctor.core.observers import BatchContext
     from reludoctor.data.calibration import load_calibration
-    from reludoctor.engine import _export
+    from reludoctor.backends.torch.scan import export_for_scan as _export
 
     device = torch.device(args.device)
     bs, n = args.batch_size, args.batches

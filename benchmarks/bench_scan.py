@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     from reludoctor.core.batches import run
     from reludoctor.core.observers import BatchContext, TorchUnitObserver
     from reludoctor.data.calibration import load_calibration
-    from reludoctor.engine import _export
+    from reludoctor.backends.torch.scan import export_for_scan as _export
 
     if args.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: CUDA is not available here; nothing timed")

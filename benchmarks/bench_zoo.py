@@ -180,7 +180,7 @@ def _torch_case(model: Any, data: Any, args: argparse.Namespace) -> dict[str, An
     from reludoctor.core.batches import run
     from reludoctor.core.observers import BatchContext
     from reludoctor.data.calibration import load_calibration
-    from reludoctor.engine import _export
+    from reludoctor.backends.torch.scan import export_for_scan as _export
 
     bs, n = args.batch_size, args.batches
     device = torch.device("cpu")
