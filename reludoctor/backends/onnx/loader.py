@@ -18,6 +18,7 @@ from reludoctor.backends.base import LoadedModel
 from reludoctor.backends.torch.loader import sha256_of  # plain hashlib: does not import torch
 from reludoctor.data.binding import InputSpec
 from reludoctor.errors import ModelLoadError
+from reludoctor.options import ModelFormat
 
 MIN_OPSET = 7  # the in-graph statistics use ops (Cast, HardSigmoid, pools) of opset 7 and up
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -219,7 +220,7 @@ def _checked(model: Any, where: str) -> LoadedModel:
     from reludoctor.data.calibration import check_model_inputs
 
     check_model_inputs(inputs, fixed, where)  # sizes from the file: bounded before allocating
-    return LoadedModel("onnx", model, inputs=inputs, fixed_batch=fixed)
+    return LoadedModel(ModelFormat.ONNX, model, inputs=inputs, fixed_batch=fixed)
 
 
 def load_path(path: Path) -> LoadedModel:

@@ -27,6 +27,7 @@ from reludoctor.backends import detect
 from reludoctor.backends.base import LoadedModel
 from reludoctor.data.binding import InputSpec
 from reludoctor.errors import ModelLoadError, UnsafeModelError, UsageError
+from reludoctor.options import ModelFormat
 
 
 @contextlib.contextmanager
@@ -180,12 +181,12 @@ def from_object(model: Any) -> LoadedModel:
         check_model_inputs(inputs, fixed, "the exported program")
         module = model.module()
         inputs, constants = _with_specialised(model, module, inputs)
-        return LoadedModel("torch-export", module, exported=model, inputs=inputs,
+        return LoadedModel(ModelFormat.TORCH_EXPORT, module, exported=model, inputs=inputs,
                            fixed_batch=fixed, constants=constants)
     if isinstance(model, torch.jit.ScriptModule):
-        return LoadedModel("torchscript", model, inputs=_script_inputs(model))
+        return LoadedModel(ModelFormat.TORCHSCRIPT, model, inputs=_script_inputs(model))
     if isinstance(model, torch.nn.Module):
-        return LoadedModel("module", model, inputs=_signature_inputs(model.forward))
+        return LoadedModel(ModelFormat.MODULE, model, inputs=_signature_inputs(model.forward))
     raise UsageError(
         f"cannot scan an object of type {type(model).__name__}",
         "pass a path, an nn.Module, an ExportedProgram or a ScriptModule",
@@ -435,7 +436,7 @@ def _load_weights_file(path: Path, kind: str, arch: str | None, arch_kwargs: Any
 
     if isinstance(obj, torch.nn.Module):  # only reachable with trust_model
         loaded = from_object(obj)
-        loaded.format = "pickled-module"
+        loaded.format = ModelFormat.PICKLED_MODULE
         return loaded
     state = _unwrap_state_dict(obj)
     if state is None:
@@ -447,5 +448,5 @@ def _load_weights_file(path: Path, kind: str, arch: str | None, arch_kwargs: Any
     model = _build_arch(arch, arch_kwargs)
     _load_state_dict_into(model, state, path, arch)
     loaded = from_object(model)
-    loaded.format = "state-dict"
+    loaded.format = ModelFormat.STATE_DICT
     return loaded
