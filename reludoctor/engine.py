@@ -10,7 +10,7 @@ from typing import Any, Callable
 from reludoctor import __version__, activations
 from reludoctor.backends.base import Backend, LoadedModel, Observation, ScanRun
 from reludoctor.core import distributed
-from reludoctor.core.batches import Progress, dtype_name, resolve_device, resolve_dtype
+from reludoctor.core.batches import Progress, dtype_name, resolve_dtype
 from reludoctor.core.observers import BatchContext
 from reludoctor.core.rules import evaluate
 from reludoctor.core.stats import site_stats, summarise
@@ -106,7 +106,7 @@ def scan(model: Any, data: Any = None, options: ScanOptions | None = None, *,
     labels = options.labels
     if labels is not None and calibration.sample_indices is not None:
         labels = _sampled_labels(labels, calibration.sample_indices)
-    target = backend.device(loaded, options, resolve_device(options.device))
+    target = backend.device(loaded, options)
     if calibration.synthetic:
         warn(f"no calibration data: using {calibration.samples} synthetic standard-normal samples; "
              "dead units on real data may differ (pass --data)")

@@ -83,9 +83,11 @@ class Backend(ABC):
         """Refuse options that do not apply and models with no candidate site, before any data
         is read (UsageError / NoSitesError)."""
 
-    def device(self, loaded: LoadedModel, options: Any, target: Any) -> Any:
-        """The device the scan runs on, given the resolved ``target`` (a fallback, e.g. CPU)."""
-        return target
+    def device(self, loaded: LoadedModel, options: Any) -> Any:
+        """The device the scan runs on (``options.device``: auto, cpu, cuda, cuda:N)."""
+        from reludoctor.core.batches import resolve_device
+
+        return resolve_device(options.device)
 
     def session(self, loaded: LoadedModel, device: Any) -> AbstractContextManager:
         """Held around the passes that run the model: eval mode and device, undone after."""

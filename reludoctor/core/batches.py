@@ -30,6 +30,21 @@ PREFETCH = 2  # batches prepared ahead of the one running (0: prepare in the loo
 DTYPES = ("fp32", "bf16", "fp16")  # --dtype choices; fp32 runs without autocast
 
 
+@dataclass(frozen=True)
+class HostDevice:
+    """A device named without importing torch, for backends that run without it (ONNX on the
+    CPU): ``type`` and ``index`` as ``torch.device`` has them, and the same ``str()``."""
+
+    type: str = "cpu"
+    index: int | None = None
+
+    def __str__(self) -> str:
+        return self.type if self.index is None else f"{self.type}:{self.index}"
+
+
+CPU = HostDevice()
+
+
 def resolve_device(device: str) -> Any:
     import torch
 

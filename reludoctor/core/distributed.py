@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -214,10 +215,12 @@ def join(device: Any) -> World | None:
     group stays for the later scans of the process (destroying and re-creating one on the same
     store can hang) and is destroyed at exit.
     """
-    import torch
-
     if os.environ.get(OPT_OUT, "").strip().lower() in ("0", "false", "no", "off"):
         return None
+    if "torch" not in sys.modules and env_world_size() <= 1:
+        return None  # no process group can exist: a scan that need not import torch stays so
+    import torch
+
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized():
         size = dist.get_world_size()

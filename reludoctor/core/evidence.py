@@ -67,20 +67,30 @@ class ProducerEvidence:
         return np.abs(self.scale) * self.weight_norm
 
 
-def to_numpy(tensor: Any) -> np.ndarray | None:
-    if tensor is None:
+def to_numpy(values: Any) -> np.ndarray | None:
+    """A tensor or an array as a flat float64 numpy copy (ONNX evidence never imports torch)."""
+    if values is None:
         return None
-    return tensor.detach().to("cpu").double().numpy().reshape(-1).copy()
+    if hasattr(values, "detach"):
+        return values.detach().to("cpu").double().numpy().reshape(-1).copy()
+    return np.array(values, dtype=np.float64).reshape(-1)
 
 
 def build(site: str, layer: str, kind: str, weight_name: str, weight: Any, bias: Any,
            norm: tuple | None) -> ProducerEvidence | None:
-    """norm: (module path, gamma, beta, mean, var, eps) tensors/values or None."""
-    w = weight.detach().to("cpu").double()
-    if w.ndim < 2:
-        return None
-    rows = w.reshape(w.shape[0], -1)
-    weight_norm = rows.norm(dim=1).numpy()
+    """norm: (module path, gamma, beta, mean, var, eps) tensors/arrays/values or None."""
+    if hasattr(weight, "detach"):  # a torch tensor
+        w = weight.detach().to("cpu").double()
+        if w.ndim < 2:
+            return None
+        rows = w.reshape(w.shape[0], -1)
+        weight_norm = rows.norm(dim=1).numpy()
+    else:
+        w = np.asarray(weight, dtype=np.float64)
+        if w.ndim < 2:
+            return None
+        rows = w.reshape(w.shape[0], -1)
+        weight_norm = np.sqrt(np.einsum("ij,ij->i", rows, rows))
     units = rows.shape[0]
     b = to_numpy(bias)
     if b is not None and b.shape[0] != units:
@@ -100,10 +110,6 @@ def build(site: str, layer: str, kind: str, weight_name: str, weight: Any, bias:
         shift = beta + scale * ((b if b is not None else 0.0) - mean)
     return ProducerEvidence(site, layer, kind, weight_name, int(rows.shape[1]), weight_norm, b,
                             norm_layer, gamma, beta, mean, var, scale, shift)
-
-
-
-# ----------------------------------------------------------------------------- exported graphs
 
 
 

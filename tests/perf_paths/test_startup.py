@@ -34,3 +34,22 @@ def test_help_pulls_in_no_heavy_library(argv: list[str]) -> None:
     code = (f"import sys\nsys.argv = ['reludoctor', *{argv!r}]\nfrom reludoctor.cli import main\n"
             "try:\n    main()\nexcept SystemExit as exc:\n    assert exc.code in (0, None), exc.code")
     assert _imported(code) == []
+
+
+@pytest.mark.parametrize("extra", [[], ["--device", "cpu"], ["--html", "-"]])
+def test_an_onnx_scan_never_imports_torch(extra: list[str], tmp_path) -> None:
+    """An ONNX model on the CPU runs on numpy and onnxruntime alone: importing torch would cost
+    more than the whole rest of a small scan. (The gradient pass, onnx2torch, does need it.)"""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    argv = ["reludoctor", "scan", str(root / "fixtures/models/digits_mlp_dead.onnx"), "--data",
+            str(root / "fixtures/data/digits_calib_flat.npy"), "--limit", "40", "-q", "--json",
+            str(tmp_path / "r.json"), *extra]
+    if "--html" in extra:
+        argv[-1] = str(tmp_path / "r.html")
+    code = (f"import sys\nsys.argv = {argv!r}\nfrom reludoctor.cli import main\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    assert exc.code in (0, 1), exc.code")
+    imported = _imported(code)
+    assert "onnxruntime" in imported and "torch" not in imported, imported
+    assert (tmp_path / "r.json").stat().st_size > 0

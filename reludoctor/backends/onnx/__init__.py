@@ -45,13 +45,18 @@ class OnnxBackend(Backend):
 
         refuse_without_candidates(loaded)
 
-    def device(self, loaded: LoadedModel, options: Any, target: Any) -> Any:
-        if options.device == "auto" and target.type == "cuda":
-            from reludoctor.backends.onnx.session import cuda_provider_available
-            from reludoctor.core.batches import resolve_device
+    def device(self, loaded: LoadedModel, options: Any) -> Any:
+        """CPU without importing torch (about 1.3 s) when nothing needs it: a CPU-only
+        onnxruntime, or --device cpu, without the gradient pass (onnx2torch runs on torch)."""
+        from reludoctor.backends.onnx.session import cuda_provider_available
+        from reludoctor.core.batches import CPU, resolve_device
 
-            if not cuda_provider_available():  # a CPU-only onnxruntime on a GPU machine
-                return resolve_device("cpu")
+        cuda_runtime = cuda_provider_available()
+        if not options.gradients and (options.device == "cpu" or (options.device == "auto" and not cuda_runtime)):
+            return CPU
+        target = resolve_device(options.device)
+        if options.device == "auto" and target.type == "cuda" and not cuda_runtime:
+            return resolve_device("cpu")  # a CPU-only onnxruntime on a GPU machine
         return target
 
     def observe(self, loaded: LoadedModel, calibration: Any, run: ScanRun) -> Observation:

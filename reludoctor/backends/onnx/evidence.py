@@ -14,8 +14,6 @@ from reludoctor.core.evidence import ProducerEvidence, build
 def from_onnx(model: Any, site_names: list[str]) -> dict[str, ProducerEvidence]:
     """Evidence from an ONNX graph's initializers: Relu/Clip fed by Conv or Gemm/MatMul(+Add),
     optionally through BatchNormalization. Main graph only; sites as ``discover`` names them."""
-    import torch
-
     graph = model.graph
     scope = _Scope(graph, None)
     producers = scope.producers
@@ -37,8 +35,7 @@ def from_onnx(model: Any, site_names: list[str]) -> dict[str, ProducerEvidence]:
                 g, b, m, v = (value(n) for n in current.input[1:5])
                 if any(x is None for x in (g, b, m, v)):
                     continue
-                norm = (current.name or current.output[0], torch.from_numpy(g), torch.from_numpy(b),
-                        torch.from_numpy(m), torch.from_numpy(v), float(_attribute(current, "epsilon", 1e-5)))
+                norm = (current.name or current.output[0], g, b, m, v, float(_attribute(current, "epsilon", 1e-5)))
                 current = producers.get(current.input[0])
             if current is not None and current.op_type == "Add":  # MatMul + bias
                 left, right = (value(n) for n in current.input[:2])
@@ -74,8 +71,8 @@ def from_onnx(model: Any, site_names: list[str]) -> dict[str, ProducerEvidence]:
             if w is None:
                 continue
             evidence = build(name, current.name or current.output[0], kind, current.input[1],
-                              torch.from_numpy(np.ascontiguousarray(w)),
-                              None if b is None else torch.from_numpy(np.asarray(b, dtype=np.float64)),
+                              np.ascontiguousarray(w),
+                              None if b is None else np.asarray(b, dtype=np.float64),
                               norm)
         except Exception:  # noqa: BLE001 - best effort
             evidence = None
