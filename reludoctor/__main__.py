@@ -1,3 +1,3 @@
-from reludoctor.cli import main
+from reludoctor.cli import entry
 
-main()
+entry()

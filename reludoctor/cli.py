@@ -319,7 +319,7 @@ def scan(
     gradients: bool = typer.Option(False, "--gradients/--no-gradients", help="Also measure gradient flow per site (a backward pass over the calibration data; ONNX models through onnx2torch)."),
     labels: Optional[str] = typer.Option(None, "--labels", metavar="FILE", help="Class labels (.npy of ints, one per sample) for the gradient pass's cross-entropy; default: the model's own argmax."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print, on stderr, the ReLU-like ops that are not activations (box clipping, clamps of integers) and why."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print, on stderr, the ReLU-like ops that are not activations (box clipping, clamps of integers) and why, and where the time went (loading, export, instrumentation, session build, the data pass)."),
     debug: bool = DEBUG_OPTION,
 ) -> None:
     """Scan MODEL for dead ReLU units over calibration data."""
@@ -341,6 +341,7 @@ def _scan_options(params: dict, warn) -> ScanOptions:  # noqa: ANN001
 def _scan(model: str, data: Optional[str], params: dict, outputs: ReportArgs, quiet: bool,
           verbose: bool) -> int:
     from reludoctor.core.distributed import is_writer
+    from reludoctor.core.timings import Timings, phase
     from reludoctor.engine import scan as run_scan
     from reludoctor.report.baseline import load_report
 
@@ -365,11 +366,13 @@ def _scan(model: str, data: Optional[str], params: dict, outputs: ReportArgs, qu
         progress_bar.update(task, completed=done, total=total)
 
     warn = _warner(err, enabled=writer)
+    timings = Timings()
 
     try:
         if progress_bar is not None:
             progress_bar.start()
-        report = run_scan(model, data, _scan_options(params, warn), progress=progress, on_warning=warn)
+        with timings.active(), phase("scan"):
+            report = run_scan(model, data, _scan_options(params, warn), progress=progress, on_warning=warn)
     finally:
         if progress_bar is not None:
             progress_bar.stop()
@@ -379,7 +382,11 @@ def _scan(model: str, data: Optional[str], params: dict, outputs: ReportArgs, qu
     report = _judge(report, settings, baseline_report, warn)
     if not writer:  # rank 0 writes, and alone carries a failed gate's exit code: torchrun stops
         return EXIT_OK  # the other ranks when one fails, and must not stop rank 0 mid-write
-    _write_outputs(report, planned, to_stdout, settings.top)
+    with timings.active(), phase("write the report"):
+        _write_outputs(report, planned, to_stdout, settings.top)
+    if verbose:
+        for line in timings.lines():
+            err.print(f"[dim]time:[/] {line}", highlight=False)
     return _gate_exit(report, err)
 
 
@@ -657,3 +664,36 @@ def main() -> None:
         raise
     finally:
         safeio.remove_temps()
+
+
+def entry() -> None:
+    """The ``reludoctor`` command (and ``python -m reludoctor``): ``main()``, then an exit that
+    skips the interpreter's teardown once torch is loaded (about 0.9 s here, most of a small
+    scan's cost after torch's own import). Everything the run writes is flushed and closed by
+    then; a process group (torchrun) still leaves through the normal exit and its atexit hook."""
+    try:
+        main()
+        code: object = 0
+    except SystemExit as exc:
+        code = exc.code
+    if not isinstance(code, int):
+        if code is not None:
+            print(code, file=sys.stderr)
+        code = 0 if code is None else 1
+    if "torch" not in sys.modules or _in_process_group():
+        sys.exit(code)
+    import logging
+    import os
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing left to flush
+            pass
+    os._exit(code)
+
+
+def _in_process_group() -> bool:
+    distributed = sys.modules.get("torch.distributed")
+    return bool(distributed is not None and distributed.is_available() and distributed.is_initialized())

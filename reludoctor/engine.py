@@ -14,6 +14,7 @@ from reludoctor.core.batches import Progress, dtype_name, resolve_dtype
 from reludoctor.core.observers import BatchContext
 from reludoctor.core.rules import evaluate
 from reludoctor.core.stats import site_stats, summarise
+from reludoctor.core.timings import phase
 from reludoctor.data.binding import parse_constants
 from reludoctor.data.calibration import load_calibration
 from reludoctor.errors import NoSitesError, ReludoctorWarning, UsageError  # noqa: F401 - re-exported
@@ -94,13 +95,16 @@ def scan(model: Any, data: Any = None, options: ScanOptions | None = None, *,
             warnings.warn(message, ReludoctorWarning, stacklevel=3)
 
     autocast = resolve_dtype(options.dtype)
-    backend, loaded = load_model(model, options)
-    backend.check(loaded, options)  # options that do not apply, no candidate site: before the data
-    calibration = load_calibration(data, loaded.inputs, limit=options.limit, input_shape=options.input_shape,
-                                   seed=options.seed, sample=options.sample, resize=options.resize,
-                                   center_crop=options.center_crop, normalize=options.normalize,
-                                   batch_axes=options.batch_axes,
-                                   constants={**loaded.constants, **parse_constants(options.constants)})
+    with phase("load model"):
+        backend, loaded = load_model(model, options)
+    with phase("check"):
+        backend.check(loaded, options)  # options that do not apply, no candidate site: before the data
+    with phase("calibration data"):
+        calibration = load_calibration(data, loaded.inputs, limit=options.limit, input_shape=options.input_shape,
+                                       seed=options.seed, sample=options.sample, resize=options.resize,
+                                       center_crop=options.center_crop, normalize=options.normalize,
+                                       batch_axes=options.batch_axes,
+                                       constants={**loaded.constants, **parse_constants(options.constants)})
     for note in calibration.notes:
         warn(note)
     labels = options.labels
@@ -121,15 +125,18 @@ def scan(model: Any, data: Any = None, options: ScanOptions | None = None, *,
     run = ScanRun(options, target, batch_size, autocast, BatchContext(), progress, warn)
     with backend.session(loaded, target):
         # A multi-process scan observes this rank's shard, then combines every rank's statistics.
-        observation = backend.observe(loaded, calibration, run) if world is None \
-            else _observe_world(world, backend, loaded, calibration, run)
+        with phase("observe"):
+            observation = backend.observe(loaded, calibration, run) if world is None \
+                else _observe_world(world, backend, loaded, calibration, run)
         stats = _site_stats(observation, options)
         for site in observation.unobserved:
             warn(f"site {site.name} ({site.op}) was not observed: {site.reason}")
         _refuse_unobserved(stats, observation, loaded, backend, calibration)
-        evidence = _evidence(backend, loaded, observation, calibration, run, [s.name for s in stats])
-        gradient_info, stats = _gradients(backend, loaded, observation, calibration, stats, evidence,
-                                          run, labels)
+        with phase("evidence"):
+            evidence = _evidence(backend, loaded, observation, calibration, run, [s.name for s in stats])
+        with phase("gradients"):
+            gradient_info, stats = _gradients(backend, loaded, observation, calibration, stats, evidence,
+                                              run, labels)
     calibration_info = CalibrationInfo(calibration.source, observation.samples, calibration.synthetic,
                                        batch_size)
     return Report(

@@ -221,6 +221,7 @@ def join(device: Any) -> World | None:
         return None  # no process group can exist: a scan that need not import torch stays so
     import torch
 
+    device = torch.device(str(device))  # a backend's torch-free HostDevice too
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized():
         size = dist.get_world_size()

@@ -9,6 +9,7 @@ from typing import Any
 
 from reludoctor.backends import detect
 from reludoctor.backends.base import Backend, LoadedModel, Observation, ScanRun
+from reludoctor.core.timings import phase
 from reludoctor.errors import UsageError
 from reludoctor.options import ModelFormat
 
@@ -51,7 +52,8 @@ class OnnxBackend(Backend):
         from reludoctor.backends.onnx.session import cuda_provider_available
         from reludoctor.core.batches import CPU, resolve_device
 
-        cuda_runtime = cuda_provider_available()
+        with phase("import onnxruntime"):
+            cuda_runtime = cuda_provider_available()
         if not options.gradients and (options.device == "cpu" or (options.device == "auto" and not cuda_runtime)):
             return CPU
         target = resolve_device(options.device)

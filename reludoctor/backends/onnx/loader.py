@@ -16,6 +16,7 @@ from typing import Any, Iterator
 from reludoctor import safeio
 from reludoctor.backends.base import LoadedModel
 from reludoctor.backends.torch.loader import sha256_of  # plain hashlib: does not import torch
+from reludoctor.core.timings import phase
 from reludoctor.data.binding import InputSpec
 from reludoctor.errors import ModelLoadError
 from reludoctor.options import ModelFormat
@@ -225,8 +226,9 @@ def _checked(model: Any, where: str) -> LoadedModel:
 
 def load_path(path: Path) -> LoadedModel:
     """Parse a .onnx file, check its external data locations, then load that data."""
-    import onnx
-    from onnx.external_data_helper import load_external_data_for_model
+    with phase("import onnx"):
+        import onnx
+        from onnx.external_data_helper import load_external_data_for_model
 
     path = Path(path)
     with safeio.open_regular(path, "model", ModelLoadError) as handle:  # never a FIFO or device

@@ -39,6 +39,7 @@ from reludoctor.backends.onnx.shapes import _unit_axis
 from reludoctor.core.counts import HIST_EDGES, UnitCounts
 from reludoctor.core.observers import HIST_SAMPLE
 from reludoctor.core.sites import SiteSpec
+from reludoctor.core.timings import phase
 from reludoctor.errors import DataError, NoSitesError, ObserverFailure
 from reludoctor.report.model import UnobservedSite
 
@@ -193,7 +194,8 @@ class OnnxInstrument:
         self.fixed = loaded.fixed_batch
         self.rows = self.fixed or batch_size
         providers = _providers(device)
-        scanned = discover_model(loaded.module, warn)
+        with phase("discover sites"):
+            scanned = discover_model(loaded.module, warn)
         model, opset, types, discovery = scanned.model, scanned.opset, scanned.types, scanned.discovery
         self.ignored = list(discovery.ignored)
         if discovery.gates:
@@ -236,8 +238,10 @@ class OnnxInstrument:
         for site in sites:
             site.axis, site.axis_reason = _unit_axis(len(site.dims or ()), site.producer, unit_axis,
                                                      site.consumer)
-        augmented, plans = _augmented_model(model, sites, opset, self.rows)
-        self.session = _open_session(augmented, model, providers, self.where, threads)
+        with phase("augment the graph"):
+            augmented, plans = _augmented_model(model, sites, opset, self.rows)
+        with phase("build the session"):
+            self.session = _open_session(augmented, model, providers, self.where, threads)
         del augmented
         self.observers = [OnnxSiteObserver(site, plan) for site, plan in zip(sites, plans)
                           if plan is not None]
@@ -284,7 +288,8 @@ def observe_onnx(
                                 unit_axis=unit_axis, warn=warn)
     if ignored is not None:
         ignored.extend(instrument.ignored)
-    samples = instrument.run(calibration, progress)
+    with phase("data pass"):
+        samples = instrument.run(calibration, progress)
     for observer in instrument.observers:
         if observer.padding_counted:
             warn(f"site {observer.site.name}: its first axis is not the batch, so the padded rows of "

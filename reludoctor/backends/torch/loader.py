@@ -25,6 +25,7 @@ from typing import Any, Iterator
 from reludoctor import safeio
 from reludoctor.backends import detect
 from reludoctor.backends.base import LoadedModel
+from reludoctor.core.timings import phase
 from reludoctor.data.binding import InputSpec
 from reludoctor.errors import ModelLoadError, UnsafeModelError, UsageError
 from reludoctor.options import ModelFormat
@@ -328,16 +329,18 @@ def _load_program(path: Path, trust_model: bool) -> tuple[LoadedModel, str]:
     """A torch.export archive: read once, verified (unless trusted), loaded from those bytes."""
     import io
 
-    import torch
+    with phase("import torch"):
+        import torch
 
     from reludoctor.backends.torch import pt2_verify
 
     with safeio.open_regular(path, "model", ModelLoadError) as handle:
         data = handle.read()
     if not trust_model:
-        pt2_verify.verify(data, str(path))
+        with phase("verify the .pt2 archive"):
+            pt2_verify.verify(data, str(path))
     try:
-        with _quiet_torch():
+        with _quiet_torch(), phase("torch.export.load"):
             program = torch.export.load(io.BytesIO(data))
     except Exception as exc:  # corrupt archives fail in many ways inside torch
         raise ModelLoadError(f"{path}: cannot load torch.export program ({type(exc).__name__}: "

@@ -9,6 +9,7 @@ import warnings
 from typing import Any, Iterator
 
 from reludoctor.backends.base import LoadedModel, Observation, ScanRun
+from reludoctor.core.timings import phase
 from reludoctor.errors import UsageError
 from reludoctor.options import Method, ModelFormat
 
@@ -86,7 +87,8 @@ def _capture(loaded: LoadedModel, calibration: Any, run: ScanRun) -> tuple[Any, 
     if loaded.format == ModelFormat.TORCHSCRIPT:
         return None, None
     try:
-        program = export_for_scan(loaded.module, calibration, run.device)
+        with phase("torch.export"):
+            program = export_for_scan(loaded.module, calibration, run.device)
     except Exception as exc:  # export fails in many ways (control flow, ops)
         if method == Method.EXPORT:
             raise UsageError(f"torch.export could not capture the model: "
@@ -97,8 +99,10 @@ def _capture(loaded: LoadedModel, calibration: Any, run: ScanRun) -> tuple[Any, 
         return None, None
     from reludoctor.backends.torch.precheck import check_program
 
-    check_program(program, loaded.path or "model")  # before the calibration pass
-    return program, program.module()
+    with phase("precheck the program"):
+        check_program(program, loaded.path or "model")  # before the calibration pass
+    with phase("ExportedProgram.module()"):
+        return program, program.module()
 
 
 def observe(loaded: LoadedModel, calibration: Any, run: ScanRun) -> Observation:
@@ -115,10 +119,12 @@ def observe(loaded: LoadedModel, calibration: Any, run: ScanRun) -> Observation:
         if gate_count := gates.count_graph(graph_module):  # as the ONNX path says it
             run.warn(gates.message(gate_count))
         graph_module.to(run.device)
-        sites = instrument_graph_module(graph_module, run.context, run.options.unit_axis, ignored=ignored)
-        samples = run_batches(graph_module, calibration, batch_size=run.batch_size, device=run.device,
-                              batch=run.context, fixed_batch=loaded.fixed_batch, progress=run.progress,
-                              dtype=run.autocast)
+        with phase("instrument"):
+            sites = instrument_graph_module(graph_module, run.context, run.options.unit_axis, ignored=ignored)
+        with phase("data pass"):
+            samples = run_batches(graph_module, calibration, batch_size=run.batch_size, device=run.device,
+                                  batch=run.context, fixed_batch=loaded.fixed_batch,
+                                  progress=run.progress, dtype=run.autocast)
         return Observation("export", sites, samples, ignored_ops=ignored,
                            artifacts={"program": program, "graph_module": graph_module})
     from reludoctor.backends.torch.dispatch import DispatchInstrument
@@ -126,7 +132,7 @@ def observe(loaded: LoadedModel, calibration: Any, run: ScanRun) -> Observation:
     module = loaded.module
     instrument = DispatchInstrument(module, run.context, run.options.unit_axis)
     gate_counter = gates.GateCounter()  # hard-swish/hard-sigmoid calls of the first forward
-    with instrument.active():
+    with instrument.active(), phase("data pass (dispatch)"):
         samples = run_batches(gate_counter.wrap(instrument.forward), calibration,
                               batch_size=run.batch_size, device=run.device, batch=run.context,
                               fixed_batch=loaded.fixed_batch, before_forward=instrument.start_forward,
