@@ -71,6 +71,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=112)
     parser.add_argument("--only", default="all", choices=("all", "torch", "onnx"))
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="cuda: the zoo on the GPU (gpu_check.sh); ONNX through its CUDA provider")
     parser.add_argument("--peers", action="store_true", help="also time hooks + numpy (PyTorch)")
     parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end commands")
     parser.add_argument("--quick", action="store_true",
@@ -94,7 +96,7 @@ def _load() -> float | None:
     return None
 
 
-def _vit_relu(num_classes: int = 1000) -> Any:
+def _vit_relu(image: int = 112, num_classes: int = 1000) -> Any:
     """A small ViT: 16x16 patches, 4 pre-norm encoder layers, ReLU MLPs, plain-op attention."""
     import torch
     from torch import nn
@@ -131,17 +133,30 @@ def _vit_relu(num_classes: int = 1000) -> Any:
             x = self.embed(x).flatten(2).transpose(1, 2) + self.pos
             return self.head(self.norm(self.blocks(x)).mean(dim=1))
 
-    return ViT()
+    return ViT(image)
 
 
-def _build(name: str) -> Any:
+def _build(name: str, image: int = 112) -> Any:
     import torch
     import torchvision
 
     torch.manual_seed(0)
     if name == "vit_relu":
-        return _vit_relu().eval()
+        return _vit_relu(image).eval()
     return torchvision.models.get_model(name, weights=None).eval()
+
+
+def _clock(device: str) -> Callable[[], float]:
+    """perf_counter, after the GPU has finished what was queued (a CUDA batch is asynchronous)."""
+    if device != "cuda":
+        return time.perf_counter
+    import torch
+
+    def synced() -> float:
+        torch.cuda.synchronize()
+        return time.perf_counter()
+
+    return synced
 
 
 def _alternate(variants: dict[str, Callable[[Callable[[], None]], None]], repeats: int,
@@ -183,7 +198,8 @@ def _torch_case(model: Any, data: Any, args: argparse.Namespace) -> dict[str, An
     from reludoctor.backends.torch.scan import export_for_scan as _export
 
     bs, n = args.batch_size, args.batches
-    device = torch.device("cpu")
+    device = torch.device(args.device)
+    model = model.to(device)
     inputs = from_object(model).inputs
     calibration = load_calibration(data[: n * bs], inputs)
     start = time.perf_counter()
@@ -196,7 +212,7 @@ def _torch_case(model: Any, data: Any, args: argparse.Namespace) -> dict[str, An
     def plain(tick: Callable[[], None]) -> None:
         with torch.inference_mode():
             for batch in host:
-                model(batch)
+                model(batch.to(device))  # from host memory, as the scan's batches come
                 tick()
 
     def scan(tick: Callable[[], None]) -> None:
@@ -228,14 +244,14 @@ def _torch_case(model: Any, data: Any, args: argparse.Namespace) -> dict[str, An
             with torch.inference_mode():
                 for batch in host:
                     calls[0] = 0
-                    hooked(batch)
+                    hooked(batch.to(device))
                     tick()
 
         variants = {"plain": plain, "scan": scan, "hooks+numpy": hooks}
     for variant in variants.values():  # warm-up
         variant(lambda: None)
     before = sum(o.state().samples for _, o in sites if o.observed)
-    per_repeat = _alternate(variants, args.repeats, time.perf_counter)
+    per_repeat = _alternate(variants, args.repeats, _clock(args.device))
     observed = sum(o.state().samples for _, o in sites if o.observed) - before
     if args.peers:
         for h in handles:
@@ -260,11 +276,16 @@ def _onnx_case(path: str, data: Any, threads: int, args: argparse.Namespace) -> 
     opts.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
-    session = onnxruntime.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    providers = ["CPUExecutionProvider"]
+    if args.device == "cuda":
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            raise RuntimeError("onnxruntime has no CUDA execution provider (install onnxruntime-gpu)")
+        providers.insert(0, "CUDAExecutionProvider")
+    session = onnxruntime.InferenceSession(path, opts, providers=providers)
     start = time.perf_counter()
     loaded = load_path(Path(path))
     calibration = load_calibration(data[: n * bs], loaded.inputs)
-    instrument = OnnxInstrument(loaded, calibration, device=torch.device("cpu"), batch_size=bs,
+    instrument = OnnxInstrument(loaded, calibration, device=torch.device(args.device), batch_size=bs,
                                 unit_axis=None, warn=lambda message: None, threads=threads)
     fixed = time.perf_counter() - start
     batches = [data[i * bs:(i + 1) * bs] for i in range(n)]
@@ -280,7 +301,7 @@ def _onnx_case(path: str, data: Any, threads: int, args: argparse.Namespace) -> 
     variants = {"plain": plain, "scan": scan}
     for variant in variants.values():
         variant(lambda: None)
-    result = _summarise(_alternate(variants, args.repeats, time.perf_counter), "plain")
+    result = _summarise(_alternate(variants, args.repeats, _clock(args.device)), "plain")
     result["sites"] = len(instrument.observers)
     result["fixed_s"] = fixed
     return result
@@ -363,12 +384,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine['cpu']}, {machine['nproc']} CPUs, load {machine['load_average_start']}; "
           f"torch {torch.__version__}, torchvision {torchvision.__version__}, onnxruntime "
           f"{onnxruntime.__version__}, reludoctor {reludoctor.__version__}")
-    print(f"workload: batch {bs}x3x{args.image_size}x{args.image_size}, CPU, runs of {n} batches "
-          f"(first left out), {args.repeats} repeats, threads {args.threads}", flush=True)
+    print(f"workload: batch {bs}x3x{args.image_size}x{args.image_size}, {args.device.upper()}, runs of "
+          f"{n} batches (first left out), {args.repeats} repeats, threads {args.threads}", flush=True)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="reludoctor-zoo-") as folder:
         for name in args.models:
-            model = _build(name)
+            model = _build(name, args.image_size)
             path = None
             export_error = None
             if args.only in ("all", "onnx"):

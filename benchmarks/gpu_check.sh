@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# GPU check for issue 6: run on a machine with a CUDA GPU, from the repository root:
+# GPU check (issues 6 and 13): run on a machine with a CUDA GPU, from the repository root:
 #
-#     bash benchmarks/gpu_check.sh            # about 3-5 minutes on one H100
+#     bash benchmarks/gpu_check.sh            # about 5-8 minutes on one H100
 #
 # 1. the CUDA tests (same reports as on the CPU, pinned memory, prefetching, --dtype);
 # 2. resnet50 (random init), batch 256 x 3x224x224: reludoctor scan vs plain eager inference
 #    (and hooks + numpy), fp32, then bf16 autocast; target scan/plain <= 1.05;
 #    then a scan under torch.cuda.set_sync_debug_mode("error") (no host sync per batch);
-# 3. the ONNX comparison when onnxruntime has a CUDA execution provider.
+# 3. the ONNX comparison when onnxruntime has a CUDA execution provider;
+# 4. the model zoo (issue 13): every model of bench_zoo.py on the GPU, batch 256 x 3x224x224,
+#    PyTorch (target scan/plain <= 1.10 on the light models) and ONNX where onnxruntime-gpu is
+#    installed; written to zoo_cuda.json.
 # Prints figures and exits 0 unless a step crashed; the verdict lines say whether targets were met.
 set -u
 cd "$(dirname "$0")/.."
@@ -35,4 +38,8 @@ $PY benchmarks/bench_peers.py --device cuda --model resnet50 --batch-size 256 --
 echo "== 3. ONNX on the CUDA execution provider (skipped without onnxruntime-gpu)"
 $PY benchmarks/bench_peers.py --device cuda --model resnet50 --batch-size 64 --image-size 224 \
     --batches 2 --repeats 3 --only onnx || status=1
+
+echo "== 4. the model zoo on the GPU, batch 256, 224x224 (target <= 1.10 on the light models)"
+$PY benchmarks/bench_zoo.py --device cuda --threads 1 --batch-size 256 --image-size 224 \
+    --batches 3 --repeats 3 --no-e2e --out zoo_cuda.json || status=1
 exit $status
