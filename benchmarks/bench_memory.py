@@ -2,6 +2,7 @@
 
     python benchmarks/bench_memory.py                  # N = 1000 and 4N, 3x64x64 samples
     python benchmarks/bench_memory.py --n 2000 --image-size 96
+    python benchmarks/bench_memory.py --zoo resnet18,mobilenet_v3_small   # scan vs plain per model
 
 Writes, into a temporary folder, a ``.npy`` of N and one of 4N float32 samples, and a folder of
 N and one of 4N PNG images (the 4N folder holds the N images plus 3N more, in class
@@ -15,6 +16,12 @@ child, nothing else). Rows:
   images (PNG)      --data folder: decoded one batch at a time
   control           the same .npy read fully into memory first (np.load without mmap): its
                     peak grows with N, which shows the measurement can see data growth
+
+``--zoo MODELS`` (torchvision names, random init) measures instead, per model and in child
+processes of their own, the peak RSS of plain eager inference over N samples and of
+``reludoctor.scan`` over the same N samples: the scan's extra memory, next to the number of units
+it observes (its state is O(units)) and the size of the largest activation of one batch (what
+O(activations) would cost).
 
 The verdict compares, per streamed source, peak(4N) - peak(N) with the 3N samples' size. It
 always exits 0: it reports, it gates nothing (the test suite makes no memory assertions).
@@ -42,6 +49,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=64, help="samples are 3 x S x S (default 64)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads in each child (default 2)")
     parser.add_argument("--keep", metavar="DIR", help="write the data into DIR and keep it")
+    parser.add_argument("--zoo", metavar="MODELS", help="comma-separated torchvision models: scan vs plain")
     parser.add_argument("--child", nargs=3, metavar=("KIND", "DATA", "SIZE"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -66,6 +74,9 @@ def child(kind: str, data: str, size: int, threads: int) -> None:
     import reludoctor
 
     torch.set_num_threads(threads)
+    if kind.startswith("zoo-"):
+        _zoo_child(kind, data, threads)
+        return
     model = build_model(size)
     started = time.perf_counter()
     if kind == "baseline":
@@ -77,6 +88,62 @@ def child(kind: str, data: str, size: int, threads: int) -> None:
     report = reludoctor.scan(model, source, device="cpu", batch_size=BATCH)
     print(json.dumps({"samples": report.calibration.samples, "seconds": time.perf_counter() - started,
                       "dead": report.summary.dead_units}))
+
+
+def _zoo_child(kind: str, data: str, threads: int) -> None:
+    """``zoo-plain:MODEL`` (eager inference over the .npy, batch by batch) or ``zoo-scan:MODEL``."""
+    import numpy as np
+    import torch
+    import torchvision
+
+    import reludoctor
+
+    torch.manual_seed(0)
+    name = kind.split(":", 1)[1]
+    model = torchvision.models.get_model(name, weights=None).eval()
+    samples = np.load(data, mmap_mode="r")
+    started = time.perf_counter()
+    if kind.startswith("zoo-plain"):
+        largest = 0
+        hooks = [m.register_forward_hook(lambda _m, _i, out: _largest.append(out.numel() * out.element_size()))
+                 for m in model.modules() if isinstance(m, torch.nn.ReLU)]
+        _largest: list[int] = []
+        with torch.inference_mode():
+            for start in range(0, len(samples), BATCH):
+                model(torch.from_numpy(np.array(samples[start:start + BATCH])))
+                largest = max([largest, *_largest])
+                _largest.clear()
+        for hook in hooks:
+            hook.remove()
+        print(json.dumps({"samples": len(samples), "seconds": time.perf_counter() - started,
+                          "largest_activation": largest}))
+        return
+    report = reludoctor.scan(model, data, device="cpu", batch_size=BATCH)
+    print(json.dumps({"samples": report.calibration.samples, "seconds": time.perf_counter() - started,
+                      "units": report.summary.units, "sites": len(report.sites)}))
+
+
+def _zoo(args: argparse.Namespace) -> int:
+    """Peak RSS of plain inference and of a scan, per model, over the same N samples."""
+    n, size = args.n, args.image_size
+    with tempfile.TemporaryDirectory(prefix="reludoctor-mem-") as tmp:
+        data = Path(tmp) / "n.npy"
+        _write_npy(data, n, size, seed=1)
+        print("reludoctor memory benchmark, zoo: peak RSS (os.wait4 ru_maxrss) of plain eager "
+              "inference and of a scan, each in its own child process")
+        print(f"machine: {platform.platform()}, python {platform.python_version()}, {os.cpu_count()} "
+              f"CPUs; torch threads per child: {args.threads}; N = {n} samples 3x{size}x{size}, "
+              f"batch {BATCH}, CPU, random init")
+        print()
+        print("| model | sites | units | plain MiB | scan MiB | scan - plain MiB | largest ReLU output of a batch MiB |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for name in [m for m in args.zoo.split(",") if m]:
+            plain, plain_info = _run_child(f"zoo-plain:{name}", data, size, args.threads)
+            scan, scan_info = _run_child(f"zoo-scan:{name}", data, size, args.threads)
+            assert plain_info["samples"] == scan_info["samples"] == n
+            print(f"| {name} | {scan_info['sites']} | {scan_info['units']} | {plain:.0f} | {scan:.0f} | "
+                  f"{scan - plain:+.0f} | {plain_info['largest_activation'] / MiB:.1f} |", flush=True)
+    return 0
 
 
 def _write_npy(path: Path, count: int, size: int, seed: int) -> None:
@@ -144,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(os, "wait4"):
         print("this benchmark needs os.wait4 (Linux, macOS)")
         return 0
+    if args.zoo:
+        return _zoo(args)
     n, size = args.n, args.image_size
     sample_bytes = 3 * size * size * 4
     with tempfile.TemporaryDirectory(prefix="reludoctor-mem-") as tmp:
