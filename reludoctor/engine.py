@@ -82,7 +82,7 @@ def scan(model: Any, data: Any = None, options: ScanOptions | None = None, *,
     for inputs that are not per-sample. ``batch_axes`` ({"state": 1}): the axis of an input's
     samples when it is not 0 (ONNX inputs: where the declared shape has its dynamic dimension).
     """
-    options = _options(options, settings)
+    options = ScanOptions.merged(options, settings, "scan")
     options.trust_model = trusted(options.trust_model, unsafe_pickle)
     options.check()
     notes: list[str] = []
@@ -156,15 +156,6 @@ def scan(model: Any, data: Any = None, options: ScanOptions | None = None, *,
         gradients=gradient_info,
         ignored_ops=tuple(observation.ignored_ops),
     )
-
-
-def _options(options: ScanOptions | None, settings: dict[str, Any]) -> ScanOptions:
-    """The scan's options: an object, keyword settings (the API's long form), or both (a copy:
-    the caller's object is not changed)."""
-    unknown = sorted(set(settings) - ScanOptions.names())
-    if unknown:
-        raise TypeError(f"scan() got unexpected keyword argument(s): {', '.join(unknown)}")
-    return replace(options, **settings) if options is not None else ScanOptions(**settings)
 
 
 def _batch_size(loaded: LoadedModel, requested: int | None, warn: Callable[[str], None]) -> int:

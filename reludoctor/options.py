@@ -4,7 +4,7 @@ where every default is written once (the CLI's, the Python API's and the docs' d
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from enum import Enum
 from typing import Any
 
@@ -62,8 +62,25 @@ def choice(enum: type[_Choice], value: Any, option: str) -> Any:
         raise UsageError(f"{option} {value!r} is not one of {', '.join(m.value for m in enum)}") from None
 
 
+class _Settings:
+    """What ScanOptions and FixOptions share: their field names, and keywords merged in."""
+
+    @classmethod
+    def names(cls) -> frozenset[str]:
+        return frozenset(f.name for f in fields(cls))
+
+    @classmethod
+    def merged(cls, options: Any, settings: dict[str, Any], caller: str) -> Any:
+        """``options`` (or the defaults) with keyword ``settings`` on top, as a copy: the
+        caller's object is not changed. An unknown keyword is a TypeError, as Python says it."""
+        unknown = sorted(set(settings) - cls.names())
+        if unknown:
+            raise TypeError(f"{caller}() got unexpected keyword argument(s): {', '.join(unknown)}")
+        return replace(options, **settings) if options is not None else cls(**settings)
+
+
 @dataclass
-class ScanOptions:
+class ScanOptions(_Settings):
     """Every setting of ``reludoctor.scan`` (documented there and in docs/cli.md), defaults once.
 
     ``check()`` validates and normalises (strings to enums); the engine reads nothing else."""
@@ -94,10 +111,6 @@ class ScanOptions:
     constants: Any = None
     batch_axes: Any = None
 
-    @classmethod
-    def names(cls) -> frozenset[str]:
-        return frozenset(f.name for f in fields(cls))
-
     def check(self) -> ScanOptions:
         """Refuse impossible values with the option's name; strings become enums."""
         if self.batch_size is not None and self.batch_size < 1:
@@ -114,7 +127,7 @@ class ScanOptions:
 
 
 @dataclass
-class FixOptions:
+class FixOptions(_Settings):
     """Every setting of ``reludoctor.fix`` (``reludoctor fix``), defaults once; ``strategy`` is
     required (``prune-dead``, ``leaky`` with ``alpha``, or ``reinit``)."""
 
@@ -134,6 +147,3 @@ class FixOptions:
     rescan: bool = True
     imports: Any = ()
 
-    @classmethod
-    def names(cls) -> frozenset[str]:
-        return frozenset(f.name for f in fields(cls))

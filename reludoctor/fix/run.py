@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -148,10 +148,7 @@ def fix(model: Any, data: Any, out: str | Path | None = None, options: FixOption
     from reludoctor.fix import output
     from reludoctor.fix.plan import plan, selected_nothing
 
-    unknown = sorted(set(settings) - FixOptions.names())
-    if unknown:
-        raise TypeError(f"fix() got unexpected keyword argument(s): {', '.join(unknown)}")
-    options = replace(options, **settings) if options is not None else FixOptions(**settings)
+    options = FixOptions.merged(options, settings, "fix")
     chosen = check_options(options.strategy, options.alpha)
     if data is None:
         raise UsageError("reludoctor fix needs calibration data (--data)",
