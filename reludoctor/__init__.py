@@ -8,11 +8,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["scan", "Report", "ReludoctorError", "__version__"]
+__all__ = ["scan", "ScanOptions", "Report", "ReludoctorError", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from reludoctor.engine import scan
     from reludoctor.errors import ReludoctorError
+    from reludoctor.options import ScanOptions
     from reludoctor.report.model import Report
 
 
@@ -25,6 +26,10 @@ def __getattr__(name: str) -> Any:
         from reludoctor.report.model import Report
 
         return Report
+    if name == "ScanOptions":
+        from reludoctor.options import ScanOptions
+
+        return ScanOptions
     if name == "ReludoctorError":
         from reludoctor.errors import ReludoctorError
 
