@@ -337,7 +337,7 @@ def _load_program(path: Path, trust_model: bool) -> tuple[LoadedModel, str]:
     with safeio.open_regular(path, "model", ModelLoadError) as handle:
         data = handle.read()
     if not trust_model:
-        with phase("verify the .pt2 archive"):
+        with phase("verify the .pt2 (imports torch.export)"):
             pt2_verify.verify(data, str(path))
     try:
         with _quiet_torch(), phase("torch.export.load"):
