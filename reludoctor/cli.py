@@ -600,7 +600,9 @@ def _guarded(debug: bool, action) -> int:  # noqa: ANN001
     except Exception as exc:  # noqa: BLE001 - the last line of defence
         if debug:
             traceback.print_exc()
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        from reludoctor.errors import first_line
+
+        detail = first_line(exc)
         print(f"reludoctor: internal error: {type(exc).__name__}: {printable(detail)} "
               "(re-run with --debug for the traceback, and please report it)", file=sys.stderr)
         return EXIT_INTERNAL

@@ -18,6 +18,12 @@ def _visible(match: re.Match[str]) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
+def first_line(exc: BaseException, default: str = "") -> str:
+    """The first line of an exception's message (a one-line error quotes it), or ``default``."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else default
+
+
 def printable(text: object) -> str:
     """``text`` with every control character written as visible escape text (ESC -> ``\\x1b``,
     BEL -> ``\\x07``, U+202E -> ``\\u202e``): safe to print on a terminal or into Markdown."""

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 from reludoctor.core.observers import BatchContext
 from reludoctor.data.calibration import Calibration, check_padding
-from reludoctor.errors import DataError, ObserverFailure, ReludoctorError, UsageError
+from reludoctor.errors import DataError, ObserverFailure, ReludoctorError, UsageError, first_line
 
 Progress = Callable[[int, "int | None"], None]
 
@@ -265,7 +265,7 @@ class Step:
 
 
 def _type_and_line(exc: BaseException) -> str:
-    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    detail = first_line(exc)
     return f"{type(exc).__name__}: {detail}"
 
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from reludoctor.core.counts import CHANNELS, SiteObserver, UnitCounts, pack, unpack
 from reludoctor.data.shard import shard
-from reludoctor.errors import DistributedError, ReludoctorError, UsageError  # noqa: F401 - re-exported
+from reludoctor.errors import DistributedError, ReludoctorError, UsageError, first_line  # noqa: F401 - re-exported
 
 OPT_OUT = "RELUDOCTOR_DISTRIBUTED"  # =0: scan alone, even under torchrun or in a process group
 
@@ -101,7 +101,7 @@ class World:
         else:
             code = getattr(error, "exit_code", 3)
             text = error.one_line() if isinstance(error, ReludoctorError) else \
-                f"{type(error).__name__}: {_first_line(error)}"
+                f"{type(error).__name__}: {first_line(error)}"
             status = ("failed", code, text)
         gathered: list = [None] * self.size
         dist.all_gather_object(gathered, status)
@@ -128,11 +128,6 @@ class World:
         tensor = torch.from_numpy(np.ascontiguousarray(buffer)).to(self.collective_device)
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
         return tensor.cpu().numpy()
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else ""
 
 
 @dataclass
@@ -250,7 +245,7 @@ def join(device: Any) -> World | None:
     try:
         dist.init_process_group(backend)
     except Exception as exc:  # noqa: BLE001 - bad address, port taken, peers missing
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = first_line(exc, type(exc).__name__)
         raise UsageError(f"cannot join the {backend} process group of {size} processes: {detail}",
                          "launch with torchrun (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE)") from exc
     atexit.register(_leave)  # kept for later scans of this process: re-initialising is unsafe

@@ -37,7 +37,7 @@ import numpy as np
 
 from reludoctor import activations
 from reludoctor.core.observers import BatchContext
-from reludoctor.errors import DataError, ReludoctorError, UsageError
+from reludoctor.errors import DataError, ReludoctorError, UsageError, first_line
 from reludoctor.report.model import GradientInfo, SiteGradient, SiteStats
 
 LOSS_LABELS = "cross-entropy-labels"
@@ -364,11 +364,6 @@ def _run(plan: GradientPass, calibration: Any, *, device: Any, batch_size: int, 
         total = sums.get(id(param))
         norms[name] = 0.0 if total is None else float(total.norm().item()) / seen
     return loss_kind or LOSS_HALF_SQUARED, seen, norms
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
 
 
 # ----------------------------------------------------------------------------- entry points

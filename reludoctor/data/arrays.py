@@ -23,7 +23,7 @@ import numpy as np
 
 from reludoctor import safeio
 from reludoctor.data.binding import InputSpec
-from reludoctor.errors import DataError
+from reludoctor.errors import DataError, first_line
 
 # An .npz member is read whole. Its .npy header's declared size is checked against the member's
 # size in the zip directory, and that size against what the compressed bytes can justify: deflate
@@ -102,7 +102,7 @@ def _reason(exc: BaseException) -> str:
         return safeio.os_reason(exc)
     if isinstance(exc, MemoryError):
         return "a size it declares is too large"
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = first_line(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from reludoctor import safeio
-from reludoctor.errors import DataError, UsageError
+from reludoctor.errors import DataError, UsageError, first_line
 
 SUFFIXES = (".png", ".jpg", ".jpeg")
 NORMALIZE = ("imagenet", "none")
@@ -132,7 +132,7 @@ def decode(path: Path, transform: Transform) -> np.ndarray:
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever Pillow raises on a bad file: a data error
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = first_line(exc, type(exc).__name__)
         detail = detail.replace(f" {str(path)!r}", "").replace(f" {path}", "")  # named already
         detail = re.sub(r" <_io\.\w+ name=[^>]*>", "", detail)  # Pillow names the open handle
         raise DataError(f"{path}: cannot decode image ({detail})",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reludoctor.errors import first_line
 from reludoctor.report.model import (
     BaselineComparison,
     FindingRef,
@@ -62,7 +63,7 @@ def load_report(path: str | Path, what: str = "report") -> Report:
         raise ReportFormatError(f"{what} {path} is not a reludoctor report: JSON nested too deeply",
                                 "give a report written by reludoctor scan --json") from None
     except (ValueError, TypeError, OverflowError) as exc:  # JSON that parses but no report can hold
-        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        detail = first_line(exc, type(exc).__name__)[:200]
         raise ReportFormatError(f"{what} {path} is not a reludoctor report: {detail}",
                                 "give a report written by reludoctor scan --json") from None
 

@@ -24,7 +24,7 @@ import numpy as np
 from reludoctor import activations
 from reludoctor.backends.onnx.discover import site_nodes
 from reludoctor.backends.onnx.scope import _attribute
-from reludoctor.errors import UsageError
+from reludoctor.errors import UsageError, first_line
 from reludoctor.fix.plan import SiteFix, Strategy
 
 LEAKY_FORM = activations.ops_where("leaky_form")  # the site ops --leaky replaces (Relu, Max(x, 0))
@@ -442,7 +442,7 @@ def run(loaded: Any, work: OnnxWork, entries: list[SiteFix], request: Any) -> An
     try:
         onnx.checker.check_model(work.model, full_check=True)
     except Exception as exc:  # noqa: BLE001
-        raise UsageError(f"the fixed ONNX model fails onnx.checker ({str(exc).splitlines()[0][:200]})",
+        raise UsageError(f"the fixed ONNX model fails onnx.checker ({first_line(exc)[:200]})",
                          "nothing was written; please report the model structure") from exc
     applied = Applied(sites, params_before, params(work.model), macs_before,
                       macs(work.model, example, names))

@@ -10,10 +10,10 @@ from reludoctor.core.gradients import (
     GradientPass,
     GradientsUnavailable,
     SiteAccumulator,
-    first_line,
     unique_params,
 )
 from reludoctor.core.observers import BatchContext
+from reludoctor.errors import first_line
 from reludoctor.report.model import SiteStats
 
 

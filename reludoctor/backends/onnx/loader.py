@@ -18,7 +18,7 @@ from reludoctor.backends.base import LoadedModel
 from reludoctor.backends.torch.loader import sha256_of  # plain hashlib: does not import torch
 from reludoctor.core.timings import phase
 from reludoctor.data.binding import InputSpec
-from reludoctor.errors import ModelLoadError
+from reludoctor.errors import ModelLoadError, first_line
 from reludoctor.options import ModelFormat
 
 MIN_OPSET = 7  # the in-graph statistics use ops (Cast, HardSigmoid, pools) of opset 7 and up
@@ -251,7 +251,7 @@ def load_path(path: Path) -> LoadedModel:
         try:
             load_external_data_for_model(model, str(path.parent))
         except Exception as exc:
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            detail = first_line(exc, type(exc).__name__)
             raise ModelLoadError(f"{path}: cannot load its external data ({detail})",
                                  "the data file may be truncated; re-export the model") from exc
     loaded.path = str(path)

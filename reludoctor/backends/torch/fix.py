@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from reludoctor.backends.torch.fix_graph import ActivationNode, activation_nodes, export_program, get_path, lift
 from reludoctor.core.batches import padded_arrays
-from reludoctor.errors import MissingDependencyError, ReludoctorError, UsageError  # noqa: F401 - re-exported
+from reludoctor.errors import MissingDependencyError, ReludoctorError, UsageError, first_line  # noqa: F401 - re-exported
 from reludoctor.fix.plan import SiteFix, Strategy
 
 
@@ -71,7 +71,7 @@ def prepare(loaded: Any, example_arrays: tuple) -> TorchWork:
         try:
             program = export_program(work_copy, example, dynamic)
         except Exception as exc:  # noqa: BLE001 - export fails in many ways
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            first = first_line(exc)
             raise UsageError(f"torch.export could not capture the model ({type(exc).__name__}: "
                              f"{first[:200]})", "reludoctor fix needs a model torch.export can "
                              "capture (no data-dependent control flow)") from exc
@@ -98,7 +98,7 @@ def _dependency_graph(work: TorchWork) -> Any:
                                                      verbose=False)
     except Exception as exc:  # noqa: BLE001 - tracing user graphs can fail in many ways
         raise UsageError(f"torch-pruning could not trace the model's dependencies "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+                         f"({type(exc).__name__}: {first_line(exc)})",
                          "use --leaky, or report the model's structure") from exc
 
 
@@ -373,7 +373,7 @@ def export_fixed(work: TorchWork) -> Any:
     try:
         return export_program(work.lifted, work.example, work.dynamic_batch)
     except Exception as exc:  # noqa: BLE001
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = first_line(exc)
         raise ReludoctorError(f"the fixed model could not be exported ({type(exc).__name__}: "
                               f"{first[:200]})", "nothing was written; please report the model "
                               "structure") from exc

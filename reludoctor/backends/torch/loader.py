@@ -27,7 +27,7 @@ from reludoctor.backends import detect
 from reludoctor.backends.base import LoadedModel
 from reludoctor.core.timings import phase
 from reludoctor.data.binding import InputSpec
-from reludoctor.errors import ModelLoadError, UnsafeModelError, UsageError
+from reludoctor.errors import ModelLoadError, UnsafeModelError, UsageError, first_line
 from reludoctor.options import ModelFormat
 
 
@@ -265,7 +265,7 @@ def import_modules(names: Any) -> list[str]:
                              "check the module name and that its package is installed") from exc
         except Exception as exc:  # the user's module failed while importing: bad input, not our crash
             raise ModelLoadError(f"--import {name}: importing it raised {type(exc).__name__}: "
-                                 f"{_first_line(exc)}") from exc
+                                 f"{first_line(exc)[:200]}") from exc
         done.append(name)
     return done
 
@@ -344,13 +344,8 @@ def _load_program(path: Path, trust_model: bool) -> tuple[LoadedModel, str]:
             program = torch.export.load(io.BytesIO(data))
     except Exception as exc:  # corrupt archives fail in many ways inside torch
         raise ModelLoadError(f"{path}: cannot load torch.export program ({type(exc).__name__}: "
-                             f"{_first_line(exc)})", "re-export with torch.export.save") from exc
+                             f"{first_line(exc)[:200]})", "re-export with torch.export.save") from exc
     return from_object(program), hashlib.sha256(data).hexdigest()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else ""
 
 
 def _load_torchscript(path: Path, trust_model: bool, imports: list[str] | None = None) -> LoadedModel:

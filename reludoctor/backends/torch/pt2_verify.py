@@ -31,7 +31,7 @@ import zipfile
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from reludoctor.errors import UnsafeModelError
+from reludoctor.errors import UnsafeModelError, first_line
 
 # Any single tensor whose size is fixed by the file (not by the batch) may take at most this many
 # bytes: a few bytes of JSON must not make the scan allocate unbounded memory.
@@ -467,7 +467,7 @@ def _check_sample_inputs(archive: Archive, name: str) -> None:
     try:
         torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = first_line(exc)
         raise _refuse(f"{archive.root}/{name}", f"holds pickled objects beyond tensors ({first[:120]})") from None
     except Exception as exc:  # noqa: BLE001 - any failure here would make torch retry unsafely
         raise _refuse(f"{archive.root}/{name}", f"cannot be read safely ({type(exc).__name__})") from None

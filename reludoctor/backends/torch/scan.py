@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 from reludoctor.backends.base import LoadedModel, Observation, ScanRun
 from reludoctor.core.timings import phase
-from reludoctor.errors import UsageError
+from reludoctor.errors import UsageError, first_line
 from reludoctor.options import Method, ModelFormat
 
 
@@ -92,7 +92,7 @@ def _capture(loaded: LoadedModel, calibration: Any, run: ScanRun) -> tuple[Any, 
     except Exception as exc:  # export fails in many ways (control flow, ops)
         if method == Method.EXPORT:
             raise UsageError(f"torch.export could not capture the model: "
-                             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                             f"{type(exc).__name__}: {first_line(exc)}",
                              "use --method dispatch") from exc
         run.warn("torch.export could not capture the model "
                  f"({type(exc).__name__}); observing with TorchDispatchMode instead")
