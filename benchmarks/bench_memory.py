@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 MiB = 1024 * 1024
 BATCH = 32
@@ -104,17 +105,18 @@ def _zoo_child(kind: str, data: str, threads: int) -> None:
     samples = np.load(data, mmap_mode="r")
     started = time.perf_counter()
     if kind.startswith("zoo-plain"):
-        largest = 0
-        hooks = [m.register_forward_hook(lambda _m, _i, out: _largest.append(out.numel() * out.element_size()))
-                 for m in model.modules() if isinstance(m, torch.nn.ReLU)]
-        _largest: list[int] = []
+        sizes = [0]  # bytes of the largest ReLU output seen
+
+        def measure(_module: Any, _inputs: Any, out: Any) -> None:
+            sizes[0] = max(sizes[0], out.numel() * out.element_size())
+
+        hooks = [m.register_forward_hook(measure) for m in model.modules() if isinstance(m, torch.nn.ReLU)]
         with torch.inference_mode():
             for start in range(0, len(samples), BATCH):
                 model(torch.from_numpy(np.array(samples[start:start + BATCH])))
-                largest = max([largest, *_largest])
-                _largest.clear()
         for hook in hooks:
             hook.remove()
+        largest = sizes[0]
         print(json.dumps({"samples": len(samples), "seconds": time.perf_counter() - started,
                           "largest_activation": largest}))
         return

@@ -226,11 +226,12 @@ def _evidence(backend: Backend, loaded: LoadedModel, observation: Observation, c
 def _gradients(backend: Backend, loaded: LoadedModel, observation: Observation, calibration: Any,
                stats: list, evidence: dict, run: ScanRun, labels: Any) -> tuple[Any, list]:
     """The gradient pass when asked: (GradientInfo, stats with their gradient filled in)."""
-    from reludoctor.core import gradients
     from reludoctor.report.model import NOT_REQUESTED, GradientInfo
 
     if not run.options.gradients:
         return GradientInfo(False, reason=NOT_REQUESTED), stats
+    from reludoctor.core import gradients
+
     info, per_site = gradients.compute(
         lambda: backend.gradient_plan(loaded, observation, stats, evidence, run), calibration, stats,
         device=run.device, batch_size=run.batch_size, fixed_batch=loaded.fixed_batch, labels=labels,

@@ -65,22 +65,23 @@ class OnnxBackend(Backend):
         from reludoctor.backends.onnx.observer import observe_onnx
 
         ignored: list = []
-        sites, samples, unobserved = observe_onnx(
+        sites, samples, unobserved, scanned = observe_onnx(
             loaded, calibration, device=run.device, batch_size=run.batch_size,
             unit_axis=run.options.unit_axis, progress=run.progress, warn=run.warn, ignored=ignored)
-        return Observation("onnxruntime", sites, samples, unobserved, ignored)
+        return Observation("onnxruntime", sites, samples, unobserved, ignored, {"scanned": scanned})
 
     def evidence(self, loaded: LoadedModel, observation: Observation, calibration: Any,
                  run: ScanRun) -> dict:
         from reludoctor.backends.onnx.evidence import from_onnx
 
-        return from_onnx(loaded.module, [spec.name for spec, observer in observation.sites if observer.observed])
+        return from_onnx(loaded.module, [spec.name for spec, observer in observation.sites if observer.observed],
+                         observation.artifacts.get("scanned"))
 
     def gradient_plan(self, loaded: LoadedModel, observation: Observation, sites: list,
                       evidence: dict, run: ScanRun) -> Any:
         from reludoctor.backends.onnx.gradients import onnx_plan
 
-        plan = onnx_plan(loaded.module, sites)
+        plan = onnx_plan(loaded.module, sites, observation.artifacts.get("scanned"))
         plan.forward.to(run.device)
         plan.method = "onnx2torch"
         return plan

@@ -334,12 +334,14 @@ def discover_model(model: Any, warn: Warn | None = None) -> Scanned:
     return Scanned(model, opset, types, _discover(model, opset, types))
 
 
-def site_nodes(model: Any) -> dict[str, tuple[_Found, Any]]:
+def site_nodes(model: Any, scanned: Scanned | None = None) -> dict[str, tuple[_Found, Any]]:
     """site name -> (site, its node in ``model.graph``), for the observable sites of the main
     graph (those a graph edit or a converted module can reach). The node is found by its first
     output, ``site.y`` (a function's call node keeps the output of the site inlined from it:
-    only ReLU-family nodes count)."""
+    only ReLU-family nodes count). ``scanned``: the scan's own discovery of ``model``, reused
+    (it costs a shape inference); None: discovered here."""
     by_output = {node.output[0]: node for node in model.graph.node
                  if node.output and node.op_type in RELU_FAMILY and node.domain in DEFAULT_DOMAINS}
-    return {site.name: (site, by_output[site.y]) for site in discover_model(model).discovery.sites
+    scanned = scanned or discover_model(model)
+    return {site.name: (site, by_output[site.y]) for site in scanned.discovery.sites
             if not site.path and not site.unobserved and site.y in by_output}

@@ -6,12 +6,12 @@ from typing import Any
 
 import numpy as np
 
-from reludoctor.backends.onnx.discover import site_nodes
+from reludoctor.backends.onnx.discover import Scanned, site_nodes
 from reludoctor.backends.onnx.scope import _attribute, _Scope
 from reludoctor.core.evidence import ProducerEvidence, build
 
 
-def from_onnx(model: Any, site_names: list[str]) -> dict[str, ProducerEvidence]:
+def from_onnx(model: Any, site_names: list[str], scanned: Scanned | None = None) -> dict[str, ProducerEvidence]:
     """Evidence from an ONNX graph's initializers: Relu/Clip fed by Conv or Gemm/MatMul(+Add),
     optionally through BatchNormalization. Main graph only; sites as ``discover`` names them."""
     graph = model.graph
@@ -24,7 +24,7 @@ def from_onnx(model: Any, site_names: list[str]) -> dict[str, ProducerEvidence]:
         return None if found is None else found.astype(np.float64)
 
     out = {}
-    for name, (site, _) in site_nodes(model).items():
+    for name, (site, _) in site_nodes(model, scanned).items():
         if name not in wanted:
             continue
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from reludoctor.backends.onnx.discover import site_nodes
+from reludoctor.backends.onnx.discover import Scanned, site_nodes
 from reludoctor.backends.torch.gradients import insert_probes
 from reludoctor.core.gradients import (
     GradientPass,
@@ -17,7 +17,7 @@ from reludoctor.errors import first_line
 from reludoctor.report.model import SiteStats
 
 
-def onnx_plan(model: Any, sites: list[SiteStats]) -> GradientPass:
+def onnx_plan(model: Any, sites: list[SiteStats], scanned: Scanned | None = None) -> GradientPass:
     """Convert with onnx2torch; probes around the converted module of each ONNX site."""
     try:
         from onnx2torch import convert
@@ -41,7 +41,7 @@ def onnx_plan(model: Any, sites: list[SiteStats]) -> GradientPass:
     stats = {site.name: site for site in sites}
     onnx_names = {fx: onnx_node.name or onnx_node.output[0] for onnx_node, fx in zip(nodes, modules)}
     by_name = {}
-    for name, (site, _) in site_nodes(model).items():
+    for name, (site, _) in site_nodes(model, scanned).items():
         fx_node = fx_of.get(site.y)
         if name in stats and fx_node is not None and fx_node.args and hasattr(fx_node.args[0], "op"):
             by_name[name] = (site, fx_node)

@@ -26,7 +26,7 @@ import numpy as np
 from reludoctor import activations
 from reludoctor.backends.base import LoadedModel
 from reludoctor.backends.onnx.augment import _augmented_model, _Names, _Plan
-from reludoctor.backends.onnx.discover import Warn, _Found, discover_model
+from reludoctor.backends.onnx.discover import Scanned, Warn, _Found, discover_model
 from reludoctor.backends.onnx.session import (
     _feed,
     _open_session,
@@ -196,6 +196,7 @@ class OnnxInstrument:
         providers = _providers(device)
         with phase("discover sites"):
             scanned = discover_model(loaded.module, warn)
+        self.scanned = scanned  # evidence and the gradient plan name sites from it too
         model, opset, types, discovery = scanned.model, scanned.opset, scanned.types, scanned.discovery
         self.ignored = list(discovery.ignored)
         if discovery.gates:
@@ -281,9 +282,10 @@ def observe_onnx(
     progress: Progress | None,
     warn: Warn,
     ignored: list | None = None,
-) -> tuple[list[tuple[SiteSpec, OnnxSiteObserver]], int, list[UnobservedSite]]:
+) -> tuple[list[tuple[SiteSpec, OnnxSiteObserver]], int, list[UnobservedSite], Scanned]:
     """Instrument ``loaded`` (an ONNX model) in-graph and run the calibration data through it.
-    ``ignored`` receives the ReLU-like nodes that are not activations (``report.IgnoredOp``)."""
+    ``ignored`` receives the ReLU-like nodes that are not activations (``report.IgnoredOp``);
+    the discovery comes back last (``discover.site_nodes`` reuses it)."""
     instrument = OnnxInstrument(loaded, calibration, device=device, batch_size=batch_size,
                                 unit_axis=unit_axis, warn=warn)
     if ignored is not None:
@@ -294,4 +296,4 @@ def observe_onnx(
         if observer.padding_counted:
             warn(f"site {observer.site.name}: its first axis is not the batch, so the padded rows of "
                  "the last (fixed-size) batch are counted too")
-    return instrument.sites(), samples, list(instrument.unobserved)
+    return instrument.sites(), samples, list(instrument.unobserved), instrument.scanned

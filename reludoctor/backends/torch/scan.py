@@ -140,7 +140,9 @@ def observe(loaded: LoadedModel, calibration: Any, run: ScanRun) -> Observation:
     if gate_counter.count:
         run.warn(gates.message(gate_counter.count))
     ignored.extend(instrument.ignored_ops())
-    return Observation("dispatch", instrument.sites(static_sites(loaded)), samples, ignored_ops=ignored)
+    static = static_sites(loaded)  # the evidence and gradient passes name their sites with it too
+    return Observation("dispatch", instrument.sites(static), samples, ignored_ops=ignored,
+                       artifacts={"static": static})
 
 
 def static_sites(loaded: LoadedModel) -> Any:
@@ -162,7 +164,7 @@ def evidence(loaded: LoadedModel, observation: Observation, calibration: Any, ru
     import torch
 
     example = tuple(torch.as_tensor(a).to(run.device) for a in calibration.example(2))
-    return from_dispatch(loaded.module, example, run.options.unit_axis, static_sites(loaded),
+    return from_dispatch(loaded.module, example, run.options.unit_axis, observation.artifacts.get("static"),
                          calibration.binding)
 
 
@@ -180,6 +182,6 @@ def gradient_plan(loaded: LoadedModel, observation: Observation, evidence: dict,
         plan = graph_plan(graph_module, evidence)
         plan.method = "export"
         return plan
-    plan = dispatch_plan(loaded.module, run.options.unit_axis, static_sites(loaded), evidence)
+    plan = dispatch_plan(loaded.module, run.options.unit_axis, observation.artifacts.get("static"), evidence)
     plan.method, plan.finish = "dispatch", _finish_dispatch  # names its sites as the scan did
     return plan
