@@ -27,10 +27,6 @@ def for_format(model_format: str) -> Backend:
     raise KeyError(f"no backend for model format {model_format!r}")
 
 
-def for_loaded(loaded: LoadedModel) -> Backend:
-    return for_format(loaded.format)
-
-
 def load(model: Any, options: Any) -> tuple[Backend, LoadedModel]:
     """A path (routed by its content) or an in-memory model -> (its backend, the loaded model).
 

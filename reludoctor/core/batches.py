@@ -23,11 +23,11 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple
 from reludoctor.core.observers import BatchContext
 from reludoctor.data.calibration import Calibration, check_padding
 from reludoctor.errors import DataError, ObserverFailure, ReludoctorError, UsageError, first_line
+from reludoctor.options import DType, choice
 
 Progress = Callable[[int, "int | None"], None]
 
 PREFETCH = 2  # batches prepared ahead of the one running (0: prepare in the loop itself)
-DTYPES = ("fp32", "bf16", "fp16")  # --dtype choices; fp32 runs without autocast
 
 
 @dataclass(frozen=True)
@@ -67,15 +67,12 @@ def resolve_device(device: str) -> Any:
 
 def resolve_dtype(dtype: str | None) -> Any:
     """--dtype -> the autocast dtype (None: full precision, no autocast)."""
-    if dtype is None or dtype in ("fp32", "float32"):
+    chosen = choice(DType, dtype, "--dtype")
+    if chosen is None or chosen is DType.FP32:
         return None
     import torch
 
-    resolved = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-                "fp16": torch.float16, "float16": torch.float16}.get(dtype)
-    if resolved is None:
-        raise UsageError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    return resolved
+    return {DType.BF16: torch.bfloat16, DType.FP16: torch.float16}[chosen]
 
 
 def dtype_name(dtype: Any) -> str:
