@@ -328,14 +328,13 @@ def scan(
     raise typer.Exit(code)
 
 
-def _scan_options(params: dict, warn) -> ScanOptions:  # noqa: ANN001
-    """The command line's values as ScanOptions (the few that need parsing, parsed)."""
-    values = {name: params[name] for name in ScanOptions.names() if name in params}
-    values.update(input_shape=_parse_shape(params["input_shape"]),
-                  trust_model=_trust(params["trust_model"], params["unsafe_pickle"], warn),
-                  imports=tuple(params["imports"] or ()), constants=list(params["constants"] or ()),
-                  batch_axes=list(params["batch_axes"] or ()))
-    return ScanOptions(**values)
+def _options(cls, params: dict, warn, **parsed):  # noqa: ANN001, ANN202
+    """The command line's values as ``cls`` (ScanOptions or FixOptions): the fields it has, the
+    options both commands parse (--trust-model, --unsafe-pickle, --import), then ``parsed``."""
+    values = {name: params[name] for name in cls.names() if name in params}
+    values.update(trust_model=_trust(params["trust_model"], params["unsafe_pickle"], warn),
+                  imports=tuple(params["imports"] or ()), **parsed)
+    return cls(**values)
 
 
 def _scan(model: str, data: Optional[str], params: dict, outputs: ReportArgs, quiet: bool,
@@ -372,7 +371,9 @@ def _scan(model: str, data: Optional[str], params: dict, outputs: ReportArgs, qu
         if progress_bar is not None:
             progress_bar.start()
         with timings.active(), phase("scan"):
-            report = run_scan(model, data, _scan_options(params, warn), progress=progress, on_warning=warn)
+            options = _options(ScanOptions, params, warn, input_shape=_parse_shape(params["input_shape"]),
+                           constants=list(params["constants"] or ()), batch_axes=list(params["batch_axes"] or ()))
+        report = run_scan(model, data, options, progress=progress, on_warning=warn)
     finally:
         if progress_bar is not None:
             progress_bar.stop()
@@ -563,11 +564,8 @@ def _fix(model: str, data: Optional[str], out: Optional[str], summary: Optional[
     err = _stderr()
     warn = _warner(err)
 
-    values = {name: params[name] for name in FixOptions.names() if name in params}
-    values.update(strategy=strategy, alpha=leaky, sites=tuple(params["sites"] or ()),
-                  trust_model=_trust(params["trust_model"], params["unsafe_pickle"], warn),
-                  imports=tuple(params["imports"] or ()))
-    result = fix(model, data, out, FixOptions(**values), on_warning=warn)
+    options = _options(FixOptions, params, warn, strategy=strategy, alpha=leaky, sites=tuple(params["sites"] or ()))
+    result = fix(model, data, out, options, on_warning=warn)
     if summary is not None:
         emit(result.to_json(), summary, "--summary")  # the ledger: external data, images too
     if summary != "-":
