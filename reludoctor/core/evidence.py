@@ -79,18 +79,12 @@ def to_numpy(values: Any) -> np.ndarray | None:
 def build(site: str, layer: str, kind: str, weight_name: str, weight: Any, bias: Any,
            norm: tuple | None) -> ProducerEvidence | None:
     """norm: (module path, gamma, beta, mean, var, eps) tensors/arrays/values or None."""
-    if hasattr(weight, "detach"):  # a torch tensor
-        w = weight.detach().to("cpu").double()
-        if w.ndim < 2:
-            return None
-        rows = w.reshape(w.shape[0], -1)
-        weight_norm = rows.norm(dim=1).numpy()
-    else:
-        w = np.asarray(weight, dtype=np.float64)
-        if w.ndim < 2:
-            return None
-        rows = w.reshape(w.shape[0], -1)
-        weight_norm = np.sqrt(np.einsum("ij,ij->i", rows, rows))
+    w = weight.detach().to("cpu").double().numpy() if hasattr(weight, "detach") \
+        else np.asarray(weight, dtype=np.float64)  # a torch tensor, or an ONNX initializer
+    if w.ndim < 2:
+        return None
+    rows = w.reshape(w.shape[0], -1)
+    weight_norm = np.sqrt(np.einsum("ij,ij->i", rows, rows))
     units = rows.shape[0]
     b = to_numpy(bias)
     if b is not None and b.shape[0] != units:
