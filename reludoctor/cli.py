@@ -370,10 +370,10 @@ def _scan(model: str, data: Optional[str], params: dict, outputs: ReportArgs, qu
     try:
         if progress_bar is not None:
             progress_bar.start()
-        with timings.active(), phase("scan"):
-            options = _options(ScanOptions, params, warn, input_shape=_parse_shape(params["input_shape"]),
+        options = _options(ScanOptions, params, warn, input_shape=_parse_shape(params["input_shape"]),
                            constants=list(params["constants"] or ()), batch_axes=list(params["batch_axes"] or ()))
-        report = run_scan(model, data, options, progress=progress, on_warning=warn)
+        with timings.active(), phase("scan"):
+            report = run_scan(model, data, options, progress=progress, on_warning=warn)
     finally:
         if progress_bar is not None:
             progress_bar.stop()

@@ -278,3 +278,18 @@ def test_limit_caps_the_samples(cli, art, tmp_path):
     report = json.loads(out.read_text())
     assert report["calibration"]["samples"] == 10
     assert all(s["samples"] == 10 for s in report["sites"])
+
+
+def test_verbose_times_every_phase_of_the_scan_nested(cli, art):
+    """`scan -v` says where the time went: the scan's own phases, nested under it, each with a
+    time that adds up (a phase never takes longer than the phase it is part of)."""
+    result = cli(art.pt2, "--data", art.npy, "-q", "-v")
+    assert result.exit_code == 0, result.stderr
+    lines = [line.split("time:", 1)[1] for line in result.stderr.splitlines() if "time:" in line]
+    phases = {line.strip().rsplit(None, 2)[0]: (len(line) - len(line.lstrip()),
+                                                 float(line.split()[-2])) for line in lines}
+    for name in ("scan", "load model", "observe", "data pass", "write the report"):
+        assert name in phases, lines
+    assert phases["load model"][0] > phases["scan"][0]  # nested under the scan
+    assert phases["data pass"][0] > phases["observe"][0]
+    assert phases["load model"][1] + phases["observe"][1] <= phases["scan"][1] + 1e-3
