@@ -90,7 +90,7 @@ class TorchUnitObserver:
             raise ValueError(f"unit count changed between batches ({self._positive.shape[0]} -> {units})")
 
         reduced = None
-        if x.device.type == "cpu" and x.ndim > 2 and x.is_floating_point():
+        if x.device.type == "cpu" and x.is_floating_point():
             reduced = self._reduce_cpu(x, axis, units)
         unit_max, unit_min, positive, out_sum = reduced or self._reduce(x, axis)
         # The state promotes each to float64 / int64.
@@ -146,6 +146,10 @@ class TorchUnitObserver:
         """
         import torch
 
+        if axis == x.ndim - 1 and x.is_contiguous():
+            return self._reduce_rows(x, units)
+        if x.ndim == 2:
+            return None
         rows = x.shape[0]
         positions = x.numel() // (rows * units)
         ints = getattr(torch, self._INTS.get(x.element_size(), ""), None)
@@ -194,6 +198,28 @@ class TorchUnitObserver:
             rest = tuple(d for d in range(x.ndim) if d != axis)
             unit_max[silent] = x.index_select(axis, silent).amax(dim=rest)
         return unit_max, None, positive, out_sum
+
+    def _reduce_rows(self, x: torch.Tensor, units: int) -> tuple | None:
+        """_reduce_cpu for units on the last axis of a contiguous x ([N, F], a transformer's
+        [N, T, F]): as a [rows, units] view, each reduction over rows runs along contiguous
+        memory, vectorised across units, with no unit-major copy (3x faster than the copy on a
+        32x49x768 MLP activation). Counts are float32 sums of ones, exact below 2**24 rows."""
+        import torch
+
+        rows = x.numel() // units
+        if rows >= self._EXACT_F32:
+            return None
+        flat = x.view(rows, units)
+        out = flat.clamp(min=self.lower, max=self.upper)
+        if self.lower < 0:
+            out.abs_()
+        out_sum = out.sum(0, dtype=torch.float32)
+        if bool(out_sum.isnan().any()):  # sign(NaN) would count: the general route decides
+            return None
+        sign_count = self.lower == 0.0 and (self.upper is None or self.upper > 0.0)
+        fired = out.sign_() if sign_count else torch.gt(flat, self.lower, out=torch.empty_like(flat))
+        return (flat.amax(0), flat.amin(0) if self._min is not None else None,
+                fired.sum(0, dtype=torch.float32).to(torch.int64), out_sum)
 
     def _histogram(self, x: torch.Tensor) -> None:
         """Count a strided subsample of x below each edge (cheaper than bucketize + bincount)."""
