@@ -6,6 +6,7 @@ mergeable form) batch by batch, with no host synchronisation; ``state()`` reads 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -146,7 +147,7 @@ class TorchUnitObserver:
         """
         import torch
 
-        if axis == x.ndim - 1 and x.is_contiguous():
+        if x.is_contiguous() and math.prod(x.shape[axis + 1:]) == 1:  # nothing after the units
             return self._reduce_rows(x, units)
         if x.ndim == 2:
             return None
@@ -200,8 +201,9 @@ class TorchUnitObserver:
         return unit_max, None, positive, out_sum
 
     def _reduce_rows(self, x: torch.Tensor, units: int) -> tuple | None:
-        """_reduce_cpu for units on the last axis of a contiguous x ([N, F], a transformer's
-        [N, T, F]): as a [rows, units] view, each reduction over rows runs along contiguous
+        """_reduce_cpu for units on the last axis of a contiguous x, or before axes of size 1
+        ([N, F], a transformer's [N, T, F], a squeeze-excitation's [N, C, 1, 1]): as a
+        [rows, units] view, each reduction over rows runs along contiguous
         memory, vectorised across units, with no unit-major copy (3x faster than the copy on a
         32x49x768 MLP activation). Counts are float32 sums of ones, exact below 2**24 rows."""
         import torch

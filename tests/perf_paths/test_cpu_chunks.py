@@ -23,7 +23,7 @@ def _state(batches, lower, upper, *, chunk_bytes, monkeypatch, device_route=Fals
 
 
 @pytest.mark.parametrize(("lower", "upper"), [(0.0, None), (0.0, 6.0), (-1.0, 1.0)])
-@pytest.mark.parametrize("shape", [(13, 5, 7, 3), (9, 6, 11), (7, 3, 2, 2, 2)])
+@pytest.mark.parametrize("shape", [(13, 5, 7, 3), (9, 6, 11), (7, 3, 2, 2, 2), (13, 5, 1, 1)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_small_chunks_match_the_device_route(monkeypatch, lower, upper, shape, dtype) -> None:
     generator = torch.Generator().manual_seed(7)
