@@ -57,9 +57,10 @@ def curves_figure(trajectory: Trajectory) -> Any:
     figure = _figure(10, 3.8)
     ax = figure.add_subplot()
     x = list(range(len(trajectory.checkpoints)))
-    for site in sites:
+    for index, site in enumerate(sites):
         y = [math.nan if r is None else r for r in site.dead_ratio]  # absent: a gap in the line
-        ax.plot(x, y, marker="o", markersize=3.5, linewidth=1.4, label=short(site.name))
+        style = "-" if index < 10 else "--"  # the colour cycle has 10 colours: tell 11 and 12 apart
+        ax.plot(x, y, marker="o", markersize=3.5, linewidth=1.4, linestyle=style, label=short(site.name))
     top = max((r for s in sites for r in s.dead_ratio if r is not None), default=0.0)
     ax.set_ylim(-0.01, min(1.02, max(0.1, top * 1.2)))
     ax.yaxis.set_major_formatter(_percent_formatter())

@@ -136,3 +136,36 @@ def test_terminal_table_lists_every_site(changing):
     for site in changing.sites:
         assert site.name in text
     assert "#1" in text and "#3" in text and "resized at c2.pt2" in text
+
+
+def _made_up(sites: int, checkpoints: int) -> Trajectory:
+    """A trajectory written by hand: site k has k dead units out of 20 at the last checkpoint."""
+    from reludoctor.report.model import CalibrationInfo
+    from reludoctor.report.trajectory import Checkpoint, SiteTrajectory
+
+    marks = tuple(Checkpoint(None, None, f"c{i}") for i in range(checkpoints))
+    made = []
+    for k in range(sites):
+        last = tuple(range(min(k, 20)))
+        dead = ((),) * (checkpoints - 1) + (last,)
+        made.append(SiteTrajectory(
+            name=f"s{k}", op="relu", units=20, tracked_from=0,
+            dead_ratio=tuple(len(d) / 20 for d in dead), dead_units=dead,
+            first_dead=tuple(checkpoints - 1 if u in last else None for u in range(20)),
+            died_at=tuple(checkpoints - 1 if u in last else None for u in range(20)), revived=()))
+    return Trajectory({"name": "reludoctor", "version": "0"}, marks, CalibrationInfo("x", 1, False, 1), tuple(made))
+
+
+def test_many_sites_and_checkpoints_are_chosen_not_crammed():
+    from reludoctor.reporters import trajectory_plots
+    from reludoctor.reporters.trajectory import render_html, shown_checkpoints
+
+    assert shown_checkpoints(5) == [0, 1, 2, 3, 4]
+    columns = shown_checkpoints(31)
+    assert len(columns) == 10 and columns[0] == 0 and columns[-1] == 30
+    many = _made_up(15, 3)
+    drawn = trajectory_plots.curve_sites(many)
+    assert [s.name for s in drawn] == [f"s{k}" for k in range(3, 15)]  # the 12 where most died, in order
+    assert [s.name for s in trajectory_plots.heatmap_sites(many)] == ["s14", "s13", "s12", "s11"]
+    assert "the 12 sites where most units died" in render_html(many)
+    assert trajectory_plots.heatmap(_made_up(1, 2)) is None  # no unit ever dead: no map
