@@ -1,7 +1,8 @@
 """The command line: parse options -> scan() -> reporters -> exit code. typer only.
 
 Commands: ``scan`` (a model), ``report`` (render a saved JSON report), ``diff`` (two reports),
-``merge`` (reports of scans over disjoint data -> one report), ``fix`` (write a repaired model).
+``merge`` (reports of scans over disjoint data -> one report), ``trajectory`` (checkpoints of one
+model over training), ``fix`` (write a repaired model).
 Exit codes: 0 ok, 1 a gate failed (or ``diff`` found something worse), 2 bad input or usage,
 3 internal error.
 """
@@ -277,12 +278,30 @@ DEBUG_OPTION = typer.Option(False, "--debug", help="Show tracebacks of internal 
 TRUST_MODEL_OPTION = typer.Option(False, "--trust-model", help="Allow code from the model file: TorchScript archives, pickled nn.Modules, .pt2 archives that fail verification. This EXECUTES CODE from the file: only for files from a source you trust.")
 UNSAFE_PICKLE_OPTION = typer.Option(False, "--unsafe-pickle", hidden=True, help="Deprecated: use --trust-model.")
 IMPORT_OPTION = typer.Option(None, "--import", metavar="MODULE", help="Import MODULE before loading the model, e.g. an op library such as torchvision whose operators (torchvision::nms) the model calls (torchvision is imported by itself when a TorchScript archive calls its ops). Trusted code. Repeatable.")
+# Scan settings that trajectory shares with scan.
+DATA_OPTION = typer.Option(None, "--data", "-d", help="Calibration data: .npy, .npz (one array per input), .pt, or a folder of PNG/JPEG images (searched recursively). Without it: synthetic inputs.")
+BATCH_SIZE_OPTION = typer.Option(None, "--batch-size", "-b", help=f"Samples per forward pass (default {DEFAULT_BATCH_SIZE}; a fixed-batch model's own size).")
+LIMIT_OPTION = typer.Option(None, "--limit", "-n", help="Use at most N samples (synthetic: generate N, default 256).")
+SAMPLE_OPTION = typer.Option(None, "--sample", metavar="N", help="Scan N samples drawn at random without replacement (read in file order); with --limit, drawn from the first --limit samples.")
+SEED_OPTION = typer.Option(DEFAULTS.seed, "--seed", metavar="S", help="Seed of --sample and of synthetic inputs.")
+RESIZE_OPTION = typer.Option(None, "--resize", metavar="N", help="Image folders: resize the shorter side to N (bilinear, like torchvision Resize(N)).")
+CENTER_CROP_OPTION = typer.Option(None, "--center-crop", metavar="N", help="Image folders: crop the central NxN (like torchvision CenterCrop(N)).")
+NORMALIZE_OPTION = typer.Option(None, "--normalize", metavar="imagenet|none", help="Image folders: pixels in [0, 1], then ImageNet mean/std or none (default: imagenet for RGB models, none for 1-channel).")
+DEVICE_OPTION = typer.Option(DEFAULTS.device, "--device", help="auto, cpu, cuda or cuda:N (auto: CUDA when available).")
+DTYPE_OPTION = typer.Option(None, "--dtype", metavar="fp32|bf16|fp16", help="PyTorch models: run the forward pass under autocast in bf16 or fp16 (statistics still accumulate in float32/64; dead-unit decisions may differ from fp32 at the margin).")
+INPUT_SHAPE_OPTION = typer.Option(None, "--input-shape", help="Sample shape without batch for synthetic data, e.g. 3,224,224.")
+CONST_OPTION = typer.Option(None, "--const", metavar="NAME=VALUE", help="A model input that is not per-sample, the same for every batch: VALUE is JSON (16000, 0.5, true, \"text\", [1, 2]), e.g. --const sr=16000. Repeatable.")
+BATCH_AXIS_OPTION = typer.Option(None, "--batch-axis", metavar="NAME=AXIS", help="The axis of input NAME that indexes samples, when it is not 0 (a recurrent state [2, N, 128]: --batch-axis state=1; ONNX inputs default to their dynamic dimension). Repeatable.")
+UNIT_AXIS_OPTION = typer.Option(None, "--unit-axis", help="Axis of the activation that holds units (default: 1 for [N,C,...] and [N,F], last for [N,T,F]).")
+ARCH_OPTION = typer.Option(None, "--arch", help="Architecture for a state_dict: package.module:factory.")
+ARCH_KWARGS_OPTION = typer.Option(None, "--arch-kwargs", help="JSON keyword arguments for the --arch factory.")
+METHOD_OPTION = typer.Option(DEFAULTS.method.value, "--method", help="How call sites are observed: auto, export (torch.export) or dispatch (TorchDispatchMode).")
 
 
 @app.command()
 def scan(
     model: str = typer.Argument(..., help="Model file: .pt2 (torch.export), TorchScript, .onnx, or a state_dict with --arch."),
-    data: Optional[str] = typer.Option(None, "--data", "-d", help="Calibration data: .npy, .npz (one array per input), .pt, or a folder of PNG/JPEG images (searched recursively). Without it: synthetic inputs."),
+    data: Optional[str] = DATA_OPTION,
     json_out: Optional[str] = JSON_OPTION,
     markdown_out: Optional[str] = MARKDOWN_OPTION,
     junit_out: Optional[str] = JUNIT_OPTION,
@@ -290,19 +309,19 @@ def scan(
     html_out: Optional[str] = HTML_OPTION,
     stdout_format: Optional[str] = FORMAT_OPTION,
     top: Optional[int] = TOP_OPTION,
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help=f"Samples per forward pass (default {DEFAULT_BATCH_SIZE}; a fixed-batch model's own size)."),
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Use at most N samples (synthetic: generate N, default 256)."),
-    sample: Optional[int] = typer.Option(None, "--sample", metavar="N", help="Scan N samples drawn at random without replacement (read in file order); with --limit, drawn from the first --limit samples."),
-    seed: int = typer.Option(DEFAULTS.seed, "--seed", metavar="S", help="Seed of --sample and of synthetic inputs."),
-    resize: Optional[int] = typer.Option(None, "--resize", metavar="N", help="Image folders: resize the shorter side to N (bilinear, like torchvision Resize(N))."),
-    center_crop: Optional[int] = typer.Option(None, "--center-crop", metavar="N", help="Image folders: crop the central NxN (like torchvision CenterCrop(N))."),
-    normalize: Optional[str] = typer.Option(None, "--normalize", metavar="imagenet|none", help="Image folders: pixels in [0, 1], then ImageNet mean/std or none (default: imagenet for RGB models, none for 1-channel)."),
-    device: str = typer.Option(DEFAULTS.device, "--device", help="auto, cpu, cuda or cuda:N (auto: CUDA when available)."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", metavar="fp32|bf16|fp16", help="PyTorch models: run the forward pass under autocast in bf16 or fp16 (statistics still accumulate in float32/64; dead-unit decisions may differ from fp32 at the margin)."),
-    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="Sample shape without batch for synthetic data, e.g. 3,224,224."),
-    constants: Optional[list[str]] = typer.Option(None, "--const", metavar="NAME=VALUE", help="A model input that is not per-sample, the same for every batch: VALUE is JSON (16000, 0.5, true, \"text\", [1, 2]), e.g. --const sr=16000. Repeatable."),
-    batch_axes: Optional[list[str]] = typer.Option(None, "--batch-axis", metavar="NAME=AXIS", help="The axis of input NAME that indexes samples, when it is not 0 (a recurrent state [2, N, 128]: --batch-axis state=1; ONNX inputs default to their dynamic dimension). Repeatable."),
-    unit_axis: Optional[int] = typer.Option(None, "--unit-axis", help="Axis of the activation that holds units (default: 1 for [N,C,...] and [N,F], last for [N,T,F])."),
+    batch_size: Optional[int] = BATCH_SIZE_OPTION,
+    limit: Optional[int] = LIMIT_OPTION,
+    sample: Optional[int] = SAMPLE_OPTION,
+    seed: int = SEED_OPTION,
+    resize: Optional[int] = RESIZE_OPTION,
+    center_crop: Optional[int] = CENTER_CROP_OPTION,
+    normalize: Optional[str] = NORMALIZE_OPTION,
+    device: str = DEVICE_OPTION,
+    dtype: Optional[str] = DTYPE_OPTION,
+    input_shape: Optional[str] = INPUT_SHAPE_OPTION,
+    constants: Optional[list[str]] = CONST_OPTION,
+    batch_axes: Optional[list[str]] = BATCH_AXIS_OPTION,
+    unit_axis: Optional[int] = UNIT_AXIS_OPTION,
     near_dead: float = typer.Option(DEFAULTS.near_dead, "--near-dead", help="Alive units firing on fewer than this fraction of positions are near-dead."),
     dormant_tau: float = typer.Option(DEFAULTS.dormant_tau, "--dormant-tau", help="tau of tau-dormant units (Sokar et al. 2023)."),
     fail_over: Optional[float] = FAIL_OVER_OPTION,
@@ -310,9 +329,9 @@ def scan(
     fail_over_site: Optional[list[str]] = FAIL_OVER_SITE_OPTION,
     baseline: Optional[str] = BASELINE_OPTION,
     config: Optional[str] = CONFIG_OPTION,
-    arch: Optional[str] = typer.Option(None, "--arch", help="Architecture for a state_dict: package.module:factory."),
-    arch_kwargs: Optional[str] = typer.Option(None, "--arch-kwargs", help="JSON keyword arguments for the --arch factory."),
-    method: str = typer.Option(DEFAULTS.method.value, "--method", help="How call sites are observed: auto, export (torch.export) or dispatch (TorchDispatchMode)."),
+    arch: Optional[str] = ARCH_OPTION,
+    arch_kwargs: Optional[str] = ARCH_KWARGS_OPTION,
+    method: str = METHOD_OPTION,
     trust_model: bool = TRUST_MODEL_OPTION,
     unsafe_pickle: bool = UNSAFE_PICKLE_OPTION,
     imports: Optional[list[str]] = IMPORT_OPTION,
@@ -335,6 +354,11 @@ def _options(cls, params: dict, warn, **parsed):  # noqa: ANN001, ANN202
     values.update(trust_model=_trust(params["trust_model"], params["unsafe_pickle"], warn),
                   imports=tuple(params["imports"] or ()), **parsed)
     return cls(**values)
+
+
+def _scan_options(params: dict, warn) -> ScanOptions:  # noqa: ANN001 - scan and trajectory
+    return _options(ScanOptions, params, warn, input_shape=_parse_shape(params["input_shape"]),
+                    constants=list(params["constants"] or ()), batch_axes=list(params["batch_axes"] or ()))
 
 
 def _scan(model: str, data: Optional[str], params: dict, outputs: ReportArgs, quiet: bool,
@@ -370,8 +394,7 @@ def _scan(model: str, data: Optional[str], params: dict, outputs: ReportArgs, qu
     try:
         if progress_bar is not None:
             progress_bar.start()
-        options = _options(ScanOptions, params, warn, input_shape=_parse_shape(params["input_shape"]),
-                           constants=list(params["constants"] or ()), batch_axes=list(params["batch_axes"] or ()))
+        options = _scan_options(params, warn)
         with timings.active(), phase("scan"):
             report = run_scan(model, data, options, progress=progress, on_warning=warn)
     finally:
@@ -496,6 +519,78 @@ def _merge(parts, json_out, stdout_format, top, debug) -> int:  # noqa: ANN001
 
     report = merge_files(parts, warn)
     _write_outputs(report, planned, to_stdout, top)
+    return EXIT_OK
+
+
+@app.command("trajectory")
+def trajectory_command(
+    checkpoints: list[str] = typer.Argument(..., metavar="CKPT...", help="Checkpoints of one model in step order: model files as scan loads them, or one folder of them (sorted naturally: step_2 before step_10)."),
+    data: Optional[str] = DATA_OPTION,
+    json_out: Optional[str] = typer.Option(None, "--json", metavar="PATH", help="Write the trajectory as JSON to PATH ('-': stdout, and no table)."),
+    html_out: Optional[str] = typer.Option(None, "--html", metavar="PATH", help="Write a self-contained HTML page with dead ratio over checkpoints and unit maps to PATH or -."),
+    batch_size: Optional[int] = BATCH_SIZE_OPTION,
+    limit: Optional[int] = LIMIT_OPTION,
+    sample: Optional[int] = SAMPLE_OPTION,
+    seed: int = SEED_OPTION,
+    resize: Optional[int] = RESIZE_OPTION,
+    center_crop: Optional[int] = CENTER_CROP_OPTION,
+    normalize: Optional[str] = NORMALIZE_OPTION,
+    device: str = DEVICE_OPTION,
+    dtype: Optional[str] = DTYPE_OPTION,
+    input_shape: Optional[str] = INPUT_SHAPE_OPTION,
+    constants: Optional[list[str]] = CONST_OPTION,
+    batch_axes: Optional[list[str]] = BATCH_AXIS_OPTION,
+    unit_axis: Optional[int] = UNIT_AXIS_OPTION,
+    arch: Optional[str] = ARCH_OPTION,
+    arch_kwargs: Optional[str] = ARCH_KWARGS_OPTION,
+    method: str = METHOD_OPTION,
+    trust_model: bool = TRUST_MODEL_OPTION,
+    unsafe_pickle: bool = UNSAFE_PICKLE_OPTION,
+    imports: Optional[list[str]] = IMPORT_OPTION,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress line per checkpoint."),
+    debug: bool = DEBUG_OPTION,
+) -> None:
+    """Scan checkpoints of one model over the same data: dead ratios over training, when each unit died."""
+    params = dict(locals())
+    code = _guarded(debug, lambda: _trajectory(params))
+    raise typer.Exit(code)
+
+
+def _trajectory(params: dict) -> int:
+    from rich.console import Console
+    from rich.markup import escape
+
+    from reludoctor.errors import printable
+    from reludoctor.reporters import emit
+    from reludoctor.reporters import trajectory as outputs
+    from reludoctor.trajectory import checkpoint_files, trajectory
+
+    files = checkpoint_files(params["checkpoints"])  # before any scan: refusals come at once
+    planned, to_stdout = _plan_outputs({"json": params["json_out"], "html": params["html_out"]}, None,
+                                       [*files, params["data"]])
+    err = _stderr()
+    warn = _warner(err)
+
+    def progress(done: int, total: int, label: str, report) -> None:  # noqa: ANN001
+        if not params["quiet"]:
+            s = report.summary
+            err.print(f"[dim]scanned {done}/{total}[/] {escape(printable(label))}: {s.dead_units} of "
+                      f"{s.units} units dead ({s.dead_ratio:.1%})", highlight=False)
+
+    result = trajectory(files, params["data"], _scan_options(params, warn), progress=progress, on_warning=warn)
+    try:
+        texts = [(fmt, dest, result.to_json() if fmt == "json" else outputs.render_html(result))
+                 for fmt, dest in planned]
+    except ImportError as exc:
+        if "matplotlib" in str(exc):
+            from reludoctor.errors import UsageError
+
+            raise UsageError("the HTML page needs matplotlib", "pip install matplotlib") from exc
+        raise
+    for fmt, dest, text in texts:
+        emit(text, dest, OUTPUT_OPTIONS[fmt])
+    if to_stdout == "table":
+        outputs.print_table(result, Console())
     return EXIT_OK
 
 

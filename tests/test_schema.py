@@ -489,7 +489,7 @@ def test_fallback_checker_refuses_keywords_it_does_not_know(monkeypatch, base):
 
     schema = load_schema()
     schema["properties"]["device"] = {"type": "string", "if": {"const": "cpu"}}
-    monkeypatch.setattr(schema_module, "load_schema", lambda: schema)
+    monkeypatch.setattr(schema_module, "load_schema", lambda name=None: schema)
     with pytest.raises(NotImplementedError, match="'if'"):
         validate(copy.deepcopy(base), use_jsonschema=False)
 

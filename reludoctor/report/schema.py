@@ -1,6 +1,7 @@
-"""The JSON Schema of the report (``report.schema.json``, shipped in the package).
+"""The JSON Schemas of the report (``report.schema.json``) and of a trajectory
+(``trajectory.schema.json``, ``reludoctor trajectory --json``), shipped in the package.
 
-``load_schema()`` returns it as a dict; ``validate(report_dict)`` checks a report against it and
+``load_schema()`` returns one as a dict; ``validate(report_dict)`` checks a report against it and
 raises ``ReportValidationError`` naming the first offending location. ``validate`` uses the
 ``jsonschema`` package when it is installed (imported lazily) and otherwise a small built-in
 checker for exactly the keywords this schema uses. Neither imports torch.
@@ -15,9 +16,11 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any, Iterator
 
-__all__ = ["SCHEMA_FILE", "ReportValidationError", "load_schema", "validate"]
+__all__ = ["SCHEMA_FILE", "TRAJECTORY_SCHEMA_FILE", "ReportValidationError", "load_schema", "validate"]
 
 SCHEMA_FILE = "report.schema.json"
+TRAJECTORY_SCHEMA_FILE = "trajectory.schema.json"
+_TITLES = {SCHEMA_FILE: "the reludoctor report schema", TRAJECTORY_SCHEMA_FILE: "the reludoctor trajectory schema"}
 
 
 class ReportValidationError(ValueError):
@@ -29,21 +32,22 @@ class ReportValidationError(ValueError):
         self.errors = errors or [message]
 
 
-@lru_cache(maxsize=1)
-def _schema_text() -> str:
-    return resources.files("reludoctor.report").joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
+@lru_cache(maxsize=2)
+def _schema_text(name: str) -> str:
+    return resources.files("reludoctor.report").joinpath(name).read_text(encoding="utf-8")
 
 
-def load_schema() -> dict[str, Any]:
-    """The report schema (draft 2020-12) as a fresh dict."""
-    return json.loads(_schema_text())
+def load_schema(name: str = SCHEMA_FILE) -> dict[str, Any]:
+    """The report schema, or another of ``_TITLES`` (draft 2020-12), as a fresh dict."""
+    return json.loads(_schema_text(name))
 
 
-def validate(report: Any, *, use_jsonschema: bool | None = None) -> None:
+def validate(report: Any, *, use_jsonschema: bool | None = None, schema_file: str = SCHEMA_FILE) -> None:
     """Raise ``ReportValidationError`` unless ``report`` (``Report.to_dict()``, or the parsed
-    JSON report) matches the schema. ``use_jsonschema``: None = when installed; False = the
-    built-in checker; True = require the jsonschema package."""
-    schema = load_schema()
+    JSON report) matches the schema (``schema_file``: the trajectory's). ``use_jsonschema``:
+    None = when installed; False = the built-in checker; True = require the jsonschema package."""
+    schema = load_schema(schema_file)
+    title = _TITLES[schema_file]
     if use_jsonschema is None or use_jsonschema:
         try:
             import jsonschema
@@ -57,11 +61,11 @@ def validate(report: Any, *, use_jsonschema: bool | None = None) -> None:
                             key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
             if errors:
                 messages = [f"{_where(e.absolute_path)}: {e.message}" for e in errors]
-                raise _error(messages, _where(errors[0].absolute_path))
+                raise _error(messages, _where(errors[0].absolute_path), title)
             return
     messages = list(_Checker(schema).errors(report, schema, ()))
     if messages:
-        raise _error([f"{_where(path)}: {text}" for path, text in messages], _where(messages[0][0]))
+        raise _error([f"{_where(path)}: {text}" for path, text in messages], _where(messages[0][0]), title)
 
 
 MESSAGE_CHARS = 300  # an offending value is quoted, never in full: reports are untrusted input
@@ -71,9 +75,9 @@ def _short(text: str, limit: int = MESSAGE_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _error(messages: list[str], path: str) -> ReportValidationError:
+def _error(messages: list[str], path: str, title: str) -> ReportValidationError:
     more = f" (and {len(messages) - 1} more)" if len(messages) > 1 else ""
-    text = f"report does not match the reludoctor report schema: {_short(messages[0])}{more}"
+    text = f"report does not match {title}: {_short(messages[0])}{more}"
     return ReportValidationError(text, path, messages)
 
 

@@ -97,19 +97,7 @@ def render(report: Report, options: RenderOptions | None = None) -> str:
     figures = _figures(report)
     model = report.model.path or "in-memory model"
     parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en">',
-        "<head>",
-        '<meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
-        "style-src 'unsafe-inline'; img-src data:\">",
-        '<meta name="generator" content="reludoctor">',
-        f"<title>reludoctor: {esc(model)}</title>",
-        f"<style>{CSS}</style>",
-        "</head>",
-        "<body>",
-        "<main>",
+        *page_start(f"reludoctor: {model}"),
         f'<h1>reludoctor report: <span class="model">{esc(model)}</span></h1>',
         f'<p class="sub">{esc(report.model.format)} model, observed via {esc(report.model.method)}; '
         f"calibrated on {esc(report.calibration.source)} ({esc(human(report.calibration.samples))} "
@@ -119,7 +107,7 @@ def render(report: Report, options: RenderOptions | None = None) -> str:
     parts += _cards(report)
     parts.append('<h2 id="plots">Along depth</h2>')
     for figure_id, caption, svg in figures:
-        parts.append(f'<figure id="{figure_id}">{svg}<figcaption>{esc(caption)}</figcaption></figure>')
+        parts.append(figure(figure_id, caption, svg))
     parts += _site_table(report)
     if report.baseline is not None:
         parts += _baseline(report)
@@ -131,6 +119,30 @@ def render(report: Report, options: RenderOptions | None = None) -> str:
                  f"{esc(report.schema_version)} · self-contained page, no scripts</footer>")
     parts += ["</main>", "</body>", "</html>"]
     return "\n".join(parts) + "\n"
+
+
+def page_start(title: str) -> list[str]:
+    """The page up to ``<main>``: the styles, and a policy that loads nothing from anywhere."""
+    return [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
+        "style-src 'unsafe-inline'; img-src data:\">",
+        '<meta name="generator" content="reludoctor">',
+        f"<title>{esc(title)}</title>",
+        f"<style>{CSS}</style>",
+        "</head>",
+        "<body>",
+        "<main>",
+    ]
+
+
+def figure(figure_id: str, caption: str, svg: str) -> str:
+    """A plot (already ``scoped``) with its caption."""
+    return f'<figure id="{figure_id}">{svg}<figcaption>{esc(caption)}</figcaption></figure>'
 
 
 def _figures(report: Report) -> list[tuple[str, str, str]]:
@@ -148,10 +160,10 @@ def _figures(report: Report) -> list[tuple[str, str, str]]:
         ("plot-gradient", "Gradient statistics per site along depth, as recorded in the report.",
          plots.gradient_flow(report)),
     ]
-    return [(fid, caption, _scoped(svg, fid, caption)) for fid, caption, svg in made if svg]
+    return [(fid, caption, scoped(svg, fid, caption)) for fid, caption, svg in made if svg]
 
 
-def _scoped(svg: str, prefix: str, label: str) -> str:
+def scoped(svg: str, prefix: str, label: str) -> str:
     """Element ids made unique per figure; root size made responsive; namespace URLs dropped
     (the HTML parser puts inline SVG and xlink:href in their namespaces by itself)."""
     svg = re.sub(r'\bid="([^"]+)"', lambda m: f'id="{prefix}-{m.group(1)}"', svg)
