@@ -20,7 +20,7 @@ def _floats(values: np.ndarray) -> tuple[float, ...]:
 def unit_masks(positive, positions, abs_output_sum, near_dead: float, dormant_tau: float) -> tuple:
     """(dead, near-dead, dormant, activation rate, dormant score) per unit from the counts over
     ``positions`` (> 0) observed positions. NumPy arrays or torch tensors alike: the scan
-    derives them on the host, ``reludoctor.watch`` on the device for each window."""
+    derives them on the host, ``reludoctor.watching`` on the device for each window."""
     rate = positive / positions
     dead = positive == 0  # never above the lower bound: max pre-activation <= lower
     near = (~dead) & (rate < near_dead)

@@ -154,7 +154,7 @@ class DispatchInstrument:
 
     With a ``hook`` (``DispatchHook``), the hook's per-site objects replace the unit observers
     (unit axis 0, never waiting for a consumer); ``batch`` is then unused. ``observer_factory``
-    makes each site's unit observer, called as ``TorchUnitObserver`` is (``reludoctor.watch``
+    makes each site's unit observer, called as ``TorchUnitObserver`` is (``reludoctor.watching``
     passes one that keeps per-step statistics).
     """
 
