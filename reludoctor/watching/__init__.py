@@ -84,6 +84,11 @@ class Watcher:
             raise ValueError(f"step must be >= 0, not {value}")
         self._step = int(value)
 
+    @property
+    def observing(self) -> bool:
+        """Whether the dispatch mode is entered (between ``begin_step`` and ``end_step``)."""
+        return self._observing is not None
+
     def begin_step(self, args: tuple = (), kwargs: dict | None = None) -> bool:
         """A training step's forward begins (``args``/``kwargs``: the model's inputs). Enters
         the dispatch mode when the step is observed; returns whether it is."""
