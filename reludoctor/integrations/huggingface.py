@@ -22,14 +22,14 @@ class ReludoctorCallback(TrainerCallback):
     holds the results after the run."""
 
     def __init__(self, every: int = 50, window: int = 20, log: Any = None, **options: Any):
-        self.every, self.window, self.log, self.options = every, window, log, options
+        self.options = {"every": every, "window": window, "log": log, **options}
         self.watcher: Watcher | None = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
                        **kwargs: Any) -> None:
         if self.watcher is None and model is not None:
             options = {"optimizer": optimizer, **self.options}
-            self.watcher = Watcher(model, self.every, self.window, log=self.log, **options)
+            self.watcher = Watcher(model, **options)
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.watcher is not None:

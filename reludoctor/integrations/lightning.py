@@ -26,7 +26,7 @@ class ReludoctorCallback(pl.Callback):
     ``tensorboard=`` is given. ``self.watcher`` holds the results after the run."""
 
     def __init__(self, every: int = 50, window: int = 20, log: Any = None, **options: Any):
-        self.every, self.window, self.log, self.options = every, window, log, options
+        self.options = {"every": every, "window": window, "log": log, **options}
         self.watcher: Watcher | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -36,7 +36,7 @@ class ReludoctorCallback(pl.Callback):
         if "tensorboard" not in options:
             board = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
             options["tensorboard"] = None if board is None else board.experiment
-        self.watcher = Watcher(pl_module, self.every, self.window, log=self.log, hooks=False, **options)
+        self.watcher = Watcher(pl_module, hooks=False, **options)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.watcher is not None and self.watcher.optimizer is None and trainer.optimizers:
