@@ -17,6 +17,7 @@ import contextlib
 import sys
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from reludoctor.backends.torch.dispatch import DispatchInstrument
@@ -113,7 +114,10 @@ class Watcher:
             finally:
                 stack.close()
             sites = self.instrument.sites()  # after exit_forward: waiting sites are named too
-            if not failed:
+            if failed:
+                for _, observer in sites:
+                    observer.take()  # discarded: not the next step's
+            else:
                 self._commit(sites)
         self._step += 1
 
@@ -155,14 +159,14 @@ class Watcher:
         if not rows:
             return []
         sites = list(self._sites.values())
-        flat = torch.cat([buffer for site in sites for buffer in site.buffers(rows)]).cpu().tolist()
+        flat = torch.cat([buffer for site in sites for buffer in site.buffers(rows)]).cpu().numpy()
         records: list[dict] = []
         offset = 0
         tables = []
         for site in sites:
-            summary = [flat[offset + 3 * r: offset + 3 * r + 3] for r in range(rows)]
+            summary = flat[offset:offset + 3 * rows].reshape(rows, 3).tolist()
             offset += 3 * rows
-            events = [flat[offset + site.units * r: offset + site.units * (r + 1)] for r in range(rows)]
+            events = flat[offset:offset + site.units * rows].reshape(rows, site.units)
             offset += site.units * rows
             tables.append((site, summary, events))
             site.reset_buffers()
@@ -178,8 +182,8 @@ class Watcher:
                 counts = dict(zip(RATIOS, summary[r]))
                 ratios = {key: value / site.units for key, value in counts.items()}
                 record["sites"][site.name] = {**counts, "units": site.units, "ratios": ratios}
-                died = [[unit, since] for unit, since in enumerate(events[r]) if since >= 0]
-                revived = [unit for unit, event in enumerate(events[r]) if event == REVIVED]
+                died = [[int(unit), int(events[r, unit])] for unit in np.flatnonzero(events[r] >= 0)]
+                revived = np.flatnonzero(events[r] == REVIVED).tolist()
                 if died:
                     record["died"][site.name] = died
                 if revived:
