@@ -1,4 +1,4 @@
-"""The picture in docs/trajectory-section.md: a digits MLP trained with plain SGD at a learning
+"""The picture in docs/training.md: a digits MLP trained with plain SGD at a learning
 rate high enough that units die, 9 checkpoints, ``reludoctor.trajectory`` over them, and the
 HTML page's two plots saved as PNG (docs/images/trajectory.png, trajectory-units.png).
 

@@ -47,6 +47,7 @@ class TorchUnitObserver:
         self.upper = upper
         self.batch = batch
         self.shape: tuple[int, ...] | None = None  # activation shape seen first, batch excluded
+        self.units = 0
         self._positions = 0
         self._samples = 0
         self._positive = None
@@ -75,25 +76,12 @@ class TorchUnitObserver:
     def _update(self, x: torch.Tensor) -> None:
         import torch
 
-        valid = self.batch.valid
-        if valid is not None and x.ndim > 0 and valid < x.shape[0]:
-            x = x[:valid]
-        if x.numel() == 0:
+        batch = self.reduce_batch(x)
+        if batch is None:
             return
-        if x.ndim == 1:  # [N]: one unit
-            x = x.unsqueeze(1)
-        axis = resolve_unit_axis(x.ndim, self.unit_axis)
-        units = x.shape[axis]
-        if self.shape is None:
-            self.shape = tuple(x.shape[1:])
-            self._allocate(units, x.device)
-        elif units != self._positive.shape[0]:
-            raise ValueError(f"unit count changed between batches ({self._positive.shape[0]} -> {units})")
-
-        reduced = None
-        if x.device.type == "cpu" and x.is_floating_point():
-            reduced = self._reduce_cpu(x, axis, units)
-        unit_max, unit_min, positive, out_sum = reduced or self._reduce(x, axis)
+        x, (unit_max, unit_min, positive, out_sum) = batch
+        if self._positive is None:
+            self._allocate(unit_max.shape[0], x.device)
         # The state promotes each to float64 / int64.
         torch.maximum(self._max, unit_max, out=self._max)
         if self._min is not None:
@@ -101,8 +89,31 @@ class TorchUnitObserver:
         self._positive += positive
         self._abs_sum += out_sum  # float32 partial sums, kept in float64
         self._histogram(x)
-        self._positions += x.numel() // units
+        self._positions += x.numel() // unit_max.shape[0]
         self._samples += x.shape[0]
+
+    def reduce_batch(self, x: torch.Tensor) -> tuple | None:
+        """One batch's per-unit statistics, not yet accumulated: (x as observed: the padding
+        cut, [N] made [N, 1]; (max, min (bounded only), positive count, output sum)), or None
+        for an empty batch. Called without gradient tracking (``__call__``)."""
+        valid = self.batch.valid
+        if valid is not None and x.ndim > 0 and valid < x.shape[0]:
+            x = x[:valid]
+        if x.numel() == 0:
+            return None
+        if x.ndim == 1:  # [N]: one unit
+            x = x.unsqueeze(1)
+        axis = resolve_unit_axis(x.ndim, self.unit_axis)
+        units = x.shape[axis]
+        if self.shape is None:
+            self.shape = tuple(x.shape[1:])
+            self.units = units
+        elif units != self.units:
+            raise ValueError(f"unit count changed between batches ({self.units} -> {units})")
+        reduced = None
+        if x.device.type == "cpu" and x.is_floating_point():
+            reduced = self._reduce_cpu(x, axis, units)
+        return x, reduced or self._reduce(x, axis)
 
     def _reduce(self, x: torch.Tensor, axis: int) -> tuple:
         """Per unit: max, min (bounded only), positive count (int64), output sum (float32).
@@ -119,7 +130,7 @@ class TorchUnitObserver:
             out = out.abs()
         if inner:
             per_max = x.amax(dim=inner)
-            per_min = x.amin(dim=inner) if self._min is not None else None
+            per_min = x.amin(dim=inner) if self.upper is not None else None
             positive = fired.sum(dim=inner, dtype=torch.int32)
             out_sum = out.sum(dim=inner, dtype=torch.float32)
         else:  # [N, units]: the values are their own per-sample statistics
@@ -164,7 +175,7 @@ class TorchUnitObserver:
         by_unit = x.movedim(axis, 0)  # [units, rows, ...]: a view
         sums = torch.empty((2, chunks, units), dtype=torch.float32)  # positive count, output sum
         top = torch.empty((chunks, units), dtype=ints if relu else x.dtype)
-        bottom = torch.empty((chunks, units), dtype=x.dtype) if self._min is not None else None
+        bottom = torch.empty((chunks, units), dtype=x.dtype) if self.upper is not None else None
         work = torch.empty((1 if sign_count else 2, units * step * positions), dtype=x.dtype)
         for index, start in enumerate(range(0, rows, step)):
             source = by_unit[:, start:start + step]
@@ -220,7 +231,7 @@ class TorchUnitObserver:
             return None
         sign_count = self.lower == 0.0 and (self.upper is None or self.upper > 0.0)
         fired = out.sign_() if sign_count else torch.gt(flat, self.lower, out=torch.empty_like(flat))
-        return (flat.amax(0), flat.amin(0) if self._min is not None else None,
+        return (flat.amax(0), flat.amin(0) if self.upper is not None else None,
                 fired.sum(0, dtype=torch.float32).to(torch.int64), out_sum)
 
     def _histogram(self, x: torch.Tensor) -> None:

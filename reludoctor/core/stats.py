@@ -17,6 +17,19 @@ def _floats(values: np.ndarray) -> tuple[float, ...]:
     return tuple(float(v) for v in values)
 
 
+def unit_masks(positive, positions, abs_output_sum, near_dead: float, dormant_tau: float) -> tuple:
+    """(dead, near-dead, dormant, activation rate, dormant score) per unit from the counts over
+    ``positions`` (> 0) observed positions. NumPy arrays or torch tensors alike: the scan
+    derives them on the host, ``reludoctor.watching`` on the device for each window."""
+    rate = positive / positions
+    dead = positive == 0  # never above the lower bound: max pre-activation <= lower
+    near = (~dead) & (rate < near_dead)
+    mean_abs = abs_output_sum / positions
+    layer_mean = mean_abs.mean() if mean_abs.shape[0] else mean_abs.sum()
+    score = mean_abs / (layer_mean + (layer_mean == 0))  # a silent layer: every score 0
+    return dead, near, score <= dormant_tau, rate, score
+
+
 def site_stats(
     *,
     name: str,
@@ -32,16 +45,12 @@ def site_stats(
     unit_axis_reason: str | None = None,
 ) -> SiteStats:
     positions = max(counts.positions, 1)
-    rate = counts.positive / positions
-    dead = counts.positive == 0  # never above the lower bound: max pre-activation <= lower
-    near = (~dead) & (rate < near_dead)
-    mean_abs = counts.abs_output_sum / positions
-    layer_mean = float(mean_abs.mean()) if mean_abs.size else 0.0
+    layer_mean = float((counts.abs_output_sum / positions).mean()) if counts.units else 0.0
     if not np.isfinite(layer_mean):
         raise DataError(f"activations at {name} overflow to infinity on the calibration data",
                         "check the data's scale (normalisation) and the model's weights")
-    score = mean_abs / layer_mean if layer_mean > 0 else np.zeros_like(mean_abs)
-    dormant = score <= dormant_tau
+    dead, near, dormant, rate, score = unit_masks(counts.positive, positions, counts.abs_output_sum,
+                                                  near_dead, dormant_tau)
     raw = counts.to_report()  # the state as the report keeps it, so unit_counts() can invert it
     saturated = None
     minimum = None

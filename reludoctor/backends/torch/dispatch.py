@@ -51,11 +51,14 @@ class _ModuleStack:
         return self._names[id(module)]
 
     @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
+    def active(self, entered: Any = None) -> Iterator[None]:
         def push(module: Any, _args: Any) -> None:
             if id(module) in self._names:
                 cls = type(module)
                 self.stack.append((module, self._path(module), f"{cls.__module__}.{cls.__qualname__}"))
+
+        if entered is not None:  # its forward began before these hooks existed
+            push(entered, ())
 
         def pop(module: Any, _args: Any, _out: Any) -> None:
             if self.stack and self.stack[-1][0] is module:
@@ -92,7 +95,7 @@ class _GraphNodes:
         return self._interpreter.run(*args)
 
     @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
+    def active(self, entered: Any = None) -> Iterator[None]:
         try:
             yield
         finally:
@@ -150,14 +153,17 @@ class DispatchInstrument:
     axis 1), its first pre-activation kept until then.
 
     With a ``hook`` (``DispatchHook``), the hook's per-site objects replace the unit observers
-    (unit axis 0, never waiting for a consumer); ``batch`` is then unused.
+    (unit axis 0, never waiting for a consumer); ``batch`` is then unused. ``observer_factory``
+    makes each site's unit observer, called as ``TorchUnitObserver`` is (``reludoctor.watching``
+    passes one that keeps per-step statistics).
     """
 
     def __init__(self, model: Any, batch: BatchContext | None = None, unit_axis: int | None = None,
-                 hook: DispatchHook | None = None):
+                 hook: DispatchHook | None = None, observer_factory: Any = TorchUnitObserver):
         self.batch = batch
         self.unit_axis = unit_axis
         self.hook = hook
+        self.observer_factory = observer_factory
         self.modules: _ModuleStack | _GraphNodes
         if _has_module_stacks(model):
             self.modules = _GraphNodes(model)
@@ -167,13 +173,11 @@ class DispatchInstrument:
             target = model
 
         def forward(*args: Any, **kwargs: Any) -> Any:
-            for tensor in _tensors(list(args) + list(kwargs.values()), []):
-                self._origins[tensor] = INPUT_ORIGIN
+            self.enter_forward(args, kwargs)
             try:
                 return target(*args, **kwargs)
             finally:
-                if self._pending:
-                    self._flush()
+                self.exit_forward()
 
         self.forward = forward
         self._keys: list[tuple] = []  # (base name, shape, occurrence) in first-execution order
@@ -186,6 +190,16 @@ class DispatchInstrument:
         # Sites whose unit axis waits for their consumer: key -> (first pre-activation, producer)
         self._pending: dict[tuple, tuple[Any, str | None]] = {}
         self._pending_out = WeakIdKeyDictionary()  # activation output (or a copy) -> site key
+
+    def enter_forward(self, args: tuple, kwargs: dict) -> None:
+        """A forward pass begins: its arguments are the model's inputs (``sites.derive``)."""
+        for tensor in _tensors(list(args) + list(kwargs.values()), []):
+            self._origins[tensor] = INPUT_ORIGIN
+
+    def exit_forward(self) -> None:
+        """A forward pass ended: observe the sites still waiting for a consumer."""
+        if self._pending:
+            self._flush()
 
     def site_call(self, func: Any, args: tuple, kwargs: dict) -> tuple[tuple, Any, str] | None:
         """(site key, activation, module path) when this ATen call is a ReLU-family site, else
@@ -244,7 +258,7 @@ class DispatchInstrument:
                  ndim: int) -> TorchUnitObserver:
         activation, path, _ = self._specs[key]
         axis, reason = unit_axis_choice(ndim, producer, consumer, self.unit_axis)
-        observer = TorchUnitObserver(axis, activation.lower, activation.upper, self.batch)
+        observer = self.observer_factory(axis, activation.lower, activation.upper, self.batch)
         self._observers[key] = observer
         self._specs[key] = (activation, path, axis)
         self._reasons[key] = reason
@@ -340,7 +354,9 @@ class DispatchInstrument:
                 producers[out] = kind
 
     @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
+    def active(self, entered: Any = None) -> Iterator[None]:
+        """The dispatch mode and the module stack. ``entered``: a module whose forward already
+        began (a forward pre-hook enters the mode), named as if its own hook had run."""
         instrument = self
         producers = WeakIdKeyDictionary()  # 3-D tensors -> "conv" | "linear" (unit axis choice)
 
@@ -356,7 +372,7 @@ class DispatchInstrument:
                 return out
 
         try:
-            with self.modules.active(), _Mode():
+            with self.modules.active(entered), _Mode():
                 yield
         finally:
             self._pending_out.clear()
