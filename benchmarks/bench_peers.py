@@ -185,10 +185,10 @@ def _torch_section(args: argparse.Namespace, clock: Clock, data: Any) -> list[tu
 
     from reludoctor.backends.torch.export import instrument_graph_module
     from reludoctor.backends.torch.loader import from_object
+    from reludoctor.backends.torch.scan import export_for_scan as _export
     from reludoctor.core.batches import resolve_dtype, run
     from reludoctor.core.observers import BatchContext
     from reludoctor.data.calibration import load_calibration
-    from reludoctor.backends.torch.scan import export_for_scan as _export
 
     device = torch.device(args.device)
     bs, n = args.batch_size, args.batches

@@ -142,10 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     import reludoctor
     from reludoctor.backends.torch.export import instrument_graph_module
     from reludoctor.backends.torch.loader import from_object
+    from reludoctor.backends.torch.scan import export_for_scan as _export
     from reludoctor.core.batches import run
     from reludoctor.core.observers import BatchContext, TorchUnitObserver
     from reludoctor.data.calibration import load_calibration
-    from reludoctor.backends.torch.scan import export_for_scan as _export
 
     if args.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: CUDA is not available here; nothing timed")

@@ -192,10 +192,10 @@ def _torch_case(model: Any, data: Any, args: argparse.Namespace) -> dict[str, An
 
     from reludoctor.backends.torch.export import instrument_graph_module
     from reludoctor.backends.torch.loader import from_object
+    from reludoctor.backends.torch.scan import export_for_scan as _export
     from reludoctor.core.batches import run
     from reludoctor.core.observers import BatchContext
     from reludoctor.data.calibration import load_calibration
-    from reludoctor.backends.torch.scan import export_for_scan as _export
 
     bs, n = args.batch_size, args.batches
     device = torch.device(args.device)
