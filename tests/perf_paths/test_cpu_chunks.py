@@ -22,6 +22,16 @@ def _state(batches, lower, upper, *, chunk_bytes, monkeypatch, device_route=Fals
         return observer.state()
 
 
+def _assert_same(fast, reference) -> None:  # noqa: ANN001
+    np.testing.assert_array_equal(fast.positive, reference.positive)
+    np.testing.assert_array_equal(fast.max, reference.max)
+    if reference.min is not None:
+        np.testing.assert_array_equal(fast.min, reference.min)
+    np.testing.assert_allclose(fast.abs_output_sum, reference.abs_output_sum, rtol=1e-5)
+    np.testing.assert_array_equal(fast.hist, reference.hist)
+    assert fast.positions == reference.positions and fast.samples == reference.samples
+
+
 @pytest.mark.parametrize(("lower", "upper"), [(0.0, None), (0.0, 6.0), (-1.0, 1.0)])
 @pytest.mark.parametrize("shape", [(13, 5, 7, 3), (9, 6, 11), (7, 3, 2, 2, 2), (13, 5, 1, 1)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -38,13 +48,7 @@ def test_small_chunks_match_the_device_route(monkeypatch, lower, upper, shape, d
         fast = _state(batches, lower, upper, chunk_bytes=chunk_bytes, monkeypatch=monkeypatch)
         reference = _state(batches, lower, upper, chunk_bytes=chunk_bytes,
                            monkeypatch=monkeypatch, device_route=True)
-        np.testing.assert_array_equal(fast.positive, reference.positive)
-        np.testing.assert_array_equal(fast.max, reference.max)
-        if reference.min is not None:
-            np.testing.assert_array_equal(fast.min, reference.min)
-        np.testing.assert_allclose(fast.abs_output_sum, reference.abs_output_sum, rtol=1e-5)
-        np.testing.assert_array_equal(fast.hist, reference.hist)
-        assert fast.positions == reference.positions and fast.samples == reference.samples
+        _assert_same(fast, reference)
     if lower == 0.0:
         assert fast.positive[1] == 0 and fast.max[1] < 0
 
@@ -56,16 +60,6 @@ def test_nan_batch_falls_back_exactly(monkeypatch) -> None:
     reference = _state([x], 0.0, None, chunk_bytes=64, monkeypatch=monkeypatch, device_route=True)
     np.testing.assert_array_equal(fast.positive, reference.positive)
     np.testing.assert_array_equal(fast.max, reference.max)
-
-
-def _assert_same(fast, reference) -> None:  # noqa: ANN001
-    np.testing.assert_array_equal(fast.positive, reference.positive)
-    np.testing.assert_array_equal(fast.max, reference.max)
-    if reference.min is not None:
-        np.testing.assert_array_equal(fast.min, reference.min)
-    np.testing.assert_allclose(fast.abs_output_sum, reference.abs_output_sum, rtol=1e-5)
-    np.testing.assert_array_equal(fast.hist, reference.hist)
-    assert fast.positions == reference.positions and fast.samples == reference.samples
 
 
 @pytest.mark.parametrize(("lower", "upper"), [(0.0, None), (0.0, 6.0), (-1.0, 1.0)])
