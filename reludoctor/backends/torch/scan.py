@@ -53,16 +53,28 @@ def quiet_export() -> Iterator[None]:
             logger.setLevel(level)
 
 
+def placed_by_accelerate(module: Any) -> bool:
+    """Whether accelerate's big-model inference placed the model (``device_map``: layers on
+    several devices, or offloaded to CPU or disk, with hooks that bring each layer's weights in
+    for its forward). Such a model stays where it is, and is observed with dispatch: the hooks
+    are Python code torch.export cannot trace, and the observers then live on each layer's
+    device, as they allocate where the activation is."""
+    if getattr(module, "hf_device_map", None):
+        return True
+    return any(hasattr(m, "_hf_hook") for m in getattr(module, "modules", lambda: ())())
+
+
 @contextlib.contextmanager
 def preserved(module: Any, device: Any, set_mode: bool) -> Iterator[None]:
     """Eval mode and the target device during the scan; training flags and device restored.
 
     Exported programs have no train/eval switch (their graph is fixed): ``set_mode`` is False.
+    A model placed by accelerate keeps its placement (its inputs are moved by its hooks).
     """
     import torch
 
     modes = [(m, m.training) for m in module.modules() if hasattr(m, "training")] if set_mode else []
-    params = list(module.parameters()) if hasattr(module, "parameters") else []
+    params = list(module.parameters()) if hasattr(module, "parameters") and not placed_by_accelerate(module) else []
     original = params[0].device if params else None
     try:
         if set_mode and isinstance(module, torch.nn.Module):
@@ -85,6 +97,11 @@ def _capture(loaded: LoadedModel, calibration: Any, run: ScanRun) -> tuple[Any, 
     if loaded.exported is not None:
         return loaded.exported, loaded.module
     if loaded.format == ModelFormat.TORCHSCRIPT:
+        return None, None
+    if placed_by_accelerate(loaded.module):
+        if method == Method.EXPORT:
+            raise UsageError("torch.export cannot capture a model placed by accelerate (device_map, "
+                             "offload)", "use --method dispatch (the default for such models)")
         return None, None
     try:
         with phase("torch.export"):
