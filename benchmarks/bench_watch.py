@@ -2,9 +2,10 @@
 
     python benchmarks/bench_watch.py                    # MLP and small CNN, every = 1, 10, 50
     python benchmarks/bench_watch.py --steps 400 --repeats 5 --threads 2
+    python benchmarks/bench_watch.py --device cuda      # gpu_check.sh step 5
 
 Per model, two copies with the same weights train side by side on the same batches (plain SGD,
-forward + backward + step, CPU): one plain, one under ``reludoctor.watch(every=k, window=20)``.
+forward + backward + step, CPU or ``--device cuda``): one plain, one under ``reludoctor.watch(every=k, window=20)``.
 The two alternate step by step, so noise from other processes falls on both; a run's ratio is
 the watched copy's total time over the plain copy's. Each (model, every) repeats ``--repeats``
 times (default 3); the median ratio is printed. Targets (issue 14): <= 1.05x with every=10,
@@ -36,22 +37,27 @@ def _models(torch: Any) -> dict[str, tuple[Any, tuple[int, ...]]]:
 
 
 def _step(torch: Any, model: Any, opt: Any, x: Any, y: Any) -> float:
+    cuda = x.is_cuda
+    if cuda:  # a CUDA step is asynchronous: time it from an idle device to an idle device
+        torch.cuda.synchronize()
     start = time.perf_counter()
     loss = torch.nn.functional.cross_entropy(model(x), y)
     opt.zero_grad()
     loss.backward()
     opt.step()
+    if cuda:
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
-def _ratio(torch: Any, model: Any, shape: tuple[int, ...], every: int, steps: int) -> float:
+def _ratio(torch: Any, model: Any, shape: tuple[int, ...], every: int, steps: int, device: str) -> float:
     import reludoctor
 
-    plain, watched = copy.deepcopy(model), copy.deepcopy(model)
+    plain, watched = copy.deepcopy(model).to(device), copy.deepcopy(model).to(device)
     opts = [torch.optim.SGD(m.parameters(), lr=0.01) for m in (plain, watched)]
     generator = torch.Generator().manual_seed(1)
-    batches = [(torch.randn(shape, generator=generator), torch.randint(0, 10, (shape[0],), generator=generator))
-               for _ in range(8)]
+    batches = [(torch.randn(shape, generator=generator).to(device),
+                torch.randint(0, 10, (shape[0],), generator=generator).to(device)) for _ in range(8)]
     totals = [0.0, 0.0]
     with reludoctor.watch(watched, every=every, window=20):
         for step in range(steps + 10):  # the first 10: warm-up, not counted
@@ -68,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="runs per (model, every); median (default 3)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--every", default="1,10,50", help="comma-separated values of every")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = parser.parse_args(argv)
 
     import warnings
@@ -76,11 +83,11 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")  # random models draw dead-unit alerts: not what is timed
-    print(f"torch {torch.__version__}, CPU, {args.threads} threads, {args.steps} steps, median of {args.repeats}")
+    print(f"torch {torch.__version__}, {args.device.upper()}, {args.threads} threads, {args.steps} steps, median of {args.repeats}")
     print(f"{'model':40s} {'every':>5s} {'watched/plain':>14s}  runs            target")
     for name, (model, shape) in _models(torch).items():
         for every in (int(e) for e in args.every.split(",")):
-            runs = [_ratio(torch, model, shape, every, args.steps) for _ in range(args.repeats)]
+            runs = [_ratio(torch, model, shape, every, args.steps, args.device) for _ in range(args.repeats)]
             median = statistics.median(runs)
             target = TARGETS.get(every)
             verdict = "" if target is None else f"<= {target:.2f}x {'met' if median <= target else 'NOT met'}"

@@ -10,7 +10,9 @@
 # 3. the ONNX comparison when onnxruntime has a CUDA execution provider;
 # 4. the model zoo (issue 13): every model of bench_zoo.py on the GPU, batch 256 x 3x224x224,
 #    PyTorch (target scan/plain <= 1.10 on the light models) and ONNX where onnxruntime-gpu is
-#    installed; written to zoo_cuda.json.
+#    installed; written to zoo_cuda.json;
+# 5. reludoctor.watch during training (issue 14): training steps with and without the watcher on
+#    the GPU, every = 1, 10, 50 (targets <= 1.05x at 10, <= 1.02x at 50).
 # Prints figures and exits 0 unless a step crashed; the verdict lines say whether targets were met.
 set -u
 cd "$(dirname "$0")/.."
@@ -42,4 +44,7 @@ $PY benchmarks/bench_peers.py --device cuda --model resnet50 --batch-size 64 --i
 echo "== 4. the model zoo on the GPU, batch 256, 224x224 (target <= 1.10 on the light models)"
 $PY benchmarks/bench_zoo.py --device cuda --threads 1 --batch-size 256 --image-size 224 \
     --batches 3 --repeats 3 --no-e2e --out zoo_cuda.json || status=1
+
+echo "== 5. reludoctor.watch on the GPU (targets <= 1.05x with every=10, <= 1.02x with every=50)"
+$PY benchmarks/bench_watch.py --device cuda --steps 200 --repeats 3 || status=1
 exit $status

@@ -261,3 +261,28 @@ def test_package_exports_the_function():
     import reludoctor.watching.state  # noqa: F401  (the subpackage must not shadow the function)
 
     assert callable(reludoctor.watch) and reludoctor.watch.__module__ == "reludoctor.watching"
+
+
+def test_observed_steps_read_nothing_back_until_a_flush(monkeypatch):
+    """No per-step host sync: observed training steps (the observer's device route, as a CUDA
+    activation takes it, and the streak and window updates) run with every host read-back of
+    a tensor made to raise; the one read-back is the flush, after the block."""
+    from tests.perf_paths.test_sync_free import no_read_back
+
+    model = AllForms()
+    batches = _batches(6)
+    watcher = reludoctor.watch(model, every=1, window=2, flush_every=100)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    try:
+        with no_read_back(monkeypatch) as calls:
+            for x, y in batches:
+                loss = F.cross_entropy(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        assert calls == []
+        assert watcher.observed_steps == list(range(6))
+        records = watcher.flush()
+    finally:
+        watcher.close()
+    assert [r["step"] for r in records if r["type"] == "step"] == list(range(6))
