@@ -130,6 +130,10 @@ def export(report: Report, folder: str | Path, naming: str = "index",
         raise UsageError(f"{OPTION} {folder} holds activation files reludoctor did not write "
                          f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})",
                          "choose an empty folder: PowerInfer would read every one as a layer")
+    # First an index naming every file this export may leave behind, so that an interrupted
+    # export is still ours to replace on the next run (not refused as someone else's).
+    _write_index(folder, {"format": "powerinfer-activations", "complete": False,
+                          "layers": [{"file": name} for name in sorted(ours | set(names))]})
     sites = {site.name: site for site in report.sites}
     exported = []
     for layer, name in zip(layers, names):
@@ -143,9 +147,13 @@ def export(report: Report, folder: str | Path, naming: str = "index",
         path = folder / stale
         if path.is_file() and not path.is_symlink():
             path.unlink()
-    index = {"format": "powerinfer-activations", "naming": naming, "dtype": "int64",
-             "model": {"path": report.model.path, "sha256": report.model.sha256},
-             "layers": [asdict(e) for e in exported]}
+    _write_index(folder, {"format": "powerinfer-activations", "complete": True, "naming": naming,
+                          "dtype": "int64",
+                          "model": {"path": report.model.path, "sha256": report.model.sha256},
+                          "layers": [asdict(e) for e in exported]})
+    return exported
+
+
+def _write_index(folder: Path, index: dict) -> None:
     with safeio.atomic_path(folder / INDEX_NAME, OPTION) as temp:
         temp.write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-    return exported

@@ -122,3 +122,27 @@ def test_a_model_without_token_sites_has_nothing_to_export(tmp_path: Path) -> No
     with pytest.raises(ReludoctorError, match="no FFN"):
         powerinfer.export(report, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_interrupted_export_is_replaced_by_the_next(lm, tmp_path: Path, monkeypatch) -> None:
+    import reludoctor
+    from reludoctor.report import powerinfer
+
+    report = reludoctor.scan(TokenModel(blocks=BLOCKS), {"input_ids": token_ids(9)})
+    real_save, calls = torch.save, []
+
+    def failing_save(obj, path):  # noqa: ANN001, ANN202
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # as if interrupted while writing the third file
+        return real_save(obj, path)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(KeyboardInterrupt):
+        powerinfer.export(report, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "activation_0.pt", "activation_1.pt", "reludoctor-activations.json"]  # no temp file left
+    monkeypatch.setattr(torch, "save", real_save)
+    powerinfer.export(report, tmp_path)  # its own leftovers: not refused
+    assert json.loads((tmp_path / "reludoctor-activations.json").read_text())["complete"] is True
+    _same(powerinfer_solver_read(tmp_path, BLOCKS), lm[1])
