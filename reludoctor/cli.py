@@ -368,12 +368,11 @@ def _scan(model: str, data: Optional[str], params: dict, outputs: ReportArgs, qu
     from reludoctor.core.distributed import is_writer
     from reludoctor.core.timings import Timings, phase
     from reludoctor.engine import scan as run_scan
+    from reludoctor.report import powerinfer
     from reludoctor.report.baseline import load_report
 
     writer = is_writer()  # under torchrun only rank 0 prints and writes (other ranks: errors only)
     settings, planned, to_stdout = _prepare(outputs, [model, data, params["labels"]], writes=writer)
-    from reludoctor.report import powerinfer
-
     export_dir = params["export_activations"]
     if export_dir is not None and writer:  # refused before the scan, not after it
         powerinfer.check_folder(export_dir, params["export_naming"], [model, data, params["labels"]])
