@@ -146,3 +146,17 @@ def test_an_interrupted_export_is_replaced_by_the_next(lm, tmp_path: Path, monke
     powerinfer.export(report, tmp_path)  # its own leftovers: not refused
     assert json.loads((tmp_path / "reludoctor-activations.json").read_text())["complete"] is True
     _same(powerinfer_solver_read(tmp_path, BLOCKS), lm[1])
+
+
+def test_powerinfer_tensor_operations_accept_the_files(lm, tmp_path: Path) -> None:
+    """What solver.py and export_split.py do with each tensor, on int64 counts."""
+    assert _scan(lm, tmp_path).exit_code == 0
+    for i, counts in enumerate(powerinfer_solver_read(tmp_path, BLOCKS)):
+        ranked, _ = torch.sort(counts, descending=True)  # solver.py
+        grouped = (ranked * -1.0).view(-1, 8).sum(dim=1).tolist()  # batch 8 divides 16 neurons
+        assert sum(grouped) == -float(lm[1][i].sum())
+        _, indices = torch.topk(counts, k=4)  # export_split.py: the 4 hottest neurons on the GPU
+        gpu_idx = torch.zeros_like(counts)
+        gpu_idx[indices] = 1
+        assert gpu_idx.numpy().astype(np.int32).sum() == 4
+        assert counts[indices].min() >= np.sort(lm[1][i])[-4]
