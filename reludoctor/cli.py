@@ -339,6 +339,8 @@ def scan(
     labels: Optional[str] = typer.Option(None, "--labels", metavar="FILE", help="Class labels (.npy of ints, one per sample) for the gradient pass's cross-entropy; default: the model's own argmax."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print, on stderr, the ReLU-like ops that are not activations (box clipping, clamps of integers) and why, and where the time went (loading, export, instrumentation, session build, the data pass)."),
+    export_activations: Optional[str] = typer.Option(None, "--export-activations", metavar="DIR", help="Language models: write each transformer block's FFN activation counts to DIR in PowerInfer's layout (activation_{i}.pt, int64 [neurons]) with an index reludoctor-activations.json. DIR is created."),
+    export_naming: str = typer.Option("index", "--export-naming", metavar="index|padded", help="File names of --export-activations: index (activation_3.pt, what PowerInfer's solver opens) or padded (activation_03.pt: sorts right as strings too)."),
     debug: bool = DEBUG_OPTION,
 ) -> None:
     """Scan MODEL for dead ReLU units over calibration data."""
@@ -366,10 +368,14 @@ def _scan(model: str, data: Optional[str], params: dict, outputs: ReportArgs, qu
     from reludoctor.core.distributed import is_writer
     from reludoctor.core.timings import Timings, phase
     from reludoctor.engine import scan as run_scan
+    from reludoctor.report import powerinfer
     from reludoctor.report.baseline import load_report
 
     writer = is_writer()  # under torchrun only rank 0 prints and writes (other ranks: errors only)
     settings, planned, to_stdout = _prepare(outputs, [model, data, params["labels"]], writes=writer)
+    export_dir = params["export_activations"]
+    if export_dir is not None and writer:  # refused before the scan, not after it
+        powerinfer.check_folder(export_dir, params["export_naming"], [model, data, params["labels"]])
     baseline_report = load_report(settings.baseline, "baseline") if settings.baseline else None
     err = _stderr()
     progress_bar = None
@@ -407,6 +413,8 @@ def _scan(model: str, data: Optional[str], params: dict, outputs: ReportArgs, qu
     if not writer:  # rank 0 writes, and alone carries a failed gate's exit code: torchrun stops
         return EXIT_OK  # the other ranks when one fails, and must not stop rank 0 mid-write
     with timings.active(), phase("write the report"):
+        if export_dir is not None:
+            powerinfer.export(report, export_dir, params["export_naming"], warn)
         _write_outputs(report, planned, to_stdout, settings.top)
     if verbose:
         for line in timings.lines():

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from reludoctor import __version__, activations
 from reludoctor.backends.base import Backend, LoadedModel, Observation, ScanRun
-from reludoctor.core import distributed
+from reludoctor.core import distributed, profile
 from reludoctor.core.batches import Progress, dtype_name, resolve_dtype
 from reludoctor.core.observers import BatchContext
 from reludoctor.core.rules import evaluate
@@ -155,6 +155,7 @@ def scan(model: Any, data: Any = None, options: ScanOptions | None = None, *,
         warnings=tuple(notes),
         gradients=gradient_info,
         ignored_ops=tuple(observation.ignored_ops),
+        profile=profile.build(stats, observation.samples),
     )
 
 

@@ -67,6 +67,7 @@ def merge_files(paths: Sequence[str | Path], warn: Callable[[str], None] | None 
 def merge_reports(reports: Sequence[Report], names: Sequence[str] | None = None,
                   warn: Callable[[str], None] | None = None) -> Report:
     """The report of one scan over the union of the reports' (disjoint) calibration data."""
+    from reludoctor.core import profile
     from reludoctor.core.rules import evaluate
     from reludoctor.core.stats import site_stats, summarise, unit_counts
 
@@ -125,6 +126,7 @@ def merge_reports(reports: Sequence[Report], names: Sequence[str] | None = None,
         warnings=tuple(warnings),
         gradients=gradients,
         ignored_ops=tuple(_unique(op for r in reports for op in r.ignored_ops)),
+        profile=profile.build(stats, samples),
     )
 
 

@@ -243,6 +243,39 @@ class GateOutcome:
 
 
 @dataclass(frozen=True)
+class HotSet:
+    coverage: float  # 0.8, 0.9, 0.99: the share of the layer's activations covered
+    neurons: int  # the fewest neurons covering it (most active first)
+
+
+@dataclass(frozen=True)
+class LayerProfile:
+    """One FFN site of a language model: how sparse it is, how concentrated its firing.
+
+    Per-neuron frequencies are the site's ``activation_rate`` (not repeated here)."""
+
+    site: str  # the site's name in ``sites``
+    module: str
+    layer: int | None  # the transformer block index parsed from ``module``; None: none found
+    neurons: int
+    tokens: int  # observed tokens (the site's positions)
+    activations: int  # (token, neuron) pairs where the neuron fired
+    sparsity: float  # 1 - activations / (tokens * neurons)
+    mean_active_neurons: float  # activations / tokens
+    mean_active_fraction: float  # activations / (tokens * neurons) = 1 - sparsity
+    hot: tuple[HotSet, ...]  # coverage 0.8, 0.9, 0.99
+    dead_neurons: int
+
+
+@dataclass(frozen=True)
+class ActivationProfile:
+    """The neuron activation profile of every FFN (token) site; see core/profile.py."""
+
+    layers: tuple[LayerProfile, ...]
+    sparsity: float  # over every layer's (token, neuron) pairs
+
+
+@dataclass(frozen=True)
 class Report:
     tool: dict[str, str]
     model: ModelInfo
@@ -260,6 +293,9 @@ class Report:
     gradients: GradientInfo = field(default_factory=lambda: GradientInfo(False, reason=NOT_REQUESTED))
     dtype: str = "float32"  # the forward pass's precision: float32, or bfloat16/float16 autocast
     ignored_ops: tuple[IgnoredOp, ...] = ()  # ReLU-like ops that are not activations, and why
+    # Language models only: None (and no ``profile`` key) when the model has no token site,
+    # so reports of CNNs and MLPs stay as they were.
+    profile: ActivationProfile | None = None
 
     def site(self, name: str) -> SiteStats:
         for site in self.sites:
@@ -271,6 +307,8 @@ class Report:
         data = asdict(self)
         ordered = {"schema_version": data.pop("schema_version")}
         ordered.update(data)
+        if ordered["profile"] is None:
+            del ordered["profile"]
         return _jsonable(ordered)
 
     @classmethod

@@ -19,7 +19,7 @@ from collections import defaultdict
 from typing import Any
 
 from reludoctor.report.model import Report
-from reludoctor.reporters import plots
+from reludoctor.reporters import plots, profile_plots
 from reludoctor.reporters.common import (
     SEVERITIES,
     RenderOptions,
@@ -159,6 +159,12 @@ def _figures(report: Report) -> list[tuple[str, str, str]]:
          plots.histograms(report)),
         ("plot-gradient", "Gradient statistics per site along depth, as recorded in the report.",
          plots.gradient_flow(report)),
+        ("plot-sparsity", "Language model FFN sites: the share of (token, neuron) pairs where the "
+                          "neuron did not fire (sparsity) and of neurons that never fired, per layer.",
+         profile_plots.sparsity(report)),
+        ("plot-frequency", "Each FFN layer's neuron activation frequencies (fired tokens / tokens), "
+                           "sorted high to low: the steeper the head, the fewer hot neurons carry "
+                           "the activations.", profile_plots.frequencies(report)),
     ]
     return [(fid, caption, scoped(svg, fid, caption)) for fid, caption, svg in made if svg]
 

@@ -73,6 +73,7 @@ def render(report: Report, options: RenderOptions | None = None) -> str:
                    + ", ".join(md_code(u.name, table=True) for u in report.unobserved_sites[:5]) + " |")
     out.append("")
     out.extend(_sites(report, top))
+    out.extend(_profile(report))
     if report.gates is not None and not report.gates.passed:
         out.extend(_gates(report))
     if report.baseline is not None:
@@ -81,6 +82,25 @@ def render(report: Report, options: RenderOptions | None = None) -> str:
     version = report.tool.get("version", "")
     out.append(f"<sub>reludoctor {md_escape(version)} · report schema_version {report.schema_version}</sub>")
     return "\n".join(out).rstrip() + "\n"
+
+
+def _profile(report: Report) -> list[str]:
+    """Language models: the per-layer neuron activation profile (nothing for other models)."""
+    profile = report.profile
+    if profile is None:
+        return []
+    hot = [f"hot {h.coverage:.0%}" for h in profile.layers[0].hot]
+    out = [f"### Neuron activation profile (sparsity {percent(profile.sparsity)})", "",
+           "| layer | site | neurons | sparsity | active per token | " + " | ".join(hot) + " | dead |",
+           "|--:|---|--:|--:|--:|" + "--:|" * len(hot) + "--:|"]
+    for layer in profile.layers:
+        index = "-" if layer.layer is None else str(layer.layer)
+        sizes = " | ".join(human(h.neurons) for h in layer.hot)
+        out.append(f"| {index} | {md_code(layer.site, table=True)} | {human(layer.neurons)} | "
+                   f"{percent(layer.sparsity)} | {layer.mean_active_neurons:.1f} | {sizes} | "
+                   f"{human(layer.dead_neurons)} |")
+    out.append("")
+    return out
 
 
 def _sites(report: Report, top: int) -> list[str]:

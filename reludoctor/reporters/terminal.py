@@ -184,6 +184,36 @@ def site_table(report: Report, top: int | None = None, console: Console | None =
     return fitted(build, console)
 
 
+def profile_table(report: Report, console: Console | None = None) -> Table | None:
+    """Language models: one row per FFN site (its block, neurons, sparsity, the sizes of the
+    hot sets covering 80/90/99% of its activations, dead neurons); None without a profile."""
+    profile = report.profile
+    if profile is None:
+        return None
+    title = f"neuron activation profile (FFN sites; sparsity {profile.sparsity:.1%})"
+
+    def build(name_width: int, with_bar: bool) -> Table:
+        table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+        table.add_column("layer", justify="right", no_wrap=True)
+        table.add_column("site", no_wrap=True, overflow="ellipsis", min_width=NAME_MIN,
+                         max_width=max(NAME_MIN, name_width))
+        table.add_column("neurons", justify="right", no_wrap=True)
+        table.add_column("sparsity", justify="right", no_wrap=True)
+        for hot in profile.layers[0].hot:
+            table.add_column(f"hot{hot.coverage:.0%}", justify="right", no_wrap=True)
+        table.add_column("dead", justify="right", min_width=4, no_wrap=True)
+        names = shorten_names([layer.site for layer in profile.layers],
+                              [max(NAME_MIN, name_width)] * len(profile.layers))
+        for layer, name in zip(profile.layers, names):
+            cells = ["-" if layer.layer is None else str(layer.layer), name, human(layer.neurons),
+                     f"{layer.sparsity:.1%}", *(human(hot.neurons) for hot in layer.hot),
+                     _count(layer.dead_neurons, "red")]
+            table.add_row(*cells)  # no bar: sparsity is not a defect
+        return table
+
+    return fitted(build, console)
+
+
 def _summary_lines(report: Report) -> list[Text]:
     s = report.summary
     n = report.calibration.samples
@@ -281,6 +311,9 @@ def print_report(report: Report, console: Console, options: RenderOptions | None
                            "(sites with the fewest dead units)", style="dim"))
     for line in _summary_lines(report):
         console.print(line)
+    profile = profile_table(report, console)
+    if profile is not None:
+        console.print(profile)
     if report.baseline is not None:
         for indent, line in baseline_lines(report.baseline):
             console.print(Padding(line, (0, 0, 0, indent), expand=False))
