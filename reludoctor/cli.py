@@ -303,7 +303,7 @@ METHOD_OPTION = typer.Option(DEFAULTS.method.value, "--method", help="How call s
 
 @app.command()
 def scan(
-    model: str = typer.Argument(..., help="Model file: .pt2 (torch.export), TorchScript, .onnx, or a state_dict with --arch."),
+    model: str = typer.Argument(..., help="Model file: .pt2 (torch.export), TorchScript, .onnx, a state_dict with --arch, or a Hugging Face checkpoint (a folder with config.json and *.safetensors, or a cached model id org/name)."),
     data: Optional[str] = DATA_OPTION,
     json_out: Optional[str] = JSON_OPTION,
     markdown_out: Optional[str] = MARKDOWN_OPTION,

@@ -27,6 +27,7 @@ class ModelFormat(_Choice):
     MODULE = "module"
     PICKLED_MODULE = "pickled-module"
     ONNX = "onnx"
+    HUGGINGFACE = "huggingface"  # a save_pretrained folder or a cached model id (PyTorch backend)
 
 
 class Method(_Choice):

@@ -126,3 +126,39 @@ def ffn_oracle(model, batches, modules: dict[str, object]) -> dict[str, dict]:
         for handle in handles:
             handle.remove()
     return found
+
+
+@pytest.fixture
+def cli():
+    """``reludoctor ARGS`` in-process, stdout and stderr apart, a wide terminal."""
+    from typer.testing import CliRunner
+
+    from reludoctor.cli import app
+
+    def invoke(*args: object):
+        env = {"COLUMNS": "200", "TTY_COMPATIBLE": None, "FORCE_COLOR": None, "NO_COLOR": None}
+        return CliRunner().invoke(app, [str(a) for a in args], env=env)
+
+    return invoke
+
+
+@pytest.fixture
+def hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty local Hugging Face cache (the hub's layout), used instead of the user's."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def cache_model(cache: Path, model_id: str, source: Path) -> None:
+    """Place a checkpoint folder in the cache as the hub would (refs/main -> snapshots/<commit>)."""
+    import shutil
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / ("models--" + model_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(source, repo / "snapshots" / commit)
