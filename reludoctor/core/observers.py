@@ -357,8 +357,10 @@ class BatchContext:
         It applies to leading axes [N, T] (units further on), and to a leading axis of N*T
         (a sequence flattened to rows, as OPT's FFN does): then the mask is flattened too."""
         mask = self.mask
-        if mask is None or mask.device != x.device:
+        if mask is None:
             return None
+        if mask.device != x.device:  # a model spread over devices (device_map): queued copy
+            mask = mask.to(x.device, non_blocking=True)
         if x.ndim >= 3 and axis >= 2 and tuple(x.shape[:2]) == tuple(mask[:x.shape[0]].shape):
             return mask[:x.shape[0]]
         if x.ndim >= 2 and axis >= 1 and mask.ndim == 2 and mask.shape[1] > 1 \

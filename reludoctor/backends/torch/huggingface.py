@@ -110,7 +110,7 @@ def load(path: Path, trust_model: bool) -> LoadedModel:
     """A checkpoint folder, or a model id (``detect.is_model_id``) resolved to its cached
     snapshot -> LoadedModel (format huggingface)."""
     from reludoctor.backends import detect
-    from reludoctor.backends.torch.loader import _signature_inputs
+    from reludoctor.backends.torch.loader import from_object
 
     model_id = None
     if detect.is_model_id(path):
@@ -142,7 +142,10 @@ def load(path: Path, trust_model: bool) -> LoadedModel:
         model.config.use_cache = False  # no key/value cache: a scan runs each batch once
     tokenizer = str(path) if any((path / name).is_file() for name in TOKENIZER_FILES) else None
     positions = config.get("max_position_embeddings")
-    return LoadedModel(ModelFormat.HUGGINGFACE, model, inputs=_signature_inputs(model.forward),
-                       path=model_id or str(path), sha256=_digest([path / CONFIG, *weights]),
-                       tokenizer=tokenizer,
-                       max_length=positions if isinstance(positions, int) and positions > 0 else None)
+    loaded = from_object(model)  # an nn.Module: its inputs from forward's signature
+    loaded.format = ModelFormat.HUGGINGFACE
+    loaded.path = model_id or str(path)
+    loaded.sha256 = _digest([path / CONFIG, *weights])
+    loaded.tokenizer = tokenizer
+    loaded.max_length = positions if isinstance(positions, int) and positions > 0 else None
+    return loaded
