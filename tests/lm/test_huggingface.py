@@ -131,3 +131,10 @@ def test_pickled_weights_with_trust(cli, tmp_path: Path, texts_jsonl: Path) -> N
     report = scan_json(cli, folder, "--data", texts_jsonl, "--trust-model",
                        "--tokenizer", build_tokenizer(tmp_path / "tokenizer"))
     assert report["model"]["format"] == "huggingface" and len(report["sites"]) == 2
+
+
+def test_fix_refuses_checkpoints(cli, tmp_path: Path, texts_jsonl: Path) -> None:
+    folder = save_model(tiny_model("opt"), tmp_path / "opt")
+    result = cli("fix", folder, "--data", texts_jsonl, "--prune-dead", "-o", tmp_path / "out.pt2")
+    assert_input_error(result.exit_code, result.stdout, result.stderr, "does not edit Hugging Face")
+    assert not (tmp_path / "out.pt2").exists()

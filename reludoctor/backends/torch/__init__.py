@@ -96,6 +96,9 @@ class TorchBackend(Backend):
         from reludoctor.data.calibration import load_calibration
         from reludoctor.fix.plan import Strategy
 
+        if loaded.format == ModelFormat.HUGGINGFACE:  # fix exports; text batches vary in length
+            raise UsageError(f"{loaded.path}: reludoctor fix does not edit Hugging Face checkpoints yet",
+                             "scan it with reludoctor scan; prune with a tool that writes save_pretrained folders")
         if strategy is not Strategy.LEAKY:
             fix.torch_pruning()  # fail before the scan when the optional dependency is missing
         calibration = load_calibration(data, loaded.inputs, limit=limit)
