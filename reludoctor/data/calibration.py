@@ -381,6 +381,9 @@ def _synthetic(specs: Sequence[InputSpec], input_shape: tuple[int, ...] | None, 
     rng = np.random.default_rng(seed)
     arrays = []
     for index, spec in enumerate(specs):
+        if spec.name == "input_ids":  # token ids: random floats would not be tokens
+            raise UsageError("input 'input_ids' takes token ids: synthetic data is float only",
+                             "pass --data texts.jsonl (see docs/language-models.md) or an .npz of input_ids")
         axis = spec.batch_axis
         rest = None if spec.shape is None or axis is None else \
             [d for i, d in enumerate(spec.shape) if i != axis]

@@ -113,3 +113,8 @@ def test_tokenizer_refusals(tmp_path: Path, texts_jsonl: Path) -> None:
         scan(model, str(texts_jsonl), tokenizer=str(tmp_path / "empty"), **OPTIONS)
     with pytest.raises(UsageError, match="only for text data"):
         scan(model, np.zeros((2, 3), np.int64), pack=True, **OPTIONS)
+
+
+def test_no_synthetic_token_ids() -> None:
+    with pytest.raises(UsageError, match="token ids"):
+        scan(tiny_model("opt"), None, **OPTIONS)
