@@ -18,7 +18,7 @@ from typing import Optional
 import typer
 
 from reludoctor import __version__
-from reludoctor.options import DEFAULT_BATCH_SIZE, FixOptions, ScanOptions
+from reludoctor.options import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, FixOptions, ScanOptions
 
 DEFAULTS = ScanOptions()  # typer shows and uses these: every default is written once, in options.py
 
@@ -295,12 +295,15 @@ BATCH_AXIS_OPTION = typer.Option(None, "--batch-axis", metavar="NAME=AXIS", help
 UNIT_AXIS_OPTION = typer.Option(None, "--unit-axis", help="Axis of the activation that holds units (default: 1 for [N,C,...] and [N,F], last for [N,T,F]).")
 ARCH_OPTION = typer.Option(None, "--arch", help="Architecture for a state_dict: package.module:factory.")
 ARCH_KWARGS_OPTION = typer.Option(None, "--arch-kwargs", help="JSON keyword arguments for the --arch factory.")
+TOKENIZER_OPTION = typer.Option(None, "--tokenizer", metavar="FOLDER", help="Text data: a Hugging Face tokenizer folder (tokenizer.json; loaded offline, never remote code). Default: the model's folder when it holds one.")
+MAX_LENGTH_OPTION = typer.Option(None, "--max-length", metavar="N", help=f"Text data: tokens per document, longer ones cut (default {DEFAULT_MAX_LENGTH}, at most the model's max_position_embeddings); with --pack, tokens per row.")
+PACK_OPTION = typer.Option(False, "--pack", help="Text data: concatenate the documents' tokens into rows of --max-length tokens (nothing cut, no padding) instead of one padded document per sample.")
 METHOD_OPTION = typer.Option(DEFAULTS.method.value, "--method", help="How call sites are observed: auto, export (torch.export) or dispatch (TorchDispatchMode).")
 
 
 @app.command()
 def scan(
-    model: str = typer.Argument(..., help="Model file: .pt2 (torch.export), TorchScript, .onnx, or a state_dict with --arch."),
+    model: str = typer.Argument(..., help="Model file: .pt2 (torch.export), TorchScript, .onnx, a state_dict with --arch, or a Hugging Face checkpoint (a folder with config.json and *.safetensors, or a cached model id org/name)."),
     data: Optional[str] = DATA_OPTION,
     json_out: Optional[str] = JSON_OPTION,
     markdown_out: Optional[str] = MARKDOWN_OPTION,
@@ -321,6 +324,9 @@ def scan(
     input_shape: Optional[str] = INPUT_SHAPE_OPTION,
     constants: Optional[list[str]] = CONST_OPTION,
     batch_axes: Optional[list[str]] = BATCH_AXIS_OPTION,
+    tokenizer: Optional[str] = TOKENIZER_OPTION,
+    max_length: Optional[int] = MAX_LENGTH_OPTION,
+    pack: bool = PACK_OPTION,
     unit_axis: Optional[int] = UNIT_AXIS_OPTION,
     near_dead: float = typer.Option(DEFAULTS.near_dead, "--near-dead", help="Alive units firing on fewer than this fraction of positions are near-dead."),
     dormant_tau: float = typer.Option(DEFAULTS.dormant_tau, "--dormant-tau", help="tau of tau-dormant units (Sokar et al. 2023)."),

@@ -18,7 +18,7 @@ from reludoctor.core.timings import phase
 from reludoctor.data.binding import parse_constants
 from reludoctor.data.calibration import load_calibration
 from reludoctor.errors import NoSitesError, ReludoctorWarning, UsageError  # noqa: F401 - re-exported
-from reludoctor.options import DEFAULT_BATCH_SIZE, ScanOptions
+from reludoctor.options import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, ScanOptions
 from reludoctor.report.model import CalibrationInfo, ModelInfo, Report, Thresholds, UnobservedSite
 
 
@@ -104,7 +104,8 @@ def scan(model: Any, data: Any = None, options: ScanOptions | None = None, *,
                                        seed=options.seed, sample=options.sample, resize=options.resize,
                                        center_crop=options.center_crop, normalize=options.normalize,
                                        batch_axes=options.batch_axes,
-                                       constants={**loaded.constants, **parse_constants(options.constants)})
+                                       constants={**loaded.constants, **parse_constants(options.constants)},
+                                       **_text_settings(options, loaded, data, warn))
     for note in calibration.notes:
         warn(note)
     labels = options.labels
@@ -157,6 +158,28 @@ def scan(model: Any, data: Any = None, options: ScanOptions | None = None, *,
         ignored_ops=tuple(observation.ignored_ops),
         profile=profile.build(stats, observation.samples),
     )
+
+
+def _text_settings(options: ScanOptions, loaded: LoadedModel, data: Any,
+                   warn: Callable[[str], None]) -> dict[str, Any]:
+    """tokenizer, max_length and pack for text data (the model's own tokenizer folder and
+    position limit by default); the options are refused for other data."""
+    from reludoctor.data import texts
+
+    if not texts.is_text_file(data):
+        given = [name for name, value in (("--tokenizer", options.tokenizer), ("--max-length", options.max_length),
+                                          ("--pack", options.pack)) if value]
+        if given:
+            raise UsageError(f"{', '.join(given)}: only for text data (--data texts.jsonl or texts.txt)",
+                             "drop the option, or pass a file of texts")
+        return {}
+    length = options.max_length or DEFAULT_MAX_LENGTH
+    if loaded.max_length is not None and length > loaded.max_length:
+        if options.max_length is not None:
+            warn(f"--max-length {length}: the model takes at most {loaded.max_length} positions; "
+                 f"using {loaded.max_length}")
+        length = loaded.max_length
+    return {"tokenizer": options.tokenizer or loaded.tokenizer, "max_length": length, "pack": options.pack}
 
 
 def _batch_size(loaded: LoadedModel, requested: int | None, warn: Callable[[str], None]) -> int:

@@ -27,6 +27,7 @@ class ModelFormat(_Choice):
     MODULE = "module"
     PICKLED_MODULE = "pickled-module"
     ONNX = "onnx"
+    HUGGINGFACE = "huggingface"  # a save_pretrained folder or a cached model id (PyTorch backend)
 
 
 class Method(_Choice):
@@ -47,6 +48,10 @@ class DType(_Choice):
 
 ALIASES = {"float32": DType.FP32, "bfloat16": DType.BF16, "float16": DType.FP16}
 DEFAULT_BATCH_SIZE = 32
+# Text calibration (--data texts.jsonl): tokens per document (longer ones are cut) or per packed
+# row. 512 covers most calibration paragraphs and keeps a padded batch of 32 small; a model
+# declaring fewer positions (max_position_embeddings) caps it.
+DEFAULT_MAX_LENGTH = 512
 
 
 def choice(enum: type[_Choice], value: Any, option: str) -> Any:
@@ -110,6 +115,10 @@ class ScanOptions(_Settings):
     normalize: str | None = None
     constants: Any = None
     batch_axes: Any = None
+    # text data (--data texts.jsonl / .txt)
+    tokenizer: str | None = None  # None: the model's own folder, when it has a tokenizer
+    max_length: int | None = None  # None: DEFAULT_MAX_LENGTH, capped by the model's positions
+    pack: bool = False
 
     def check(self) -> ScanOptions:
         """Refuse impossible values with the option's name; strings become enums."""
@@ -119,6 +128,8 @@ class ScanOptions(_Settings):
             raise UsageError(f"--near-dead {self.near_dead} must be in (0, 1]")
         if not (math.isfinite(self.dormant_tau) and self.dormant_tau >= 0):
             raise UsageError(f"--dormant-tau {self.dormant_tau} must be a finite number >= 0")
+        if self.max_length is not None and self.max_length < 1:
+            raise UsageError(f"--max-length {self.max_length} must be at least 1")
         self.method = choice(Method, self.method, "--method")
         self.dtype = choice(DType, self.dtype, "--dtype")
         if self.labels is not None and not self.gradients:

@@ -26,6 +26,10 @@ class LoadedModel:
     # Values of inputs the model fixed when it was made (an exported program's int and float
     # arguments): constants unless the user gives others (``reludoctor.data.binding``).
     constants: dict[str, Any] = field(default_factory=dict)
+    # Language models: the folder a tokenizer is read from unless --tokenizer names one, and the
+    # most positions the model takes (text calibration caps --max-length with it).
+    tokenizer: str | None = None
+    max_length: int | None = None
 
 
 @dataclass

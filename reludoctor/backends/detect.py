@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import zipfile
 from pathlib import Path
@@ -17,6 +18,13 @@ TORCHSCRIPT = "torchscript"
 TORCH_SAVE = "torch-save"  # a torch.save pickle: a state_dict, or a whole pickled module
 SAFETENSORS = "safetensors"
 ONNX = "onnx"
+HUGGINGFACE = "huggingface"  # a save_pretrained folder (config.json inside), or a cached model id
+# org/name: a Hugging Face model id, when no such path exists here
+MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_model_id(path: Path) -> bool:
+    return bool(MODEL_ID.match(str(path))) and not path.exists()
 
 
 def _zip_kind(path: Path | BinaryIO) -> str | None:
@@ -93,7 +101,12 @@ def detect_format(path: Path) -> str:
     input ledger (``reludoctor.safeio``) so no output of the run can overwrite it."""
     path = Path(path)
     if path.is_dir():
-        raise ModelLoadError(f"{path}: is a directory, not a model file", "pass the model file")
+        if (path / "config.json").is_file():
+            return HUGGINGFACE
+        raise ModelLoadError(f"{path}: is a directory, not a model file",
+                             "pass the model file, or a Hugging Face checkpoint folder (config.json, *.safetensors)")
+    if is_model_id(path):
+        return HUGGINGFACE
     with safeio.open_regular(path, "model", ModelLoadError) as handle:
         safeio.note_read(path)
         try:

@@ -236,6 +236,13 @@ class Step:
     rows: int
     valid: int | None
     calibration: Calibration
+    mask_positions: int = 0  # real positions of the attention mask (``Binding.mask_index``)
+
+    @property
+    def mask(self) -> Any:
+        """The real positions ([rows, T] bool on the inputs' device), or None: no mask input."""
+        index = self.binding.mask_index
+        return None if index is None else self.inputs[index] != 0
 
     @property
     def binding(self) -> Any:
@@ -301,6 +308,9 @@ class BatchLoop:
         fixed = self.fixed_batch
         with self._prefetcher as prepared:
             for host in prepared:
+                mask = self.calibration.binding.mask_index
+                # counted on the host copy: reading it from the device would wait for the GPU
+                positions = 0 if mask is None else int((host[mask] != 0).sum())
                 inputs = self._place(host)
                 del host
                 rows = int(inputs[0].shape[0])
@@ -309,7 +319,7 @@ class BatchLoop:
                     check_padding(inputs, fixed, self.calibration.source)
                     inputs = pad_rows(inputs, fixed)
                     valid = rows
-                yield Step(inputs, self.seen, rows, valid, self.calibration)
+                yield Step(inputs, self.seen, rows, valid, self.calibration, positions)
                 self.seen += rows
                 if self._progress is not None:
                     self._progress(self.seen, self.calibration.samples)
@@ -353,9 +363,10 @@ def run(
     with torch.inference_mode(), steps:
         for step in steps:
             batch.valid = step.valid
+            batch.mask, batch.mask_positions = step.mask, step.mask_positions
             if before_forward is not None:
                 before_forward()
             with step.guard(), precision:
                 step.binding.call(forward, step.inputs, device)
-    batch.valid = None
+    batch.valid, batch.mask = None, None
     return steps.seen

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -30,11 +30,23 @@ def resolve_unit_axis(ndim: int, axis: int) -> int:
     return resolved
 
 
+class Reduced(NamedTuple):
+    """One batch's per-unit statistics, not yet accumulated (``TorchUnitObserver.reduce_batch``)."""
+
+    x: Any  # the values as observed: padding rows cut, [N] made [N, 1]; on CPU masked to [M, ...]
+    stats: tuple  # (max, min (bounded only), positive count, output sum), per unit
+    positions: int  # observed positions per unit (real tokens times any other inner axes)
+    samples: int  # real rows
+    keep: Any = None  # device route: x's real positions, [N, T] bool (x not cut); None: all of x
+
+
 class TorchUnitObserver:
     """Accumulates ``UnitCounts`` on the activation's device, one batch at a time.
 
     ``valid`` (set by the runner through ``batch``) limits observation to the first rows of
     a padded batch, so a fixed-batch model's remainder batch counts only real samples.
+    ``mask`` (a padded text batch's attention_mask) limits it to the real positions of an
+    activation whose leading axes are [N, T] (see ``BatchContext``).
     """
 
     _EXACT_F32 = 2 ** 24  # float32 counts integers exactly below this
@@ -79,23 +91,29 @@ class TorchUnitObserver:
         batch = self.reduce_batch(x)
         if batch is None:
             return
-        x, (unit_max, unit_min, positive, out_sum) = batch
+        unit_max, unit_min, positive, out_sum = batch.stats
         if self._positive is None:
-            self._allocate(unit_max.shape[0], x.device)
+            self._allocate(unit_max.shape[0], batch.x.device)
         # The state promotes each to float64 / int64.
         torch.maximum(self._max, unit_max, out=self._max)
         if self._min is not None:
             torch.minimum(self._min, unit_min, out=self._min)
         self._positive += positive
         self._abs_sum += out_sum  # float32 partial sums, kept in float64
-        self._histogram(x)
-        self._positions += x.numel() // unit_max.shape[0]
-        self._samples += x.shape[0]
+        self._histogram(batch.x, batch.keep)
+        self._positions += batch.positions
+        self._samples += batch.samples
 
-    def reduce_batch(self, x: torch.Tensor) -> tuple | None:
-        """One batch's per-unit statistics, not yet accumulated: (x as observed: the padding
-        cut, [N] made [N, 1]; (max, min (bounded only), positive count, output sum)), or None
-        for an empty batch. Called without gradient tracking (``__call__``)."""
+    def reduce_batch(self, x: torch.Tensor) -> Reduced | None:
+        """One batch's per-unit statistics, not yet accumulated, or None for an empty batch.
+        Called without gradient tracking (``__call__``).
+
+        Padding positions (``BatchContext.mask``) are never observed. On the CPU they are cut
+        out (``x[mask]``: [N, T, ..., F] -> [M, ..., F]), which costs nothing extra there. On a
+        device, boolean indexing would wait for the GPU every batch (its output size is data
+        dependent), so x keeps its shape and the reductions ignore the padding through
+        ``where`` (``_reduce(keep=...)``); the positions count comes from the host's mask sum.
+        """
         valid = self.batch.valid
         if valid is not None and x.ndim > 0 and valid < x.shape[0]:
             x = x[:valid]
@@ -110,16 +128,33 @@ class TorchUnitObserver:
             self.units = units
         elif units != self.units:
             raise ValueError(f"unit count changed between batches ({self.units} -> {units})")
+        samples = x.shape[0]
+        mask = self.batch.positions_of(x, axis)
+        if mask is None:
+            positions, keep = x.numel() // units, None
+        else:
+            if mask.ndim == 1:  # [N*T, ...]: the rows of a flattened sequence (OPT's FFN)
+                samples = self.batch.mask.shape[0]
+            if x.device.type == "cpu" and not self.batch.where_masks:
+                x, axis, keep = x[mask], axis - mask.ndim + 1, None
+                positions = x.numel() // units
+                if positions == 0:
+                    return None
+            else:
+                keep = mask
+                positions = self.batch.mask_positions * (x.numel() // (units * mask.numel()))
         reduced = None
-        if x.device.type == "cpu" and x.is_floating_point():
+        if keep is None and x.device.type == "cpu" and x.is_floating_point():
             reduced = self._reduce_cpu(x, axis, units)
-        return x, reduced or self._reduce(x, axis)
+        return Reduced(x, reduced or self._reduce(x, axis, keep), positions, samples, keep)
 
-    def _reduce(self, x: torch.Tensor, axis: int) -> tuple:
+    def _reduce(self, x: torch.Tensor, axis: int, keep: torch.Tensor | None = None) -> tuple:
         """Per unit: max, min (bounded only), positive count (int64), output sum (float32).
 
         The general route. The inner (spatial/sequence) axes are reduced first, then the
-        batch axis: ~8x faster than one reduction over (0, 2, 3) on CPU.
+        batch axis: ~8x faster than one reduction over (0, 2, 3) on CPU. ``keep`` ([N, T]
+        bool): only those positions count; the others take values that no reduction sees
+        (-inf for the max, +inf for the min, not fired, output 0).
         """
         import torch
 
@@ -128,13 +163,20 @@ class TorchUnitObserver:
         out = x.clamp(min=self.lower, max=self.upper)
         if self.lower < 0:
             out = out.abs()
+        low = x
+        if keep is not None:
+            keep = keep.view(*keep.shape, *([1] * (x.ndim - keep.ndim)))
+            fired = fired & keep
+            out = torch.where(keep, out, 0.0)
+            low = torch.where(keep, x, float("inf"))
+            x = torch.where(keep, x, float("-inf"))
         if inner:
             per_max = x.amax(dim=inner)
-            per_min = x.amin(dim=inner) if self.upper is not None else None
+            per_min = low.amin(dim=inner) if self.upper is not None else None
             positive = fired.sum(dim=inner, dtype=torch.int32)
             out_sum = out.sum(dim=inner, dtype=torch.float32)
         else:  # [N, units]: the values are their own per-sample statistics
-            per_max, per_min = x, x
+            per_max, per_min = x, low
             positive, out_sum = fired.to(torch.int32), out.to(torch.float32)
         return (per_max.amax(0), None if per_min is None else per_min.amin(0),
                 positive.sum(0, dtype=torch.int64), out_sum.sum(0))
@@ -234,17 +276,25 @@ class TorchUnitObserver:
         return (flat.amax(0), flat.amin(0) if self.upper is not None else None,
                 fired.sum(0, dtype=torch.float32).to(torch.int64), out_sum)
 
-    def _histogram(self, x: torch.Tensor) -> None:
-        """Count a strided subsample of x below each edge (cheaper than bucketize + bincount)."""
+    def _histogram(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> None:
+        """Count a strided subsample of x below each edge (cheaper than bucketize + bincount);
+        with ``keep``, only its real positions (their number stays on the device)."""
         import torch
 
         flat = x.reshape(-1)
-        sample = flat[:: max(1, flat.numel() // HIST_SAMPLE)].to(torch.float32).contiguous()
+        stride = max(1, flat.numel() // HIST_SAMPLE)
+        sample = flat[::stride].to(torch.float32).contiguous()
         below = torch.empty((self._edges.shape[0], sample.shape[0]), dtype=torch.float32,
                             device=x.device)
         torch.lt(sample, self._edges, out=below)  # [edge, value]: value < edge
+        if keep is None:
+            self._hist_values += sample.shape[0]
+        else:
+            real = keep.view(*keep.shape, *([1] * (x.ndim - keep.ndim))).expand(x.shape)
+            real = real.reshape(-1)[::stride].to(torch.float32)
+            below *= real
+            self._hist_values = self._hist_values + real.sum(dtype=torch.float64)
         self._below += below.sum(1)  # exact: HIST_SAMPLE < 2**24
-        self._hist_values += sample.shape[0]
 
     def _allocate(self, units: int, device: torch.device) -> None:
         import torch
@@ -267,7 +317,7 @@ class TorchUnitObserver:
             raise RuntimeError("site was never executed")
         below = self._below.cpu().numpy().astype(np.int64)
         # bucketize(right=True) bins: bin i holds the values below edge i and not below i-1
-        hist = np.diff(below, prepend=0, append=self._hist_values)
+        hist = np.diff(below, prepend=0, append=int(self._hist_values))
         return UnitCounts(
             positions=self._positions,
             samples=self._samples,
@@ -281,6 +331,39 @@ class TorchUnitObserver:
 
 @dataclass
 class BatchContext:
-    """Shared by the runner and every observer of one scan."""
+    """Shared by the runner and every observer of one scan.
+
+    ``mask``: the current batch's real positions ([N, T] bool on the model's device, from its
+    ``attention_mask``), None when every position is real; ``mask_positions``: how many are
+    real (counted on the host, so that no observer reads the device). An activation whose
+    leading axes are [N, T] (units further on) is observed at those positions only.
+    """
 
     valid: int | None = None  # real rows in the current batch when it was padded
+    mask: Any = None
+    mask_positions: int = 0
+    where_masks: bool = False  # the device route on the CPU too (tests compare the two)
+
+    def site_shape(self, shape: tuple) -> tuple:
+        """An activation's shape (batch excluded) as it identifies a site: the sequence axis
+        of a masked batch reads None, since padding to the longest text varies it by batch."""
+        mask = self.mask
+        if mask is not None and len(shape) >= 2 and mask.ndim == 2 and shape[0] == mask.shape[1]:
+            return (None, *shape[1:])
+        return shape
+
+    def positions_of(self, x: Any, axis: int) -> Any:
+        """The mask for activation ``x`` (units on ``axis``), or None when it does not apply.
+        It applies to leading axes [N, T] (units further on), and to a leading axis of N*T
+        (a sequence flattened to rows, as OPT's FFN does): then the mask is flattened too."""
+        mask = self.mask
+        if mask is None:
+            return None
+        if mask.device != x.device:  # a model spread over devices (device_map): queued copy
+            mask = mask.to(x.device, non_blocking=True)
+        if x.ndim >= 3 and axis >= 2 and tuple(x.shape[:2]) == tuple(mask[:x.shape[0]].shape):
+            return mask[:x.shape[0]]
+        if x.ndim >= 2 and axis >= 1 and mask.ndim == 2 and mask.shape[1] > 1 \
+                and x.shape[0] == mask.numel():
+            return mask.reshape(-1)
+        return None

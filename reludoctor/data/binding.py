@@ -20,6 +20,9 @@ from typing import Any, Mapping, Sequence
 
 from reludoctor.errors import DataError, UsageError
 
+# The input whose zeros mark padding positions (Hugging Face's name, 1 = a real token).
+MASK_INPUT = "attention_mask"
+
 
 @dataclass(frozen=True)
 class InputSpec:
@@ -123,6 +126,12 @@ class Binding:
     @property
     def names(self) -> list[str]:
         return [spec.name for spec in self.fed]
+
+    @property
+    def mask_index(self) -> int | None:
+        """Which fed array is the per-position mask of a padded text batch (the input named
+        ``attention_mask``, 1 = a real token), or None: its zeros are never observed."""
+        return self.names.index(MASK_INPUT) if MASK_INPUT in self.names else None
 
     @property
     def plain(self) -> bool:

@@ -57,6 +57,7 @@ class Calibration:
     _limit: int | None = None
     _indices: Any = None  # sorted sample indices to read (a --sample subset); None: the first `samples`
     _images: Any = None  # a reludoctor.data.images.ImageFolder (the model's one input), instead of _arrays
+    _texts: Any = None  # a reludoctor.data.texts.TextCorpus (input_ids, attention_mask), instead of _arrays
     notes: list[str] = field(default_factory=list)  # for the user (warnings), e.g. a sample too large
     # Which array feeds which input, the constants, the batch axes (reludoctor.data.binding); for an
     # iterable of batches, decided on its first item (from _specs, _constants, _batch_axes).
@@ -91,7 +92,7 @@ class Calibration:
     @property
     def indexable(self) -> bool:
         """Samples can be read by position (arrays, memory-mapped files, image folders)."""
-        return self._arrays is not None or self._images is not None
+        return self._arrays is not None or self._images is not None or self._texts is not None
 
     @property
     def sample_indices(self) -> Any:
@@ -140,6 +141,9 @@ class Calibration:
         """One batch, read now (a private copy; images decoded now)."""
         if self._images is not None:
             return (self._images.read(rows),)
+        if self._texts is not None:  # padded to the longest of these rows
+            values = self._texts.read(rows)
+            return tuple(values[name] for name in self._names or [])
         batch = tuple(_cast(_take(a, rows), d) for a, d in zip(self._arrays or [], self._dtypes or []))
         for array in self._arrays or []:
             _release(array, rows)
@@ -377,6 +381,9 @@ def _synthetic(specs: Sequence[InputSpec], input_shape: tuple[int, ...] | None, 
     rng = np.random.default_rng(seed)
     arrays = []
     for index, spec in enumerate(specs):
+        if spec.name == "input_ids":  # token ids: random floats would not be tokens
+            raise UsageError("input 'input_ids' takes token ids: synthetic data is float only",
+                             "pass --data texts.jsonl (see docs/language-models.md) or an .npz of input_ids")
         axis = spec.batch_axis
         rest = None if spec.shape is None or axis is None else \
             [d for i, d in enumerate(spec.shape) if i != axis]
@@ -416,6 +423,9 @@ def load_calibration(
     image_workers: int | None = None,
     constants: Any = None,
     batch_axes: Any = None,
+    tokenizer: Any = None,
+    max_length: int | None = None,
+    pack: bool = False,
 ) -> Calibration:
     """Resolve any supported data source into a Calibration aligned with the model's inputs.
 
@@ -428,6 +438,9 @@ def load_calibration(
     inputs in order; optional inputs nobody gives stay at their defaults (``reludoctor.data.binding``).
     ``constants``: name -> value (``--const``), the same for every batch. ``batch_axes``: name ->
     the axis of that input's samples (default: 0, or where an ONNX input declares its batch).
+    
+    ``tokenizer``, ``max_length``, ``pack``: for a ``.jsonl`` / ``.txt`` file of texts
+    (``reludoctor.data.texts``), refused for other sources.
     """
     from reludoctor.data.binding import check_names, parse_batch_axes, parse_constants
 
@@ -444,6 +457,11 @@ def load_calibration(
     if image_options and not is_folder:
         raise UsageError(f"{', '.join(image_options)}: only for a folder of images (--data DIR)",
                          "drop the option, or pass a folder of PNG/JPEG files")
+    from reludoctor.data import texts
+
+    if texts.is_text_file(data):
+        return _load_texts(Path(data), specs, tokenizer=tokenizer, max_length=max_length, pack=pack,
+                           limit=limit, sample=sample, seed=seed, **bound)
     if is_folder:
         return _load_images(Path(data), specs, limit=limit, sample=sample, seed=seed, resize=resize,
                             center_crop=center_crop, normalize=normalize, workers=image_workers,
@@ -520,3 +538,28 @@ def _load_images(root: Path, specs: Sequence[InputSpec], *, limit: int | None, s
                        _dtypes=[spec.dtype], _indices=chosen.indices, _images=folder,
                        notes=[chosen.note] if chosen.note else [], _binding=binding, _specs=list(specs))
 
+
+
+def _load_texts(path: Path, specs: Sequence[InputSpec], *, tokenizer: Any, max_length: int | None,
+                pack: bool, limit: int | None, sample: int | None, seed: int,
+                constants: dict[str, Any], batch_axes: dict[str, int]) -> Calibration:
+    """A ``.jsonl`` / ``.txt`` file of texts, tokenized now; batches padded as they are read."""
+    from reludoctor.data import texts
+    from reludoctor.options import DEFAULT_MAX_LENGTH
+
+    loaded = texts.load_tokenizer(tokenizer)
+    length = max_length or DEFAULT_MAX_LENGTH
+    corpus = texts.tokenize(path, loaded, length, pack)
+    source = str(path)
+    binding, _, notes = bind(specs, corpus.read(slice(0, 1)), source=source, constants=constants,
+                             batch_axes=batch_axes)
+    texts.check_inputs(binding.names, corpus, source)
+    if corpus.truncated:
+        notes.append(f"{source}: {corpus.truncated} document(s) longer than {length} tokens were cut "
+                     "to their first tokens (--max-length, or --pack to keep every token)")
+    chosen = select(len(corpus), limit=limit, sample=sample, seed=seed)
+    details = "; ".join(filter(None, [corpus.describe, chosen.describe(seed)]))
+    return Calibration(f"{source} ({details})", False, chosen.count, _names=binding.names,
+                       _dtypes=[s.dtype for s in binding.fed], _indices=chosen.indices, _texts=corpus,
+                       notes=notes + ([chosen.note] if chosen.note else []), _binding=binding,
+                       _specs=list(specs))

@@ -34,8 +34,8 @@ class StepObserver(TorchUnitObserver):
         batch = self.reduce_batch(x)
         if batch is None:
             return
-        x, (unit_max, _, positive, out_sum) = batch
-        positions = x.numel() // self.units
+        unit_max, _, positive, out_sum = batch.stats
+        positions = batch.positions
         if self._step is None:
             self._step = [unit_max.to(torch.float64), positive, out_sum.to(torch.float64), positions]
         else:  # a second call in one step (a site reached twice): its batch joins the step's

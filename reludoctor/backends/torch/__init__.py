@@ -16,11 +16,19 @@ from reludoctor.options import Method, ModelFormat
 class TorchBackend(Backend):
     name = "torch"
     formats = (ModelFormat.TORCH_EXPORT, ModelFormat.TORCHSCRIPT, ModelFormat.STATE_DICT,
-               ModelFormat.MODULE, ModelFormat.PICKLED_MODULE)
-    file_kinds = (detect.TORCH_EXPORT, detect.TORCHSCRIPT, detect.TORCH_SAVE, detect.SAFETENSORS)
+               ModelFormat.MODULE, ModelFormat.PICKLED_MODULE, ModelFormat.HUGGINGFACE)
+    file_kinds = (detect.TORCH_EXPORT, detect.TORCHSCRIPT, detect.TORCH_SAVE, detect.SAFETENSORS,
+                  detect.HUGGINGFACE)
 
     def load_path(self, path: Path, kind: str, options: Any) -> LoadedModel:
         from reludoctor.backends.torch import loader
+
+        if kind == detect.HUGGINGFACE:
+            from reludoctor.backends.torch import huggingface
+
+            if options.arch:
+                raise UsageError("--arch is only for state_dict files, not Hugging Face checkpoints")
+            return huggingface.load(path, options.trust_model)
 
         return loader.load_path(path, arch=options.arch, arch_kwargs=options.arch_kwargs,
                                 trust_model=options.trust_model, kind=kind, imports=options.imports)
@@ -39,6 +47,10 @@ class TorchBackend(Backend):
         if options.method == Method.EXPORT and loaded.format == ModelFormat.TORCHSCRIPT:
             raise UsageError("--method export cannot trace a TorchScript archive",
                              "use --method dispatch (the default for TorchScript)")
+        if options.method == Method.EXPORT and loaded.format == ModelFormat.HUGGINGFACE:
+            raise UsageError("--method export: a scan exports with a dynamic batch only, and text "
+                             "batches vary in length too", "use --method dispatch (the default for "
+                             "Hugging Face checkpoints)")
         from reludoctor.backends.torch.precheck import refuse_without_candidates
 
         refuse_without_candidates(loaded)
@@ -84,6 +96,9 @@ class TorchBackend(Backend):
         from reludoctor.data.calibration import load_calibration
         from reludoctor.fix.plan import Strategy
 
+        if loaded.format == ModelFormat.HUGGINGFACE:  # fix exports; text batches vary in length
+            raise UsageError(f"{loaded.path}: reludoctor fix does not edit Hugging Face checkpoints yet",
+                             "scan it with reludoctor scan; prune with a tool that writes save_pretrained folders")
         if strategy is not Strategy.LEAKY:
             fix.torch_pruning()  # fail before the scan when the optional dependency is missing
         calibration = load_calibration(data, loaded.inputs, limit=limit)

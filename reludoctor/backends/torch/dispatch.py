@@ -216,7 +216,10 @@ class DispatchInstrument:
             name = base_name(path, module_type, activation.op)
             self._ignored.setdefault((name, activation.op, path, activation.reason), None)
             return None
-        shaped = (base_name(path, module_type, activation.op), tuple(args[0].shape[1:]))
+        shape = tuple(args[0].shape[1:])
+        if self.batch is not None:  # text batches vary in length: one site for every length
+            shape = self.batch.site_shape(shape)
+        shaped = (base_name(path, module_type, activation.op), shape)
         occurrence = self._occurrences.get(shaped, 0)
         self._occurrences[shaped] = occurrence + 1
         return (*shaped, occurrence), activation, path

@@ -96,8 +96,8 @@ def _capture(loaded: LoadedModel, calibration: Any, run: ScanRun) -> tuple[Any, 
         return None, None
     if loaded.exported is not None:
         return loaded.exported, loaded.module
-    if loaded.format == ModelFormat.TORCHSCRIPT:
-        return None, None
+    if loaded.format in (ModelFormat.TORCHSCRIPT, ModelFormat.HUGGINGFACE):
+        return None, None  # HF: padded text batches vary in length (docs/language-models.md)
     if placed_by_accelerate(loaded.module):
         if method == Method.EXPORT:
             raise UsageError("torch.export cannot capture a model placed by accelerate (device_map, "

@@ -1,0 +1,151 @@
+"""Hugging Face checkpoints as they are: a folder with ``config.json`` and ``*.safetensors``
+(``save_pretrained``), or a model id (``org/name``) already in the local Hugging Face cache.
+
+Loaded through ``transformers`` (``AutoModelForCausalLM``, else ``AutoModel``), offline
+(``local_files_only=True``) and never with remote code: a config whose ``auto_map`` names its
+own modelling code is refused, and so are pickled weights (``pytorch_model.bin``) unless
+``--trust-model``. The folder is untrusted data: ``config.json`` is read within a size limit
+and checked before transformers sees it; safetensors hold tensors only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from pathlib import Path
+from typing import Iterator
+
+from reludoctor import safeio
+from reludoctor.backends.base import LoadedModel
+from reludoctor.errors import ModelLoadError, UnsafeModelError, first_line
+from reludoctor.options import ModelFormat
+
+CONFIG = "config.json"
+MAX_CONFIG_BYTES = 4 << 20
+PICKLED = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+TRUST_HINT = "re-run with --trust-model only if you trust its source, or re-save it with safetensors"
+
+
+def resolve_id(model_id: str) -> Path:
+    """The cached snapshot folder of a model id, offline (as with HF_HUB_OFFLINE=1)."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as exc:
+        raise ModelLoadError(f"{model_id}: a model id needs huggingface_hub", "pip install transformers") from exc
+    try:
+        folder = snapshot_download(model_id, local_files_only=True)
+    except Exception as exc:  # not cached (LocalEntryNotFoundError), or a malformed id
+        raise ModelLoadError(f"{model_id}: no such file, and not a model in the local Hugging Face cache "
+                             f"({type(exc).__name__})",
+                             "download it first (huggingface-cli download ORG/NAME), or pass its folder") from None
+    return Path(folder)
+
+
+def read_config(folder: Path) -> dict:
+    """config.json, refused when it asks for remote code (``auto_map``)."""
+    path = folder / CONFIG
+    data = safeio.read_limited(path, MAX_CONFIG_BYTES, "model config", ModelLoadError)
+    safeio.note_read(path)
+    try:
+        config = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise ModelLoadError(f"{path}: not valid JSON ({first_line(exc)})", "re-save with save_pretrained") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path}: not a JSON object", "re-save with save_pretrained")
+    if "auto_map" in config:
+        raise UnsafeModelError(f"{path}: the model asks for its own Python code (auto_map), which "
+                               "reludoctor never runs", "scan a model that transformers implements, or "
+                               "export it to .pt2 or ONNX yourself")
+    return config
+
+
+def weight_files(folder: Path, trust_model: bool) -> tuple[list[Path], bool]:
+    """(the weight files, whether they are safetensors). Pickled weights only with trust."""
+    safetensors = sorted(folder.glob("*.safetensors"))
+    if safetensors:
+        return safetensors, True
+    pickled = [folder / name for name in PICKLED if (folder / name).is_file()] + \
+        sorted(folder.glob("pytorch_model-*.bin"))
+    if not pickled:
+        raise ModelLoadError(f"{folder}: no weights (*.safetensors) next to config.json",
+                             "save the model with save_pretrained(safe_serialization=True)")
+    if not trust_model:
+        raise UnsafeModelError(f"{folder}: the weights are pickled ({pickled[0].name}) and loading "
+                               "them could execute code from the file", TRUST_HINT)
+    return pickled, False
+
+
+def _digest(files: list[Path]) -> str:
+    """One sha256 over the config and the weight files, in name order."""
+    digest = hashlib.sha256()
+    for path in files:
+        safeio.note_read(path)
+        digest.update(path.name.encode() + b"\0")
+        with safeio.open_regular(path, "model", ModelLoadError) as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No progress bars or load reports on stderr: the scan's own messages say what matters."""
+    from transformers.utils import logging
+
+    verbosity = logging.get_verbosity()
+    bars = logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
+
+
+def load(path: Path, trust_model: bool) -> LoadedModel:
+    """A checkpoint folder, or a model id (``detect.is_model_id``) resolved to its cached
+    snapshot -> LoadedModel (format huggingface)."""
+    from reludoctor.backends import detect
+    from reludoctor.backends.torch.loader import from_object
+
+    model_id = None
+    if detect.is_model_id(path):
+        model_id, path = str(path), resolve_id(str(path))
+    config = read_config(path)
+    weights, safe = weight_files(path, trust_model)
+    try:
+        import transformers
+    except ImportError as exc:
+        raise ModelLoadError(f"{path}: a Hugging Face checkpoint needs transformers",
+                             "pip install transformers") from exc
+    settings = dict(local_files_only=True, trust_remote_code=False, use_safetensors=safe)
+    model = None
+    with _quiet_transformers():
+        for auto in (transformers.AutoModelForCausalLM, transformers.AutoModel):
+            try:
+                model = auto.from_pretrained(str(path), **settings)
+                break
+            except ValueError as exc:  # this auto class has no mapping for the config
+                failure: Exception = exc
+            except Exception as exc:  # corrupt weights, shapes that do not fit the config
+                failure = exc
+                break
+    if model is None:
+        raise ModelLoadError(f"{model_id or path}: transformers cannot load the checkpoint "
+                             f"({type(failure).__name__}: {first_line(failure)[:200]})",
+                             "check config.json (model_type) and the weight files") from None
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = False  # no key/value cache: a scan runs each batch once
+    tokenizer = str(path) if any((path / name).is_file() for name in TOKENIZER_FILES) else None
+    positions = config.get("max_position_embeddings")
+    loaded = from_object(model)  # an nn.Module: its inputs from forward's signature
+    loaded.format = ModelFormat.HUGGINGFACE
+    loaded.path = model_id or str(path)
+    loaded.sha256 = _digest([path / CONFIG, *weights])
+    loaded.tokenizer = tokenizer
+    loaded.max_length = positions if isinstance(positions, int) and positions > 0 else None
+    return loaded
