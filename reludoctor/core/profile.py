@@ -3,7 +3,7 @@
 A token site is a site whose units are the features of a sequence of tokens: an activation
 [N, T, F] with the units on the last axis, or [N*T, F] where the model flattened the tokens
 into the batch axis before its FFN (OPT does), which shows as a site that saw more rows than
-the scan had samples. Everything here derives from the exact positive counts the scan keeps
+the scan had samples (or, with padding masked, more token positions than samples). Everything here derives from the exact positive counts the scan keeps
 (``SiteStats.accumulators.positive_count``, over ``positions`` tokens), so a profile of a
 merged report is the profile of the whole data.
 """
@@ -36,7 +36,9 @@ def is_token_site(site: SiteStats, samples: int) -> bool:
         return False
     if len(site.shape) == 2:
         return site.unit_axis in (2, -1)
-    return len(site.shape) == 1 and site.samples > samples  # rows are tokens, not samples
+    # [N*T, F]: more rows than samples, or (padding masked: rows counted as samples) more
+    # observed positions than samples
+    return len(site.shape) == 1 and (site.samples > samples or site.positions > site.samples)
 
 
 def positive_counts(site: SiteStats) -> np.ndarray:

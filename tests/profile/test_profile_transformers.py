@@ -39,3 +39,21 @@ def test_opt_ffn_sites_are_profiled_and_exported(opt, tmp_path) -> None:
     for i, layer in enumerate(layers):
         tensor = torch.load(tmp_path / f"activation_{i}.pt", weights_only=True)
         np.testing.assert_array_equal(tensor.numpy(), expected_layer(fired[layer.module])["counts"])
+
+
+def test_padding_is_left_out_of_the_profile(opt) -> None:
+    """A padded batch (right padding, attention_mask 0): the profile counts real tokens only,
+    equal to the hooks' firing matrix with the padded rows removed."""
+    model, feed = opt
+    mask = np.ones_like(feed["attention_mask"])
+    for row, length in enumerate((9, 4, 6, 2, 7)):
+        mask[row, length:] = 0
+    padded = {"input_ids": feed["input_ids"], "attention_mask": mask}
+    real = mask.reshape(-1).astype(bool)  # OPT's FFN rows are [N*T] in row-major order
+    fired = {name: matrix[real] for name, matrix in fired_by_hooks(model, padded).items()}
+    report = reludoctor.scan(model, padded, method="dispatch")
+    assert [layer.layer for layer in report.profile.layers] == [0, 1, 2]
+    for layer in report.profile.layers:
+        want = expected_layer(fired[layer.module])
+        assert layer.tokens == int(mask.sum()) and layer.activations == want["activations"]
+        assert [h.neurons for h in layer.hot] == want["hot"]
