@@ -295,6 +295,7 @@ BATCH_AXIS_OPTION = typer.Option(None, "--batch-axis", metavar="NAME=AXIS", help
 UNIT_AXIS_OPTION = typer.Option(None, "--unit-axis", help="Axis of the activation that holds units (default: 1 for [N,C,...] and [N,F], last for [N,T,F]).")
 ARCH_OPTION = typer.Option(None, "--arch", help="Architecture for a state_dict: package.module:factory.")
 ARCH_KWARGS_OPTION = typer.Option(None, "--arch-kwargs", help="JSON keyword arguments for the --arch factory.")
+MAX_MEMORY_OPTION = typer.Option(None, "--max-memory", metavar="SIZE", help="Hugging Face checkpoints larger than memory: load with accelerate's device_map='auto' under SIZE per device (e.g. 2GiB), the rest offloaded to disk for the scan.")
 TOKENIZER_OPTION = typer.Option(None, "--tokenizer", metavar="FOLDER", help="Text data: a Hugging Face tokenizer folder (tokenizer.json; loaded offline, never remote code). Default: the model's folder when it holds one.")
 MAX_LENGTH_OPTION = typer.Option(None, "--max-length", metavar="N", help=f"Text data: tokens per document, longer ones cut (default {DEFAULT_MAX_LENGTH}, at most the model's max_position_embeddings); with --pack, tokens per row.")
 PACK_OPTION = typer.Option(False, "--pack", help="Text data: concatenate the documents' tokens into rows of --max-length tokens (nothing cut, no padding) instead of one padded document per sample.")
@@ -324,6 +325,7 @@ def scan(
     input_shape: Optional[str] = INPUT_SHAPE_OPTION,
     constants: Optional[list[str]] = CONST_OPTION,
     batch_axes: Optional[list[str]] = BATCH_AXIS_OPTION,
+    max_memory: Optional[str] = MAX_MEMORY_OPTION,
     tokenizer: Optional[str] = TOKENIZER_OPTION,
     max_length: Optional[int] = MAX_LENGTH_OPTION,
     pack: bool = PACK_OPTION,

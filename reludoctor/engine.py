@@ -97,47 +97,50 @@ def scan(model: Any, data: Any = None, options: ScanOptions | None = None, *,
     autocast = resolve_dtype(options.dtype)
     with phase("load model"):
         backend, loaded = load_model(model, options)
-    with phase("check"):
-        backend.check(loaded, options)  # options that do not apply, no candidate site: before the data
-    with phase("calibration data"):
-        calibration = load_calibration(data, loaded.inputs, limit=options.limit, input_shape=options.input_shape,
-                                       seed=options.seed, sample=options.sample, resize=options.resize,
-                                       center_crop=options.center_crop, normalize=options.normalize,
-                                       batch_axes=options.batch_axes,
-                                       constants={**loaded.constants, **parse_constants(options.constants)},
-                                       **_text_settings(options, loaded, data, warn))
-    for note in calibration.notes:
-        warn(note)
-    labels = options.labels
-    if labels is not None and calibration.sample_indices is not None:
-        labels = _sampled_labels(labels, calibration.sample_indices)
-    target = backend.device(loaded, options)
-    if calibration.synthetic:
-        warn(f"no calibration data: using {calibration.samples} synthetic standard-normal samples; "
-             "dead units on real data may differ (pass --data)")
-    batch_size = _batch_size(loaded, options.batch_size, warn)
-    world = distributed.join(target)  # None in a single process; under torchrun, this rank
-    if world is not None:
-        if options.gradients:
-            raise UsageError("--gradients is not supported in a multi-process scan (torchrun)",
-                             "run the gradient pass in a single process")
-        target = world.device
-        calibration = world.shard(calibration, batch_size)
-    run = ScanRun(options, target, batch_size, autocast, BatchContext(), progress, warn)
-    with backend.session(loaded, target):
-        # A multi-process scan observes this rank's shard, then combines every rank's statistics.
-        with phase("observe"):
-            observation = backend.observe(loaded, calibration, run) if world is None \
-                else _observe_world(world, backend, loaded, calibration, run)
-        stats = _site_stats(observation, options)
-        for site in observation.unobserved:
-            warn(f"site {site.name} ({site.op}) was not observed: {site.reason}")
-        _refuse_unobserved(stats, observation, loaded, backend, calibration)
-        with phase("evidence"):
-            evidence = _evidence(backend, loaded, observation, calibration, run, [s.name for s in stats])
-        with phase("gradients"):
-            gradient_info, stats = _gradients(backend, loaded, observation, calibration, stats, evidence,
-                                              run, labels)
+    try:
+        with phase("check"):
+            backend.check(loaded, options)  # options that do not apply, no candidate site: before the data
+        with phase("calibration data"):
+            calibration = load_calibration(data, loaded.inputs, limit=options.limit, input_shape=options.input_shape,
+                                           seed=options.seed, sample=options.sample, resize=options.resize,
+                                           center_crop=options.center_crop, normalize=options.normalize,
+                                           batch_axes=options.batch_axes,
+                                           constants={**loaded.constants, **parse_constants(options.constants)},
+                                           **_text_settings(options, loaded, data, warn))
+        for note in calibration.notes:
+            warn(note)
+        labels = options.labels
+        if labels is not None and calibration.sample_indices is not None:
+            labels = _sampled_labels(labels, calibration.sample_indices)
+        target = backend.device(loaded, options)
+        if calibration.synthetic:
+            warn(f"no calibration data: using {calibration.samples} synthetic standard-normal samples; "
+                 "dead units on real data may differ (pass --data)")
+        batch_size = _batch_size(loaded, options.batch_size, warn)
+        world = distributed.join(target)  # None in a single process; under torchrun, this rank
+        if world is not None:
+            if options.gradients:
+                raise UsageError("--gradients is not supported in a multi-process scan (torchrun)",
+                                 "run the gradient pass in a single process")
+            target = world.device
+            calibration = world.shard(calibration, batch_size)
+        run = ScanRun(options, target, batch_size, autocast, BatchContext(), progress, warn)
+        with backend.session(loaded, target):
+            # A multi-process scan observes this rank's shard, then combines every rank's statistics.
+            with phase("observe"):
+                observation = backend.observe(loaded, calibration, run) if world is None \
+                    else _observe_world(world, backend, loaded, calibration, run)
+            stats = _site_stats(observation, options)
+            for site in observation.unobserved:
+                warn(f"site {site.name} ({site.op}) was not observed: {site.reason}")
+            _refuse_unobserved(stats, observation, loaded, backend, calibration)
+            with phase("evidence"):
+                evidence = _evidence(backend, loaded, observation, calibration, run, [s.name for s in stats])
+            with phase("gradients"):
+                gradient_info, stats = _gradients(backend, loaded, observation, calibration, stats, evidence,
+                                                  run, labels)
+    finally:
+        loaded.release()  # a loader's scratch space (accelerate's offload folder)
     calibration_info = CalibrationInfo(calibration.source, observation.samples, calibration.synthetic,
                                        batch_size)
     return Report(

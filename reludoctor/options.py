@@ -4,6 +4,7 @@ where every default is written once (the CLI's, the Python API's and the docs' d
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, fields, replace
 from enum import Enum
 from typing import Any
@@ -48,6 +49,9 @@ class DType(_Choice):
 
 ALIASES = {"float32": DType.FP32, "bfloat16": DType.BF16, "float16": DType.FP16}
 DEFAULT_BATCH_SIZE = 32
+# --max-memory: a size as accelerate reads it (bytes, or a number with a unit)
+MEMORY_SIZE = re.compile(r"\d+|\d+(\.\d+)?\s*[KMGT]i?B", re.IGNORECASE)
+
 # Text calibration (--data texts.jsonl): tokens per document (longer ones are cut) or per packed
 # row. 512 covers most calibration paragraphs and keeps a padded batch of 32 small; a model
 # declaring fewer positions (max_position_embeddings) caps it.
@@ -116,6 +120,9 @@ class ScanOptions(_Settings):
     constants: Any = None
     batch_axes: Any = None
     # text data (--data texts.jsonl / .txt)
+    # Hugging Face checkpoints: accelerate's device_map="auto" under this limit per device
+    # (e.g. "2GiB"), the layers that do not fit offloaded to disk for the scan
+    max_memory: str | None = None
     tokenizer: str | None = None  # None: the model's own folder, when it has a tokenizer
     max_length: int | None = None  # None: DEFAULT_MAX_LENGTH, capped by the model's positions
     pack: bool = False
@@ -130,6 +137,9 @@ class ScanOptions(_Settings):
             raise UsageError(f"--dormant-tau {self.dormant_tau} must be a finite number >= 0")
         if self.max_length is not None and self.max_length < 1:
             raise UsageError(f"--max-length {self.max_length} must be at least 1")
+        if self.max_memory is not None and not MEMORY_SIZE.fullmatch(str(self.max_memory).strip()):
+            raise UsageError(f"--max-memory {self.max_memory!r} is not a size",
+                             "write it like 2GiB, 500MB or 800000000 (bytes)")
         self.method = choice(Method, self.method, "--method")
         self.dtype = choice(DType, self.dtype, "--dtype")
         if self.labels is not None and not self.gradients:

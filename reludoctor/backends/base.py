@@ -30,6 +30,16 @@ class LoadedModel:
     # most positions the model takes (text calibration caps --max-length with it).
     tokenizer: str | None = None
     max_length: int | None = None
+    # Temporary folders the loader made for the scan (accelerate's offload folder), removed by
+    # ``release`` when the scan ends, also when it fails (a process that ends with os._exit runs
+    # no finalizers).
+    scratch: list[str] = field(default_factory=list)
+
+    def release(self) -> None:
+        import shutil
+
+        while self.scratch:
+            shutil.rmtree(self.scratch.pop(), ignore_errors=True)
 
 
 @dataclass

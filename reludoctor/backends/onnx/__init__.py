@@ -42,6 +42,8 @@ class OnnxBackend(Backend):
             raise UsageError(f"--dtype {options.dtype} applies to PyTorch models only: an ONNX model "
                              "runs in the precision it was exported in",
                              "drop --dtype (or convert the ONNX model to float16 yourself)")
+        if options.max_memory:
+            raise UsageError("--max-memory is for Hugging Face checkpoints, not ONNX models")
         from reludoctor.backends.onnx.precheck import refuse_without_candidates
 
         refuse_without_candidates(loaded)

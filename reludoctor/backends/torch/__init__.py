@@ -28,7 +28,7 @@ class TorchBackend(Backend):
 
             if options.arch:
                 raise UsageError("--arch is only for state_dict files, not Hugging Face checkpoints")
-            return huggingface.load(path, options.trust_model)
+            return huggingface.load(path, options.trust_model, options.max_memory)
 
         return loader.load_path(path, arch=options.arch, arch_kwargs=options.arch_kwargs,
                                 trust_model=options.trust_model, kind=kind, imports=options.imports)
@@ -44,6 +44,9 @@ class TorchBackend(Backend):
         return loader.from_object(model)
 
     def check(self, loaded: LoadedModel, options: Any) -> None:
+        if options.max_memory and loaded.format != ModelFormat.HUGGINGFACE:
+            raise UsageError("--max-memory is for Hugging Face checkpoints (loaded with device_map)",
+                             "an in-memory model: load it with device_map yourself and pass it to scan()")
         if options.method == Method.EXPORT and loaded.format == ModelFormat.TORCHSCRIPT:
             raise UsageError("--method export cannot trace a TorchScript archive",
                              "use --method dispatch (the default for TorchScript)")

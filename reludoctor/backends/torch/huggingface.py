@@ -106,9 +106,24 @@ def _quiet_transformers() -> Iterator[None]:
             logging.enable_progress_bar()
 
 
-def load(path: Path, trust_model: bool) -> LoadedModel:
+def _placement(max_memory: str) -> dict:
+    """from_pretrained settings for accelerate's big-model inference: every device (the CPU
+    and each visible GPU) limited to ``max_memory``, the rest offloaded to a temporary folder
+    (the LoadedModel's scratch, removed when the scan ends)."""
+    import tempfile
+
+    import torch
+
+    devices: list = ["cpu", *range(torch.cuda.device_count())]
+    size: int | str = int(max_memory) if max_memory.strip().isdigit() else max_memory.strip()  # bytes
+    return dict(device_map="auto", max_memory=dict.fromkeys(devices, size),
+                offload_folder=tempfile.mkdtemp(prefix="reludoctor-offload-"))
+
+
+def load(path: Path, trust_model: bool, max_memory: str | None = None) -> LoadedModel:
     """A checkpoint folder, or a model id (``detect.is_model_id``) resolved to its cached
-    snapshot -> LoadedModel (format huggingface)."""
+    snapshot -> LoadedModel (format huggingface); with ``max_memory``, placed by accelerate
+    (``device_map="auto"``), which the scan then leaves where it is."""
     from reludoctor.backends import detect
     from reludoctor.backends.torch.loader import from_object
 
@@ -123,6 +138,8 @@ def load(path: Path, trust_model: bool) -> LoadedModel:
         raise ModelLoadError(f"{path}: a Hugging Face checkpoint needs transformers",
                              "pip install transformers") from exc
     settings = dict(local_files_only=True, trust_remote_code=False, use_safetensors=safe)
+    if max_memory:
+        settings.update(_placement(max_memory))
     model = None
     with _quiet_transformers():
         for auto in (transformers.AutoModelForCausalLM, transformers.AutoModel):
@@ -135,6 +152,10 @@ def load(path: Path, trust_model: bool) -> LoadedModel:
                 failure = exc
                 break
     if model is None:
+        if "offload_folder" in settings:
+            import shutil
+
+            shutil.rmtree(settings["offload_folder"], ignore_errors=True)
         raise ModelLoadError(f"{model_id or path}: transformers cannot load the checkpoint "
                              f"({type(failure).__name__}: {first_line(failure)[:200]})",
                              "check config.json (model_type) and the weight files") from None
@@ -148,4 +169,6 @@ def load(path: Path, trust_model: bool) -> LoadedModel:
     loaded.sha256 = _digest([path / CONFIG, *weights])
     loaded.tokenizer = tokenizer
     loaded.max_length = positions if isinstance(positions, int) and positions > 0 else None
+    if "offload_folder" in settings:
+        loaded.scratch.append(settings["offload_folder"])
     return loaded
