@@ -110,6 +110,8 @@ class ScanOptions(_Settings):
     normalize: str | None = None
     constants: Any = None
     batch_axes: Any = None
+    # certification: the model's input domain, "LOW,HIGH", "imagenet" or (low, high) (data.input_range)
+    input_range: Any = None
 
     def check(self) -> ScanOptions:
         """Refuse impossible values with the option's name; strings become enums."""

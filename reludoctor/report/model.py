@@ -97,6 +97,35 @@ class SiteStats:
     # Why ``unit_axis`` holds the units: "producer conv", "consumer conv", "linear on last axis",
     # "features of [N, F]", "--unit-axis", ... (None in older reports).
     unit_axis_reason: str | None = None
+    # Dead units proven dead for every input in --input-range (a subset of dead_units); None:
+    # the site could not be bounded. The key is in the JSON only when the scan had an input range.
+    certified_dead_units: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class InputRangeInfo:
+    spec: str  # as given: "0,1", "imagenet"
+    low: tuple[float, ...]  # one bound for every input element, or one per channel (axis 1)
+    high: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class NotCertifiable:
+    site: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Certification:
+    """Which dead units are dead for every input in the input box (``--input-range``), not only
+    on the calibration data: interval bound propagation (docs/diagnosis.md)."""
+
+    input_range: InputRangeInfo
+    status: str  # complete (every site bounded) | partial | unsupported (no site bounded)
+    certified_dead_units: int
+    dead_units: int  # of the sites that were bounded
+    not_certifiable: tuple[NotCertifiable, ...] = ()
+    note: str | None = None  # why nothing was certified (a format or method without a graph)
 
 
 @dataclass(frozen=True)
@@ -260,6 +289,7 @@ class Report:
     gradients: GradientInfo = field(default_factory=lambda: GradientInfo(False, reason=NOT_REQUESTED))
     dtype: str = "float32"  # the forward pass's precision: float32, or bfloat16/float16 autocast
     ignored_ops: tuple[IgnoredOp, ...] = ()  # ReLU-like ops that are not activations, and why
+    certification: Certification | None = None  # with --input-range only (absent from the JSON otherwise)
 
     def site(self, name: str) -> SiteStats:
         for site in self.sites:
@@ -269,6 +299,10 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        if data["certification"] is None:  # additive keys: a scan without --input-range is unchanged
+            del data["certification"]
+            for site in data["sites"]:
+                del site["certified_dead_units"]
         ordered = {"schema_version": data.pop("schema_version")}
         ordered.update(data)
         return _jsonable(ordered)
