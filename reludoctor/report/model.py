@@ -15,6 +15,9 @@ from reludoctor.errors import ReportFormatError  # noqa: F401 - re-exported
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = (1,)  # schema_version 1 is the only one so far
 NOT_REQUESTED = "not requested (scan with gradients=True, --gradients)"
+# Keys written only by a scan with an input range (Report.certification, SiteStats.
+# certified_dead_units): a report without one stays byte-identical to what it was before.
+CONDITIONAL_KEYS = frozenset({"certification", "certified_dead_units"})
 
 
 @dataclass(frozen=True)
@@ -299,7 +302,7 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        if data["certification"] is None:  # additive keys: a scan without --input-range is unchanged
+        if data["certification"] is None:  # CONDITIONAL_KEYS
             del data["certification"]
             for site in data["sites"]:
                 del site["certified_dead_units"]
