@@ -295,6 +295,7 @@ BATCH_AXIS_OPTION = typer.Option(None, "--batch-axis", metavar="NAME=AXIS", help
 UNIT_AXIS_OPTION = typer.Option(None, "--unit-axis", help="Axis of the activation that holds units (default: 1 for [N,C,...] and [N,F], last for [N,T,F]).")
 ARCH_OPTION = typer.Option(None, "--arch", help="Architecture for a state_dict: package.module:factory.")
 ARCH_KWARGS_OPTION = typer.Option(None, "--arch-kwargs", help="JSON keyword arguments for the --arch factory.")
+INPUT_RANGE_OPTION = typer.Option(None, "--input-range", metavar="LOW,HIGH|imagenet", help="The domain of the model's input, in the units it sees (after normalisation): certify which dead units cannot fire for any input in it (interval bound propagation over the torch.export graph). imagenet: pixels in [0, 1] through ImageNet mean/std, per channel.")
 METHOD_OPTION = typer.Option(DEFAULTS.method.value, "--method", help="How call sites are observed: auto, export (torch.export) or dispatch (TorchDispatchMode).")
 
 
@@ -322,6 +323,7 @@ def scan(
     constants: Optional[list[str]] = CONST_OPTION,
     batch_axes: Optional[list[str]] = BATCH_AXIS_OPTION,
     unit_axis: Optional[int] = UNIT_AXIS_OPTION,
+    input_range: Optional[str] = INPUT_RANGE_OPTION,
     near_dead: float = typer.Option(DEFAULTS.near_dead, "--near-dead", help="Alive units firing on fewer than this fraction of positions are near-dead."),
     dormant_tau: float = typer.Option(DEFAULTS.dormant_tau, "--dormant-tau", help="tau of tau-dormant units (Sokar et al. 2023)."),
     fail_over: Optional[float] = FAIL_OVER_OPTION,
