@@ -605,6 +605,8 @@ def fix_command(
     leaky: Optional[float] = typer.Option(None, "--leaky", metavar="ALPHA", help="Replace ReLU sites with LeakyReLU(ALPHA), 0 < ALPHA < 1 (not lossless: the change is measured)."),
     reinit: bool = typer.Option(False, "--reinit", help="ReDo: dead and tau-dormant units get Kaiming-normal incoming and zero outgoing weights."),
     sites: Optional[list[str]] = typer.Option(None, "--sites", metavar="GLOB", help="Only sites whose name matches GLOB (e.g. 'layer4.*'). Repeatable. Default: all."),
+    input_range: Optional[str] = INPUT_RANGE_OPTION,
+    certified_only: bool = typer.Option(False, "--certified-only", help="With --prune-dead and --input-range: prune only the dead units that cannot fire for any input in the range (certified), not those that merely did not fire on the data."),
     summary: Optional[str] = typer.Option(None, "--summary", metavar="FILE", help="Write the JSON summary to FILE ('-': stdout instead of the table)."),
     force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Scan and show what would change; write nothing."),

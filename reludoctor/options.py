@@ -148,4 +148,7 @@ class FixOptions(_Settings):
     seed: int = 0  # --reinit's Kaiming initialisation
     rescan: bool = True
     imports: Any = ()
+    # --prune-dead --certified-only: prune only units proven dead on input_range (ScanOptions.input_range)
+    input_range: Any = None
+    certified_only: bool = False
 

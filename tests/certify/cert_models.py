@@ -92,3 +92,15 @@ class WithErf(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.relu(self.fc1(x))
         return torch.relu(self.fc2(torch.special.erf(y)))
+
+
+class TwoUnitsHead(nn.Module):
+    """TwoUnits followed by a linear head, so that its units can be pruned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = TwoUnits()
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
