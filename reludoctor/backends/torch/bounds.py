@@ -90,17 +90,19 @@ def _call(node: Any, args: tuple, kwargs: dict) -> Any:
     name = op_base_name(node.target)
     if node.target is operator.getitem and not isinstance(args[0], Interval):
         return args[0][args[1]]  # an element of a tuple result
-    if not any(isinstance(leaf, Interval) for leaf in leaves):
-        return _functional(node.target)(*args, **kwargs)  # constants: computed exactly
-    if name.startswith("_assert") or name in ("sym_size", "size", "sym_numel", "dim", "sym_stride"):
-        return node.target(*_side(args, "lo"), **_side(kwargs, "lo"))  # shape queries
-    rule = RULES.get(name.rstrip("_") if name != "getitem" else name)
-    if rule is None:
-        return Unsupported(f"{node.target} (node {node.name}) has no interval rule")
     try:
+        if not any(isinstance(leaf, Interval) for leaf in leaves):
+            return _functional(node.target)(*args, **kwargs)  # constants: computed exactly
+        if name.startswith("_assert") or name in ("sym_size", "size", "sym_numel", "dim", "sym_stride"):
+            return node.target(*_side(args, "lo"), **_side(kwargs, "lo"))  # shape queries
+        rule = RULES.get(name.rstrip("_"))
+        if rule is None:
+            return Unsupported(f"{node.target} (node {node.name}) has no interval rule")
         return rule(node.target, args, kwargs)
     except _NoRule as exc:
         return Unsupported(f"{node.target} (node {node.name}): {exc}")
+    except Exception as exc:  # noqa: BLE001 - an argument form a rule did not expect: no bound, no guess
+        return Unsupported(f"{node.target} (node {node.name}) failed: {type(exc).__name__}")
 
 
 def _functional(target: Any) -> Any:
@@ -157,11 +159,24 @@ def _same_op_both_sides(target: Any, args: tuple, kwargs: dict) -> Any:
 
 def _monotone_rounded(target: Any, args: tuple, kwargs: dict) -> Interval:
     """Monotone ops that round (sums and averages with non-negative weights, sigmoid, tanh):
-    exact on lo and hi, then widened for the rounding of the model's float32 result."""
+    exact on lo and hi, then widened for the rounding of the model's float32 result, scaled by
+    the op applied to max(|lo|, |hi|) (the sum of the terms' sizes, not the possibly cancelling
+    sum; for sigmoid and tanh, at least the output's size)."""
+    result = _same_op_both_sides(target, args, kwargs)
+    sizes = _same_op_both_sides(target, _side_magnitude(args), kwargs).hi
+    return _widened(result.lo, result.hi, sizes.abs())
+
+
+def _side_magnitude(value: Any) -> Any:
+    """``value`` with every Interval [l, u] replaced by [0, max(|l|, |u|)]."""
     import torch
 
-    result = _same_op_both_sides(target, args, kwargs)
-    return _widened(result.lo, result.hi, torch.maximum(result.lo.abs(), result.hi.abs()))
+    if isinstance(value, Interval):
+        size = _magnitude(value)
+        return Interval(torch.zeros_like(size), size)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_side_magnitude(v) for v in value)
+    return value
 
 
 def _identity(target: Any, args: tuple, kwargs: dict) -> Any:
@@ -191,7 +206,7 @@ def _hardswish(target: Any, args: tuple, kwargs: dict) -> Interval:
     f_lo, f_hi = _functional(target)(x.lo), _functional(target)(x.hi)
     lo = torch.where(x.hi <= -1.5, f_hi, torch.where(x.lo >= -1.5, f_lo, torch.full_like(f_lo, -0.375)))
     hi = torch.maximum(f_lo, f_hi)
-    return _widened(lo, hi, torch.maximum(lo.abs(), hi.abs()))
+    return _widened(lo, hi, _magnitude(Interval(lo, hi)))
 
 
 def _weighted(target: Any, args: tuple, kwargs: dict) -> Interval:
@@ -268,6 +283,7 @@ def _batch_norm(target: Any, args: tuple, kwargs: dict) -> Any:
 
 
 def _magnitude(x: Interval) -> Any:
+    """max(|lo|, |hi|): the size of every value in the interval."""
     import torch
 
     return torch.maximum(x.lo.abs(), x.hi.abs())
@@ -314,7 +330,7 @@ def _mul(target: Any, args: tuple, kwargs: dict) -> Interval:
         varying, factor = (a, b) if isinstance(a, Interval) else (b, a)
         scaled = _scaled(varying, factor)
         lo, hi = scaled.lo, scaled.hi
-    return _widened(lo, hi, torch.maximum(lo.abs(), hi.abs()))
+    return _widened(lo, hi, _magnitude(Interval(lo, hi)))
 
 
 def _div(target: Any, args: tuple, kwargs: dict) -> Interval:
@@ -335,10 +351,6 @@ def _div(target: Any, args: tuple, kwargs: dict) -> Interval:
 
 def _neg(target: Any, args: tuple, kwargs: dict) -> Interval:
     return Interval(-args[0].hi, -args[0].lo)
-
-
-def _getitem(target: Any, args: tuple, kwargs: dict) -> Any:
-    return _same_op_both_sides(target, args, kwargs)
 
 
 SHAPE_OPS = (
@@ -367,5 +379,5 @@ RULES: dict[str, Callable[[Any, tuple, dict], Any]] = {
                      "_native_batch_norm_legit"), _batch_norm),
     **dict.fromkeys(("add", "sub"), _add),
     "mul": _mul, "div": _div, "neg": _neg, "leaky_relu": _leaky, "hardswish": _hardswish,
-    "getitem": _getitem,
+    "getitem": _same_op_both_sides,  # indexing a tensor (a tuple's element is taken before the rules)
 }
