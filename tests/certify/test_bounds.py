@@ -14,10 +14,12 @@ from reludoctor.backends.torch import bounds
 from reludoctor.backends.torch.export import activation_nodes
 
 
-def _graph(model: torch.nn.Module, example: torch.Tensor):
+def _graph(model: torch.nn.Module, example: torch.Tensor, core_aten: bool = False):
     from torch.export import Dim
 
     program = torch.export.export(model, (example,), dynamic_shapes=({0: Dim("batch")},), strict=False)
+    if core_aten:  # the ops of a decomposed .pt2: convolution, native batch norm, max pool with indices, addmm
+        program = program.run_decompositions()
     return program.module()
 
 
@@ -54,7 +56,7 @@ def _preactivations(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tenso
     return seen
 
 
-def _check_sound(model, low, high, samples=2000):
+def _check_sound(model, low, high, samples=2000, core_aten=False):
     model.eval()
     gen = torch.Generator().manual_seed(3)
     shape = low.shape[1:]
@@ -62,7 +64,7 @@ def _check_sound(model, low, high, samples=2000):
     corners = [low + (high - low) * torch.tensor(c, dtype=low.dtype).reshape(low.shape[1:]) for c in
                itertools.islice(itertools.product((0.0, 1.0), repeat=low[0].numel()), 256)]
     x = torch.cat([x, torch.cat(corners)]) if corners else x
-    propagated = _propagate(_graph(model, x[:2]), low, high)
+    propagated = _propagate(_graph(model, x[:2], core_aten), low, high)
     observed = _preactivations(model, x)
     assert len(observed) == len(propagated)
     for (name, interval), pre in zip(propagated, observed):
@@ -75,9 +77,10 @@ def _check_sound(model, low, high, samples=2000):
     return propagated, observed
 
 
-def test_cnn_with_batchnorm_maxpool_and_residual_is_sound():
+@pytest.mark.parametrize("core_aten", [False, True], ids=["export", "core-aten"])
+def test_cnn_with_batchnorm_maxpool_and_residual_is_sound(core_aten):
     low, high = torch.full((1, 3, 8, 8), -1.0), torch.full((1, 3, 8, 8), 2.0)
-    _check_sound(SmallCNN(), low, high, samples=3000)
+    _check_sound(SmallCNN(), low, high, samples=3000, core_aten=core_aten)
 
 
 def test_mlp_is_sound_and_tight_enough_to_be_useful():

@@ -83,13 +83,13 @@ def _leaves(value: Any) -> list:
 
 
 def _call(node: Any, args: tuple, kwargs: dict) -> Any:
+    if node.target is operator.getitem and isinstance(args[0], (list, tuple)):
+        return args[0][args[1]]  # an element of a tuple result (its other elements may be unsupported)
     leaves = _leaves(args) + _leaves(kwargs)
     failed = next((leaf for leaf in leaves if isinstance(leaf, Unsupported)), None)
     if failed is not None:
         return failed
     name = op_base_name(node.target)
-    if node.target is operator.getitem and not isinstance(args[0], Interval):
-        return args[0][args[1]]  # an element of a tuple result
     try:
         if not any(isinstance(leaf, Interval) for leaf in leaves):
             return _functional(node.target)(*args, **kwargs)  # constants: computed exactly
@@ -282,6 +282,12 @@ def _batch_norm(target: Any, args: tuple, kwargs: dict) -> Any:
     return (result, Unsupported("batch norm statistics"), Unsupported("batch norm statistics"))
 
 
+def _max_pool_with_indices(target: Any, args: tuple, kwargs: dict) -> tuple:
+    """Core ATen's max pooling: the values as ``max_pool`` (monotone), the indices unknown."""
+    values = _same_op_both_sides(target, args, kwargs)[0]
+    return (values, Unsupported("max pooling indices"))
+
+
 def _magnitude(x: Interval) -> Any:
     """max(|lo|, |hi|): the size of every value in the interval."""
     import torch
@@ -378,6 +384,7 @@ RULES: dict[str, Callable[[Any, tuple, dict], Any]] = {
     **dict.fromkeys(("batch_norm", "_native_batch_norm_legit_no_training",
                      "_native_batch_norm_legit"), _batch_norm),
     **dict.fromkeys(("add", "sub"), _add),
+    **dict.fromkeys(("max_pool2d_with_indices", "max_pool3d_with_indices"), _max_pool_with_indices),
     "mul": _mul, "div": _div, "neg": _neg, "leaky_relu": _leaky, "hardswish": _hardswish,
     "getitem": _same_op_both_sides,  # indexing a tensor (a tuple's element is taken before the rules)
 }
