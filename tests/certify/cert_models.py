@@ -41,6 +41,11 @@ class SmallCNN(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
+        with torch.random.fork_rng():
+            torch.manual_seed(1)
+            self._build()
+
+    def _build(self) -> None:
         gen = torch.Generator().manual_seed(1)
         self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True))
         self.pool = nn.MaxPool2d(2)
@@ -69,10 +74,11 @@ class SmallCNN(nn.Module):
 class MLP(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        torch.manual_seed(2)
-        self.net = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 32), nn.Sigmoid(),
-                                 nn.Linear(32, 16), nn.LeakyReLU(0.1), nn.Linear(16, 8), nn.ReLU(),
-                                 nn.Hardswish(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8), nn.ReLU())
+        with torch.random.fork_rng():
+            torch.manual_seed(2)
+            self.net = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 32), nn.Sigmoid(),
+                                     nn.Linear(32, 16), nn.LeakyReLU(0.1), nn.Linear(16, 8), nn.ReLU(),
+                                     nn.Hardswish(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8), nn.ReLU())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -84,7 +90,9 @@ class WithErf(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.fc1, self.fc2 = nn.Linear(4, 4), nn.Linear(4, 4)
+        with torch.random.fork_rng():
+            torch.manual_seed(3)
+            self.fc1, self.fc2 = nn.Linear(4, 4), nn.Linear(4, 4)
         with torch.no_grad():
             self.fc1.weight.fill_(-1.0)
             self.fc1.bias.fill_(-1.0)
@@ -100,7 +108,9 @@ class TwoUnitsHead(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.body = TwoUnits()
-        self.head = nn.Linear(3, 2)
+        with torch.random.fork_rng():
+            torch.manual_seed(4)
+            self.head = nn.Linear(3, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))

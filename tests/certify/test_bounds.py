@@ -123,3 +123,18 @@ def test_elementwise_rules_bound_a_dense_grid(op):
         (_, interval), = _propagate(_graph(Op(), inside[:2]), torch.tensor([[lo]]), torch.tensor([[hi]]))
         values = op(inside)
         assert float(interval.lo) <= float(values.min()) and float(values.max()) <= float(interval.hi)
+
+
+def test_a_view_read_after_an_inplace_op_is_not_bounded():
+    class Aliased(torch.nn.Module):
+        """v is a view of y taken before relu_ changes y: v's graph node shows the old value."""
+
+        def forward(self, x):
+            y = x * 2 - 1
+            v = y.view(-1, 4)
+            torch.relu_(y)
+            return torch.relu(v - 0.5)
+
+    (_, first), (_, second) = _propagate(_graph(Aliased(), torch.rand(2, 4)), torch.zeros(1, 4), torch.ones(1, 4))
+    assert isinstance(first, bounds.Interval)
+    assert isinstance(second, bounds.Unsupported) and "in-place" in second.reason

@@ -41,8 +41,11 @@ def propagate(graph_module: Any, inputs: dict[str, Any]) -> dict[Any, Any]:
     from torch.fx.node import map_arg
 
     env: dict[Any, Any] = {}
+    stale = stale_reads(graph_module.graph)
     for node in graph_module.graph.nodes:
-        if node.op == "placeholder":
+        if node in stale:
+            env[node] = Unsupported(stale[node])
+        elif node.op == "placeholder":
             env[node] = inputs.get(node.name, Unsupported(f"input {node.name} has no value"))
         elif node.op == "get_attr":
             env[node] = _attribute(graph_module, node.target)
@@ -53,6 +56,52 @@ def propagate(graph_module: Any, inputs: dict[str, Any]) -> dict[Any, Any]:
         elif node.op != "output":
             env[node] = Unsupported(f"{node.op} {node.target} (node {node.name})")
     return env
+
+
+def stale_reads(graph: Any) -> dict[Any, str]:
+    """Nodes that read a tensor after an in-place op changed it under another name (the node
+    used again, or a view of it): the graph shows the old value, the model computes the new one,
+    so these get no bound."""
+    order = {node: i for i, node in enumerate(graph.nodes)}
+    stale: dict[Any, str] = {}
+    for node in graph.nodes:
+        if node.op != "call_function" or not _mutates_first(node.target) or not hasattr(node.args[0], "users"):
+            continue
+        for alias in _aliases(node.args[0]):
+            for user in alias.users:
+                if user is not node and order[user] > order[node]:
+                    stale[user] = f"reads {alias.name} after the in-place {node.target} (node {node.name}) changed it"
+    return stale
+
+
+VIEW_OPS = {"view", "_unsafe_view", "reshape", "flatten", "permute", "transpose", "t", "unsqueeze",
+            "squeeze", "expand", "slice", "select", "narrow", "alias", "detach", "as_strided",
+            "split", "split_with_sizes", "chunk", "unbind", "getitem", "view_as", "expand_as", "movedim"}
+
+
+def _mutates_first(target: Any) -> bool:
+    schema = getattr(target, "_schema", None)
+    if schema is None or not schema.arguments:
+        return False
+    info = schema.arguments[0].alias_info
+    return bool(info is not None and info.is_write)
+
+
+def _is_view(node: Any) -> bool:
+    return node.op == "call_function" and op_base_name(node.target) in VIEW_OPS
+
+
+def _aliases(node: Any) -> list:
+    """``node``, the tensor it is a view of, and every view of those (transitively)."""
+    base = node
+    while _is_view(base) and base.args and hasattr(base.args[0], "users"):
+        base = base.args[0]
+    found, frontier = [base], [base]
+    while frontier:
+        views = [user for current in frontier for user in current.users if _is_view(user) and user not in found]
+        found.extend(views)
+        frontier = views
+    return found
 
 
 def as_interval(value: Any) -> Interval | Unsupported:
