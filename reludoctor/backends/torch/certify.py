@@ -35,7 +35,7 @@ def site_bounds(observation: Any, calibration: Any, box: Any, run: Any, fixed_ba
         if name not in axes:
             continue
         if isinstance(value, bounds.Unsupported):
-            result.failed[name] = f"not certifiable: {value.reason}"
+            result.failed[name] = value.reason
             continue
         axis = axes[name] % value.hi.dim()
         others = [d for d in range(value.hi.dim()) if d != axis]
