@@ -138,3 +138,22 @@ def test_a_view_read_after_an_inplace_op_is_not_bounded():
     (_, first), (_, second) = _propagate(_graph(Aliased(), torch.rand(2, 4)), torch.zeros(1, 4), torch.ones(1, 4))
     assert isinstance(first, bounds.Interval)
     assert isinstance(second, bounds.Unsupported) and "in-place" in second.reason
+
+
+def test_casts_to_half_precision_are_widened_and_to_integers_unsupported():
+    class Half(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.relu(x.to(torch.float16).to(torch.float32) * 1000 - 500)
+
+    class Integer(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.relu(x.to(torch.int64).to(torch.float32))
+
+    # float16 rounds 0.9999 up to 1: without the widening the top corner would exceed the bound
+    low, high = torch.zeros(1, 4), torch.full((1, 4), 0.9999)
+    x = torch.cat([high, torch.rand(4095, 4) * 0.9999])
+    ((_, interval),) = _propagate(_graph(Half(), x[:2]), low, high)
+    (pre,) = _preactivations(Half(), x)
+    assert bool((pre <= interval.hi.float()).all()) and bool((pre >= interval.lo.float()).all())
+    ((_, integer),) = _propagate(_graph(Integer(), x[:2]), low, high)
+    assert isinstance(integer, bounds.Unsupported)

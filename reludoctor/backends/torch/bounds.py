@@ -229,15 +229,21 @@ def _side_magnitude(value: Any) -> Any:
 
 
 def _identity(target: Any, args: tuple, kwargs: dict) -> Any:
-    """dtype/device copies and eval-mode dropout: the value is unchanged (kept in float64)."""
+    """dtype/device copies and eval-mode dropout: the value is unchanged (kept in float64), but a
+    cast to a coarser float rounds it: widened by that format's epsilon."""
+    import torch
+
     x = args[0]
     name = op_base_name(target)
-    if "dropout" in name and (len(args) > 2 and args[2] or kwargs.get("train")):
-        raise _NoRule("dropout in training mode")
-    dtype = kwargs.get("dtype")
-    if dtype is not None and not dtype.is_floating_point:
-        raise _NoRule(f"conversion to {dtype}")
-    return x
+    if "dropout" in name:
+        if (len(args) > 2 and args[2]) or kwargs.get("train"):
+            raise _NoRule("dropout in training mode")
+        return x
+    dtypes = [v for v in (*args[1:], *kwargs.values()) if isinstance(v, torch.dtype)]
+    if any(not d.is_floating_point for d in dtypes):
+        raise _NoRule(f"conversion to {dtypes[0]}")
+    eps = max((torch.finfo(d).eps for d in dtypes), default=0.0)
+    return _widened(x.lo, x.hi, _magnitude(x) * (eps / REL)) if eps > torch.finfo(torch.float32).eps else x
 
 
 def _leaky(target: Any, args: tuple, kwargs: dict) -> Interval:
