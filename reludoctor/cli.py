@@ -299,6 +299,7 @@ MAX_MEMORY_OPTION = typer.Option(None, "--max-memory", metavar="SIZE", help="Hug
 TOKENIZER_OPTION = typer.Option(None, "--tokenizer", metavar="FOLDER", help="Text data: a Hugging Face tokenizer folder (tokenizer.json; loaded offline, never remote code). Default: the model's folder when it holds one.")
 MAX_LENGTH_OPTION = typer.Option(None, "--max-length", metavar="N", help=f"Text data: tokens per document, longer ones cut (default {DEFAULT_MAX_LENGTH}, at most the model's max_position_embeddings); with --pack, tokens per row.")
 PACK_OPTION = typer.Option(False, "--pack", help="Text data: concatenate the documents' tokens into rows of --max-length tokens (nothing cut, no padding) instead of one padded document per sample.")
+INPUT_RANGE_OPTION = typer.Option(None, "--input-range", metavar="LOW,HIGH|imagenet", help="The domain of the model's input, in the units it sees (after normalisation): certify which dead units cannot fire for any input in it (interval bound propagation over the torch.export graph). imagenet: pixels in [0, 1] through ImageNet mean/std, per channel.")
 METHOD_OPTION = typer.Option(DEFAULTS.method.value, "--method", help="How call sites are observed: auto, export (torch.export) or dispatch (TorchDispatchMode).")
 
 
@@ -330,6 +331,7 @@ def scan(
     max_length: Optional[int] = MAX_LENGTH_OPTION,
     pack: bool = PACK_OPTION,
     unit_axis: Optional[int] = UNIT_AXIS_OPTION,
+    input_range: Optional[str] = INPUT_RANGE_OPTION,
     near_dead: float = typer.Option(DEFAULTS.near_dead, "--near-dead", help="Alive units firing on fewer than this fraction of positions are near-dead."),
     dormant_tau: float = typer.Option(DEFAULTS.dormant_tau, "--dormant-tau", help="tau of tau-dormant units (Sokar et al. 2023)."),
     fail_over: Optional[float] = FAIL_OVER_OPTION,
@@ -619,6 +621,8 @@ def fix_command(
     leaky: Optional[float] = typer.Option(None, "--leaky", metavar="ALPHA", help="Replace ReLU sites with LeakyReLU(ALPHA), 0 < ALPHA < 1 (not lossless: the change is measured)."),
     reinit: bool = typer.Option(False, "--reinit", help="ReDo: dead and tau-dormant units get Kaiming-normal incoming and zero outgoing weights."),
     sites: Optional[list[str]] = typer.Option(None, "--sites", metavar="GLOB", help="Only sites whose name matches GLOB (e.g. 'layer4.*'). Repeatable. Default: all."),
+    input_range: Optional[str] = INPUT_RANGE_OPTION,
+    certified_only: bool = typer.Option(False, "--certified-only", help="With --prune-dead and --input-range: prune only the dead units that cannot fire for any input in the range (certified), not those that merely did not fire on the data."),
     summary: Optional[str] = typer.Option(None, "--summary", metavar="FILE", help="Write the JSON summary to FILE ('-': stdout instead of the table)."),
     force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Scan and show what would change; write nothing."),

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from reludoctor import __version__, activations
 from reludoctor.backends.base import Backend, LoadedModel, Observation, ScanRun
-from reludoctor.core import distributed, profile
+from reludoctor.core import certify, distributed, profile
 from reludoctor.core.batches import Progress, dtype_name, resolve_dtype
 from reludoctor.core.observers import BatchContext
 from reludoctor.core.rules import evaluate
@@ -17,6 +17,7 @@ from reludoctor.core.stats import site_stats, summarise
 from reludoctor.core.timings import phase
 from reludoctor.data.binding import parse_constants
 from reludoctor.data.calibration import load_calibration
+from reludoctor.data.input_range import parse_input_range
 from reludoctor.errors import NoSitesError, ReludoctorWarning, UsageError  # noqa: F401 - re-exported
 from reludoctor.options import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, ScanOptions
 from reludoctor.report.model import CalibrationInfo, ModelInfo, Report, Thresholds, UnobservedSite
@@ -81,10 +82,16 @@ def scan(model: Any, data: Any = None, options: ScanOptions | None = None, *,
     default. ``constants`` ({"sr": 16000}, or ``["sr=16000"]`` as ``--const`` writes them): values
     for inputs that are not per-sample. ``batch_axes`` ({"state": 1}): the axis of an input's
     samples when it is not 0 (ONNX inputs: where the declared shape has its dynamic dimension).
+
+    ``input_range`` ("0,1", "imagenet", or (low, high) with numbers or per-channel sequences):
+    the domain of the model's one floating-point input, in the units the model sees; dead units
+    whose pre-activation cannot exceed the activation's lower bound anywhere in it are listed as
+    ``certified_dead_units`` (interval bound propagation over the torch.export graph).
     """
     options = ScanOptions.merged(options, settings, "scan")
     options.trust_model = trusted(options.trust_model, unsafe_pickle)
     options.check()
+    box = parse_input_range(options.input_range)  # a bad range fails before the model loads
     notes: list[str] = []
 
     def warn(message: str) -> None:
@@ -139,6 +146,11 @@ def scan(model: Any, data: Any = None, options: ScanOptions | None = None, *,
             with phase("gradients"):
                 gradient_info, stats = _gradients(backend, loaded, observation, calibration, stats, evidence,
                                                   run, labels)
+            certification = None
+            if box is not None:
+                with phase("certify"):
+                    stats, certification = certify.apply(
+                        stats, backend.certify(loaded, observation, calibration, box, run), box)
     finally:
         loaded.release()  # a loader's scratch space (accelerate's offload folder)
     calibration_info = CalibrationInfo(calibration.source, observation.samples, calibration.synthetic,
@@ -160,6 +172,7 @@ def scan(model: Any, data: Any = None, options: ScanOptions | None = None, *,
         gradients=gradient_info,
         ignored_ops=tuple(observation.ignored_ops),
         profile=profile.build(stats, observation.samples),
+        certification=certification,
     )
 
 

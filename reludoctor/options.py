@@ -119,6 +119,8 @@ class ScanOptions(_Settings):
     normalize: str | None = None
     constants: Any = None
     batch_axes: Any = None
+    # certification: the model's input domain, "LOW,HIGH", "imagenet" or (low, high) (data.input_range)
+    input_range: Any = None
     # text data (--data texts.jsonl / .txt)
     # Hugging Face checkpoints: accelerate's device_map="auto" under this limit per device
     # (e.g. "2GiB"), the layers that do not fit offloaded to disk for the scan
@@ -167,4 +169,7 @@ class FixOptions(_Settings):
     seed: int = 0  # --reinit's Kaiming initialisation
     rescan: bool = True
     imports: Any = ()
+    # --prune-dead --certified-only: prune only units proven dead on input_range (ScanOptions.input_range)
+    input_range: Any = None
+    certified_only: bool = False
 

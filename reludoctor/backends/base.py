@@ -122,6 +122,14 @@ class Backend(ABC):
         """A ``core.gradients.GradientPass`` for the observed ``sites`` (raises
         ``GradientsUnavailable`` with the reason when the model cannot be differentiated)."""
 
+    def certify(self, loaded: LoadedModel, observation: Observation, calibration: Any, box: Any,
+                run: ScanRun) -> Any:
+        """Bounds of every site's pre-activation over the input box (``data.input_range``):
+        ``core.certify.SiteBounds``. Default: a format that cannot be bounded says so."""
+        from reludoctor.core.certify import SiteBounds
+
+        return SiteBounds(note=f"certification needs the torch.export graph; not supported for {self.name} models")
+
     def suggestion(self, finding: Any, context: Any) -> Any:
         """A finding's suggestion in this format's vocabulary (default: unchanged)."""
         return finding

@@ -61,16 +61,20 @@ def _prunable(op: str) -> bool:
     return entry is None or entry.prunable
 
 
-def _targets(site: SiteStats, strategy: Strategy) -> tuple[int, ...]:
+def _targets(site: SiteStats, strategy: Strategy, certified_only: bool) -> tuple[int, ...]:
     if strategy is Strategy.PRUNE_DEAD:
-        return tuple(site.dead_units)
+        return tuple(site.certified_dead_units or ()) if certified_only else tuple(site.dead_units)
     return tuple(sorted(set(site.dead_units) | set(site.dormant_units)))  # reinit: ReDo's set
 
 
-def plan(report: Report, strategy: Strategy, patterns: Sequence[str] = ()) -> list[SiteFix]:
+def plan(report: Report, strategy: Strategy, patterns: Sequence[str] = (),
+         certified_only: bool = False) -> list[SiteFix]:
     """One SiteFix per scanned site selected by ``patterns`` (globs on site names; all when
-    empty): the units to act on, or a skip with its reason. Sites not selected are left out."""
+    empty): the units to act on, or a skip with its reason. Sites not selected are left out.
+    ``certified_only``: prune only the certified dead units (a report of a scan with an input
+    range); a site that could not be bounded is skipped with the reason."""
     out = []
+    uncertified = _not_certifiable(report) if certified_only else {}
     for site in report.sites:
         if not matches(site.name, patterns):
             continue
@@ -82,9 +86,13 @@ def plan(report: Report, strategy: Strategy, patterns: Sequence[str] = ()) -> li
             else:
                 out.append(replace(entry, units_after=site.units))
             continue
-        targets = _targets(site, strategy)
+        if certified_only and site.certified_dead_units is None:
+            out.append(entry.skipped(uncertified.get(site.name, "not certifiable")))
+            continue
+        targets = _targets(site, strategy, certified_only)
         if not targets:
-            out.append(replace(entry, action="unchanged", reason="no dead units" if strategy is
+            nothing = "no certified dead units" if certified_only else "no dead units"
+            out.append(replace(entry, action="unchanged", reason=nothing if strategy is
                                Strategy.PRUNE_DEAD else "no dead or dormant units",
                                units_after=site.units))
             continue
@@ -103,6 +111,16 @@ def plan(report: Report, strategy: Strategy, patterns: Sequence[str] = ()) -> li
             continue
         out.append(entry)
     return out
+
+
+def _not_certifiable(report: Report) -> dict[str, str]:
+    """Why each site without certified units could not be bounded (the report's certification)."""
+    c = report.certification
+    if c is None:
+        return {}
+    reasons = {n.site: f"not certifiable: {n.reason}" for n in c.not_certifiable}
+    return {s.name: reasons.get(s.name, f"not certifiable: {c.note}") for s in report.sites
+            if s.certified_dead_units is None}
 
 
 def selected_nothing(report: Report, patterns: Sequence[str]) -> bool:

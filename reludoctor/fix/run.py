@@ -139,7 +139,9 @@ def fix(model: Any, data: Any, out: str | Path | None = None, options: FixOption
     ``model``: a path (.pt2, state_dict with ``arch``, .onnx), an nn.Module, ExportedProgram or
     onnx.ModelProto (never modified). Settings (``reludoctor.options.FixOptions``, where every
     default is) come as keywords (``strategy="prune-dead"``), as ``options``, or both.
-    ``sites``: glob patterns on site names (default: all).
+    ``sites``: glob patterns on site names (default: all). ``certified_only`` (with
+    ``strategy="prune-dead"`` and ``input_range``): prune only units proven dead on that input
+    range (docs/diagnosis.md#certified-dead-units).
     Returns the FixSummary; raises ReludoctorError (nothing written) on bad input, a structure it
     cannot handle at all, or a failed verification. ``imports``: modules imported before the model
     loads (op libraries, ``--import``).
@@ -155,6 +157,9 @@ def fix(model: Any, data: Any, out: str | Path | None = None, options: FixOption
                          "the fix is verified on it; synthetic inputs prove nothing")
     if out is None and not options.dry_run:
         raise UsageError("no output path", "pass -o OUT, or --dry-run to only see the plan")
+    if options.certified_only and (chosen is not Strategy.PRUNE_DEAD or options.input_range is None):
+        raise UsageError("--certified-only is for --prune-dead with --input-range",
+                         "e.g. --prune-dead --certified-only --input-range 0,1")
     sites = tuple(options.sites or ())
     data = _reusable(data)
     warnings: list[str] = []
@@ -178,13 +183,14 @@ def fix(model: Any, data: Any, out: str | Path | None = None, options: FixOption
                          "state_dict cannot describe", "write a .pt2 file")
     fixer, work, scan_target = backend.fix_prepare(loaded, model, data, options.limit, chosen)
     scan_options = ScanOptions(batch_size=options.batch_size, device=options.device, limit=options.limit,
-                               dormant_tau=options.dormant_tau, method=backend.fix_scan_method)
+                               dormant_tau=options.dormant_tau, method=backend.fix_scan_method,
+                               input_range=options.input_range)
     report = scan(scan_target, data, scan_options, on_warning=warn)
     if selected_nothing(report, sites):
         raise UsageError(f"--sites {', '.join(sites)} matches no site",
                          f"sites are: {', '.join(s.name for s in report.sites[:8])}"
                          f"{', ...' if len(report.sites) > 8 else ''}")
-    entries = plan(report, chosen, sites)
+    entries = plan(report, chosen, sites, certified_only=options.certified_only)
 
     from reludoctor.fix.result import Request
 

@@ -15,6 +15,10 @@ from reludoctor.errors import ReportFormatError  # noqa: F401 - re-exported
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = (1,)  # schema_version 1 is the only one so far
 NOT_REQUESTED = "not requested (scan with gradients=True, --gradients)"
+# Keys written only where they apply, so other reports stay byte-identical to what they were:
+# a scan with an input range (Report.certification, SiteStats.certified_dead_units), a model
+# with language-model FFN sites (Report.profile).
+CONDITIONAL_KEYS = frozenset({"certification", "certified_dead_units", "profile"})
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,35 @@ class SiteStats:
     # Why ``unit_axis`` holds the units: "producer conv", "consumer conv", "linear on last axis",
     # "features of [N, F]", "--unit-axis", ... (None in older reports).
     unit_axis_reason: str | None = None
+    # Dead units proven dead for every input in --input-range (a subset of dead_units); None:
+    # the site could not be bounded. The key is in the JSON only when the scan had an input range.
+    certified_dead_units: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class InputRangeInfo:
+    spec: str  # as given: "0,1", "imagenet"
+    low: tuple[float, ...]  # one bound for every input element, or one per channel (axis 1)
+    high: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class NotCertifiable:
+    site: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Certification:
+    """Which dead units are dead for every input in the input box (``--input-range``), not only
+    on the calibration data: interval bound propagation (docs/diagnosis.md)."""
+
+    input_range: InputRangeInfo
+    status: str  # complete (every site bounded) | partial | unsupported (no site bounded)
+    certified_dead_units: int
+    dead_units: int  # of the sites that were bounded
+    not_certifiable: tuple[NotCertifiable, ...] = ()
+    note: str | None = None  # why nothing was certified (a format or method without a graph)
 
 
 @dataclass(frozen=True)
@@ -296,6 +329,7 @@ class Report:
     # Language models only: None (and no ``profile`` key) when the model has no token site,
     # so reports of CNNs and MLPs stay as they were.
     profile: ActivationProfile | None = None
+    certification: Certification | None = None  # with --input-range only (absent from the JSON otherwise)
 
     def site(self, name: str) -> SiteStats:
         for site in self.sites:
@@ -305,10 +339,14 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        if data["certification"] is None:  # CONDITIONAL_KEYS
+            del data["certification"]
+            for site in data["sites"]:
+                del site["certified_dead_units"]
+        if data["profile"] is None:  # CONDITIONAL_KEYS
+            del data["profile"]
         ordered = {"schema_version": data.pop("schema_version")}
         ordered.update(data)
-        if ordered["profile"] is None:
-            del ordered["profile"]
         return _jsonable(ordered)
 
     @classmethod

@@ -149,3 +149,26 @@ def md_code(text: object, table: bool = False) -> str:
 
 def model_name(report: Report) -> str:
     return report.model.path or "in-memory model"
+
+
+def certified_cell(site: SiteStats) -> str:
+    """A site's certified-dead count for the site tables; '-' where it could not be bounded."""
+    return "-" if site.certified_dead_units is None else human(len(site.certified_dead_units))
+
+
+def certification_text(report: Report, limit: int = 3) -> str | None:
+    """One sentence on certified dead units (``--input-range``), or None without a range."""
+    c = report.certification
+    if c is None:
+        return None
+    head = f"certified dead (input range {c.input_range.spec}): "
+    if c.status == "unsupported" and c.note:
+        return head + f"none checked: {c.note}"
+    text = head + (f"{human(c.certified_dead_units)} of {human(c.dead_units)} dead units cannot fire "
+                   "for any input in the range; the others only did not fire on this data")
+    if c.not_certifiable:
+        shown = ", ".join(f"{n.site} ({n.reason})" for n in c.not_certifiable[:limit])
+        more = len(c.not_certifiable) - limit
+        text += (f"; {len(c.not_certifiable)} site(s) not certifiable: {shown}"
+                 + (f", ... {more} more" if more > 0 else ""))
+    return text

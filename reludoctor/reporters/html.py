@@ -23,6 +23,8 @@ from reludoctor.reporters import plots, profile_plots
 from reludoctor.reporters.common import (
     SEVERITIES,
     RenderOptions,
+    certification_text,
+    certified_cell,
     human,
     percent,
     preview,
@@ -222,6 +224,12 @@ def _cards(report: Report) -> list[str]:
         _card("confidence", "none", f"{esc(human(report.calibration.samples))} sample(s): too few to "
               "bound a dead unit's firing rate"),
     ]
+    c = report.certification
+    if c is not None:
+        cards.append(_card("certified dead", f'<span class="{"bad" if c.certified_dead_units else "good"}">'
+                                             f"{esc(human(c.certified_dead_units))}</span>",
+                           f"of {esc(human(c.dead_units))} data-dead units cannot fire for any input in "
+                           f"{esc(c.input_range.spec)}" if c.status != "unsupported" else esc(c.note or "")))
     if report.baseline is not None:
         b = report.baseline
         cards.append(_card("vs baseline", f'<span class="{"bad" if b.newly_dead_units else "good"}">'
@@ -237,9 +245,11 @@ def _site_table(report: Report) -> list[str]:
             if failure.site is not None and failure.gate not in failing[failure.site]:
                 failing[failure.site].append(failure.gate)
     worst = set(rank_worst(report.sites)[:3])
+    certified = report.certification is not None
     out = ['<h2 id="sites">Sites in execution order</h2>', '<div class="scroll"><table>',
            '<thead><tr><th class="n">#</th><th>site</th><th>op</th><th class="n">units</th>'
-           '<th class="n">dead</th><th class="n">dead %</th><th></th><th class="n">near-dead</th>'
+           '<th class="n">dead</th>' + ('<th class="n">certified dead</th>' if certified else "")
+           + '<th class="n">dead %</th><th></th><th class="n">near-dead</th>'
            '<th class="n">dormant</th><th class="n">saturated</th><th class="n">mean rate</th>'
            "<th>gate</th></tr></thead>", "<tbody>"]
     for index, site in enumerate(report.sites):
@@ -254,12 +264,17 @@ def _site_table(report: Report) -> list[str]:
         out.append(
             f'<tr class="{classes}"><td class="n">{index}</td><td class="name">{esc(site.name)}</td>'
             f"<td>{esc(site.op)}</td><td class=\"n\">{esc(human(site.units))}</td>"
-            f'<td class="n">{esc(human(len(site.dead_units)))}</td><td class="n">{esc(percent(site.dead_ratio))}</td>'
+            f'<td class="n">{esc(human(len(site.dead_units)))}</td>'
+            + (f'<td class="n">{esc(certified_cell(site))}</td>' if certified else "")
+            + f'<td class="n">{esc(percent(site.dead_ratio))}</td>'
             f'<td><div class="bar"><span style="width:{width}%"></span></div></td>'
             f'<td class="n">{esc(human(len(site.near_dead_units)))}</td>'
             f'<td class="n">{esc(human(len(site.dormant_units)))}</td><td class="n">{saturated}</td>'
             f'<td class="n">{esc(percent(mean_rate))}</td><td class="gate">{esc(gate)}</td></tr>')
     out += ["</tbody></table></div>"]
+    certification = certification_text(report, limit=len(report.sites))
+    if certification is not None:
+        out.append(f"<p>{esc(certification[0].upper() + certification[1:])}.</p>")
     if report.unobserved_sites:
         out.append("<p>Not observed: " + ", ".join(
             f"<code>{esc(u.name)}</code> ({esc(u.reason)})" for u in report.unobserved_sites) + "</p>")

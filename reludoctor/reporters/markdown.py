@@ -13,6 +13,8 @@ from reludoctor.report.model import Report
 from reludoctor.reporters.common import (
     SEVERITIES,
     RenderOptions,
+    certification_text,
+    certified_cell,
     human,
     md_code,
     md_escape,
@@ -68,6 +70,9 @@ def render(report: Report, options: RenderOptions | None = None) -> str:
     model = report.model
     out.append(f"| model | {md_escape(model.format)}, observed via {md_escape(model.method)}"
                + (f", sha256 {md_code(model.sha256[:12])}" if model.sha256 else "") + " |")
+    certification = certification_text(report, limit=5)
+    if certification is not None:
+        out.append(f"| certified dead | {md_escape(certification)} |")
     if report.unobserved_sites:
         out.append(f"| not observed | {len(report.unobserved_sites)} site(s): "
                    + ", ".join(md_code(u.name, table=True) for u in report.unobserved_sites[:5]) + " |")
@@ -112,13 +117,16 @@ def _sites(report: Report, top: int) -> list[str]:
                 failing[failure.site].append(failure.gate)
     shown = len(ranked)
     title = f"### Worst sites ({shown} of {len(report.sites)})" if shown < len(report.sites) else "### Sites"
-    out = [title, "", "| # | site | op | units | dead | dead % | near-dead | dormant | gate |",
-           "|--:|---|---|--:|--:|--:|--:|--:|---|"]
+    certified = report.certification is not None
+    out = [title, "", "| # | site | op | units | dead | " + ("certified | " if certified else "")
+           + "dead % | near-dead | dormant | gate |", "|--:|---|---|--:|--:|" + ("--:|" if certified else "")
+           + "--:|--:|--:|---|"]
     for index in ranked:
         site = report.sites[index]
         gate = "❌ " + ", ".join(sorted(set(failing[site.name]))) if site.name in failing else ""
         out.append(f"| {index} | {md_code(site.name, table=True)} | {md_escape(site.op)} | "
-                   f"{human(site.units)} | {human(len(site.dead_units))} | {percent(site.dead_ratio)} | "
+                   f"{human(site.units)} | {human(len(site.dead_units))} | "
+                   + (f"{certified_cell(site)} | " if certified else "") + f"{percent(site.dead_ratio)} | "
                    f"{human(len(site.near_dead_units))} | {human(len(site.dormant_units))} | {gate} |")
     out.append("")
     return out

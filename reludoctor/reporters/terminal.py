@@ -22,6 +22,8 @@ from rich.text import Text
 from reludoctor.report.model import NOT_REQUESTED, BaselineComparison, GateOutcome, Report
 from reludoctor.reporters.common import (
     RenderOptions,
+    certification_text,
+    certified_cell,
     human,
     percent,
     preview,
@@ -130,6 +132,7 @@ def site_table(report: Report, top: int | None = None, console: Console | None =
         title += f" (the {len(shown)} worst of {len(report.sites)})"
     worst = _worst(report)
     with_rms, with_pass = _gradient_columns(report)
+    certified = report.certification is not None
     failing = set()
     if report.gates is not None:
         failing = {f.site for f in report.gates.failures if f.site is not None}
@@ -142,6 +145,8 @@ def site_table(report: Report, top: int | None = None, console: Console | None =
         table.add_column("op", no_wrap=True)
         table.add_column("units", justify="right", min_width=5, no_wrap=True)
         table.add_column("dead", justify="right", min_width=4, no_wrap=True)
+        if certified:
+            table.add_column("cert", justify="right", min_width=4, no_wrap=True)  # certified dead
         table.add_column("dead%", justify="right", min_width=6, no_wrap=True)
         table.add_column("near", justify="right", min_width=4, no_wrap=True)
         table.add_column("dorm", justify="right", min_width=4, no_wrap=True)
@@ -168,6 +173,8 @@ def site_table(report: Report, top: int | None = None, console: Console | None =
                 site.op,
                 human(site.units),
                 _count(len(site.dead_units), "red"),
+                *([Text(certified_cell(site), style="red" if site.certified_dead_units else "dim")]
+                  if certified else []),
                 Text(f"{site.dead_ratio:.1%}", style=style or ("" if site.dead_units else "dim")),
                 _count(len(site.near_dead_units), "yellow"),
                 _count(len(site.dormant_units), "yellow"),
@@ -237,6 +244,9 @@ def _summary_lines(report: Report) -> list[Text]:
         f"dormant (tau {report.thresholds.dormant_tau:g}, includes dead): {human(s.dormant_units)}   "
         f"saturated: {human(s.saturated_units)}"))
     lines.extend(gradient_lines(report))
+    certification = certification_text(report)
+    if certification is not None:
+        lines.append(Text(certification, style="bold" if report.certification.certified_dead_units else ""))
     if s.firing_rate_bound_95 < 1:
         lines.append(Text(
             f"confidence: 0 firings in {human(n)} samples bounds a dead unit's firing rate below "

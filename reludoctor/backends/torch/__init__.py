@@ -80,6 +80,12 @@ class TorchBackend(Backend):
 
         return scan.gradient_plan(loaded, observation, evidence, run)
 
+    def certify(self, loaded: LoadedModel, observation: Observation, calibration: Any, box: Any,
+                run: ScanRun) -> Any:
+        from reludoctor.backends.torch import certify
+
+        return certify.site_bounds(observation, calibration, box, run, loaded.fixed_batch)
+
     fix_scan_method = "export"  # the scan observes the very program the fix edits
     fix_suffixes = ".pt2 (or .pt for a state_dict with --arch)"
 
