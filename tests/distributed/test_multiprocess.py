@@ -168,3 +168,32 @@ def test_a_rank_other_than_0_writes_and_prints_nothing_and_exits_0(files, tmp_pa
     assert result.exit_code == 0, result.stderr  # the dead MLP fails the gate: rank 0 says so
     assert result.stdout == "" and result.stderr == ""
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_torchrun_scan_of_a_checkpoint_folder_with_texts_equals_one_process(tmp_path):
+    """A Hugging Face checkpoint folder with text data under torchrun (2 ranks, padded
+    documents in batches of 2): the same per-neuron counts over real tokens, the same dead
+    units and the same neuron activation profile as one process."""
+    pytest.importorskip("transformers")
+    from tests.lm.conftest import save_model, tiny_model
+
+    folder = save_model(tiny_model("opt"), tmp_path / "opt")
+    texts = tmp_path / "texts.jsonl"
+    docs = ["the cat sat on the mat", "a dog ran", "the dog sat", "cat on mat", "a a the", "ran dog cat sat on"]
+    texts.write_text("".join(json.dumps({"text": doc}) + "\n" for doc in docs))
+    out = tmp_path / "report.json"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+               "-m", "reludoctor", "scan", str(folder), "--data", str(texts), "-b", "2",
+               "--device", "cpu", "--json", str(out), "-q"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, env=_env(), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(out.read_text())
+    want = scan(str(folder), str(texts), batch_size=2, device="cpu").to_dict()
+    assert got["calibration"]["samples"] == len(docs)
+    for mine, theirs in zip(got["sites"], want["sites"]):
+        assert mine["name"] == theirs["name"] and mine["positions"] == theirs["positions"]
+        assert mine["accumulators"]["positive_count"] == theirs["accumulators"]["positive_count"]
+        assert mine["dead_units"] == theirs["dead_units"]
+    assert got["profile"] == want["profile"]
