@@ -138,3 +138,27 @@ def test_fix_refuses_checkpoints(cli, tmp_path: Path, texts_jsonl: Path) -> None
     result = cli("fix", folder, "--data", texts_jsonl, "--prune-dead", "-o", tmp_path / "out.pt2")
     assert_input_error(result.exit_code, result.stdout, result.stderr, "does not edit Hugging Face")
     assert not (tmp_path / "out.pt2").exists()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_weights_match_hooks_on_the_same_weights(cli, tmp_path: Path, texts_jsonl: Path,
+                                                                  dtype: str) -> None:
+    """fp16 and bf16 checkpoints scan in their own precision: per-neuron counts and maxima equal
+    forward hooks on the same half-precision model, over the same real tokens (one document
+    per forward, so no padding)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = save_model(tiny_model("opt").to(getattr(torch, dtype)), tmp_path / dtype)
+    report = scan_json(cli, folder, "--data", texts_jsonl, "--batch-size", "2")
+    model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True).eval()
+    assert next(model.parameters()).dtype == getattr(torch, dtype)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    texts = [json.loads(line)["text"] for line in texts_jsonl.read_text().splitlines()]
+    tokens = [np.asarray(ids)[None] for ids in tokenizer(texts)["input_ids"]]
+    feeds = {str(i): layer.fc1 for i, layer in enumerate(model.model.decoder.layers)}
+    oracle = ffn_oracle(model, [(ids, np.ones_like(ids)) for ids in tokens], feeds)
+    for site, expected in zip(report["sites"], oracle.values()):
+        assert site["positions"] == expected["positions"]
+        np.testing.assert_array_equal(site["accumulators"]["positive_count"], expected["positive"].numpy())
+        np.testing.assert_array_equal(np.asarray(site["max_preactivation"], np.float32), expected["max"].numpy())
