@@ -162,3 +162,33 @@ def test_half_precision_weights_match_hooks_on_the_same_weights(cli, tmp_path: P
         assert site["positions"] == expected["positions"]
         np.testing.assert_array_equal(site["accumulators"]["positive_count"], expected["positive"].numpy())
         np.testing.assert_array_equal(np.asarray(site["max_preactivation"], np.float32), expected["max"].numpy())
+
+
+def test_a_config_bigger_than_its_weights_is_refused_before_anything_is_allocated(cli, tmp_path: Path,
+                                                                                    texts_jsonl: Path) -> None:
+    """Untrusted folder: a small checkpoint whose config.json describes a much larger model
+    (transformers would create the missing weights: 22 GB from a 340 KB folder before this
+    check) is refused with one line; so are safetensors headers that lie about their size."""
+    folder = save_model(tiny_model("opt"), tmp_path / "crafted")
+    config = json.loads((folder / "config.json").read_text())
+    config.update(hidden_size=2048, ffn_dim=8192, num_hidden_layers=24, num_attention_heads=32,
+                  word_embed_proj_dim=2048)
+    (folder / "config.json").write_text(json.dumps(config))
+    before = digests(folder)
+    result = cli("scan", folder, "--data", texts_jsonl)
+    line = assert_input_error(result.exit_code, result.stdout, result.stderr, "parameters", "weights hold")
+    assert "config.json" in line and digests(folder) == before
+
+    weights = next((tmp_path / "crafted").glob("*.safetensors"))
+    data = weights.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + length])
+    name = next(key for key in header if key != "__metadata__")
+    header[name]["shape"] = [1 << 20, 1 << 20]  # 2**40 elements declared in a small file
+    text = json.dumps(header).encode()
+    weights.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + length:])
+    result = cli("scan", folder, "--data", texts_jsonl)
+    assert_input_error(result.exit_code, result.stdout, result.stderr, "declares")
+    weights.write_bytes((1 << 62).to_bytes(8, "little") + data[8:])  # header length past the end
+    result = cli("scan", folder, "--data", texts_jsonl)
+    assert_input_error(result.exit_code, result.stdout, result.stderr, "not a safetensors file")

@@ -77,6 +77,57 @@ def weight_files(folder: Path, trust_model: bool) -> tuple[list[Path], bool]:
     return pickled, False
 
 
+MAX_HEADER_BYTES = 100 << 20  # a safetensors header (JSON: names, dtypes, shapes, offsets)
+
+
+def stored_elements(files: list[Path]) -> int:
+    """Tensor elements the safetensors files hold, from their headers alone (8-byte length,
+    then JSON), each declared shape checked against the bytes the file has."""
+    import math
+    import os
+
+    total = 0
+    for path in files:
+        with safeio.open_regular(path, "weights", ModelLoadError) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            head = handle.read(8)
+            length = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 0 < length <= min(MAX_HEADER_BYTES, size - 8):
+                raise ModelLoadError(f"{path}: not a safetensors file (header length {length})",
+                                     "re-save the model with save_pretrained")
+            try:
+                header = json.loads(handle.read(length))
+                shapes = [entry["shape"] for name, entry in header.items() if name != "__metadata__"]
+                elements = sum(math.prod(int(d) for d in shape) for shape in shapes)
+            except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+                raise ModelLoadError(f"{path}: a malformed safetensors header ({type(exc).__name__})",
+                                     "re-save the model with save_pretrained") from None
+        if elements > size:  # every element takes at least one byte
+            raise ModelLoadError(f"{path}: its header declares {elements:,} elements in {size:,} bytes",
+                                 "the file is truncated or crafted")
+        total += elements
+    return total
+
+
+def refuse_oversized(auto: object, folder: Path, stored: int) -> None:
+    """The model config.json describes, counted on the meta device (nothing allocated), may not
+    be much bigger than the weights the folder holds: transformers would create the rest, so a
+    small checkpoint with a crafted config could make the scan allocate without bound (a 340 KB
+    OPT folder with an opt-6.7b config took 22 GB). Tied parameters count once.
+    Raises ValueError (from ``from_config``) when ``auto`` has no class for the config."""
+    import torch
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    with torch.device("meta"):
+        skeleton = auto.from_config(config, trust_remote_code=False)
+    needed = sum(p.numel() for p in skeleton.parameters())
+    if needed > 2 * stored + (1 << 24):
+        raise ModelLoadError(f"{folder}: config.json describes a model of {needed:,} parameters, but the "
+                             f"weights hold {stored:,}: reludoctor does not create weights a checkpoint "
+                             "does not hold", "check config.json against the weight files")
+
+
 def _digest(files: list[Path]) -> str:
     """One sha256 over the config and the weight files, in name order."""
     digest = hashlib.sha256()
@@ -137,6 +188,7 @@ def load(path: Path, trust_model: bool, max_memory: str | None = None) -> Loaded
     except ImportError as exc:
         raise ModelLoadError(f"{path}: a Hugging Face checkpoint needs transformers",
                              "pip install transformers") from exc
+    stored = stored_elements(weights) if safe else None  # pickled weights: trusted (--trust-model)
     settings = dict(local_files_only=True, trust_remote_code=False, use_safetensors=safe)
     if max_memory:
         settings.update(_placement(max_memory))
@@ -144,8 +196,12 @@ def load(path: Path, trust_model: bool, max_memory: str | None = None) -> Loaded
     with _quiet_transformers():
         for auto in (transformers.AutoModelForCausalLM, transformers.AutoModel):
             try:
+                if stored is not None:
+                    refuse_oversized(auto, path, stored)
                 model = auto.from_pretrained(str(path), **settings)
                 break
+            except ModelLoadError:
+                raise
             except ValueError as exc:  # this auto class has no mapping for the config
                 failure: Exception = exc
             except Exception as exc:  # corrupt weights, shapes that do not fit the config
