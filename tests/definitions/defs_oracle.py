@@ -21,11 +21,12 @@ class OracleSite:
     apoz: np.ndarray  # per unit: positions with output == lower bound
     redo_score: np.ndarray  # mean |output| / layer mean
     grama_score: np.ndarray  # mean |dL/d output| / layer mean
+    grad_abs_mean: np.ndarray  # mean |dL/d output| per unit
 
 
-def _per_unit(values: np.ndarray) -> np.ndarray:
-    """[N, C, ...] -> [C, positions]: the unit axis is 1 (channels, or features of [N, F])."""
-    return np.moveaxis(values, 1, 0).reshape(values.shape[1], -1)
+def _per_unit(values: np.ndarray, axis: int) -> np.ndarray:
+    """[N, ...] -> [units, positions], the units on ``axis``."""
+    return np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)
 
 
 def _normalised(per_unit: np.ndarray) -> np.ndarray:
@@ -33,9 +34,9 @@ def _normalised(per_unit: np.ndarray) -> np.ndarray:
     return per_unit / mean if mean > 0 else np.zeros_like(per_unit)
 
 
-def oracle(model: nn.Module, x: np.ndarray) -> list[OracleSite]:
-    """Sites in call order. Loss: cross-entropy against the model's own argmax, summed (the
-    scan's default for a classifier output)."""
+def oracle(model: nn.Module, x: np.ndarray, unit_axis: int = 1) -> list[OracleSite]:
+    """Sites in call order. Loss, summed over samples as the scan's defaults: cross-entropy
+    against the model's own argmax for [N, C] outputs, else 0.5 * ||output||^2."""
     clone = copy.deepcopy(model).eval()
     calls: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -48,15 +49,17 @@ def oracle(model: nn.Module, x: np.ndarray) -> list[OracleSite]:
             module.inplace = False
             module.register_forward_hook(hook)
     y = clone(torch.from_numpy(x))
-    F.cross_entropy(y, y.detach().argmax(1), reduction="sum").backward()
+    loss = F.cross_entropy(y, y.detach().argmax(1), reduction="sum") if y.ndim == 2 else 0.5 * y.pow(2).sum()
+    loss.backward()
     sites = []
     for pre, out in calls:
-        pre_u = _per_unit(pre.double().numpy())
-        out_u = _per_unit(out.detach().double().numpy())
-        grad_u = _per_unit(out.grad.double().numpy())
+        pre_u = _per_unit(pre.double().numpy(), unit_axis)
+        out_u = _per_unit(out.detach().double().numpy(), unit_axis)
+        grad_u = _per_unit(out.grad.double().numpy(), unit_axis)
         sites.append(OracleSite(rate=(pre_u > 0).mean(1), apoz=(out_u == 0).mean(1),
                                 redo_score=_normalised(np.abs(out_u).mean(1)),
-                                grama_score=_normalised(np.abs(grad_u).mean(1))))
+                                grama_score=_normalised(np.abs(grad_u).mean(1)),
+                                grad_abs_mean=np.abs(grad_u).mean(1)))
     return sites
 
 

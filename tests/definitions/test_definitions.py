@@ -54,8 +54,8 @@ def small_cnn() -> tuple[nn.Module, np.ndarray]:
 
 
 def _check_against_oracle(report: Report, model: nn.Module, x: np.ndarray, apoz_threshold: float,
-                          grama_tau: float) -> None:
-    expected = oracle(model, x)
+                          grama_tau: float, unit_axis: int = 1) -> None:
+    expected = oracle(model, x, unit_axis)
     assert len(report.sites) == len(expected)
     for site, want in zip(report.sites, expected):
         d = site.definitions
@@ -64,6 +64,8 @@ def _check_against_oracle(report: Report, model: nn.Module, x: np.ndarray, apoz_
         assert list(d.dohare_rarely_active.units) == flagged(want.rate < 0.01)
         np.testing.assert_allclose(d.apoz.per_unit, want.apoz, rtol=0, atol=1e-12)
         assert list(d.apoz.units) == flagged(want.apoz > apoz_threshold)
+        # the gradient pass's per-unit accumulator itself, then GraMa's normalisation of it
+        np.testing.assert_allclose(site.gradient.unit_abs_output, want.grad_abs_mean, rtol=1e-6, atol=1e-12)
         np.testing.assert_allclose(d.grama.per_unit, want.grama_score, rtol=1e-6, atol=1e-9)
         assert list(d.grama.units) == flagged(want.grama_score <= grama_tau)
         assert (d.apoz.threshold, d.grama.threshold, d.dohare_rarely_active.threshold) == \
@@ -90,6 +92,17 @@ def test_cnn_with_relu6_against_the_oracle_at_other_thresholds():
                   batch_size=16, on_warning=lambda m: None)
     _check_against_oracle(report, model, x, 0.5, 0.5)
     assert 0 in report.sites[0].definitions.apoz.units  # the dead channel
+
+
+def test_sequence_units_on_the_last_axis_against_the_oracle():
+    """[N, T, F]: the units are the features (last axis); per-unit gradients sum over N and T."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3)).eval()
+    x = np.random.default_rng(2).standard_normal((24, 6, 5)).astype(np.float32)
+    report = scan(model, data=x, definitions=True, gradients=True, apoz_threshold=0.6, grama_tau=0.8,
+                  batch_size=10, on_warning=lambda m: None)
+    assert report.sites[0].units == 7
+    _check_against_oracle(report, model, x, 0.6, 0.8, unit_axis=2)
 
 
 def test_summary_counts_and_ratios_over_every_site():
