@@ -174,7 +174,7 @@ def certification_text(report: Report, limit: int = 3) -> str | None:
     return text
 
 
-# Column labels of the definitions table (--definitions), in the report's key order.
+# Column labels of the definitions table (--definitions), in the report's key order, and each rule.
 DEFINITION_LABELS = {"redo_tau_dormant": "ReDo", "dohare_rarely_active": "Dohare", "apoz": "APoZ",
                      "grama": "GraMa"}
 _DEFINITION_RULES = {"redo_tau_dormant": "score <= {:g}", "dohare_rarely_active": "rate < {:g}",
@@ -185,10 +185,10 @@ _DEFINITION_RULES = {"redo_tau_dormant": "score <= {:g}", "dohare_rarely_active"
 class DefinitionTable:
     """Site x definition counts (``--definitions``), as every format shows them."""
 
-    headers: list[str]  # one per definition: its name and rule, e.g. "APoZ zeros > 0.9"
+    headers: list[str]  # one short label per definition (narrow enough for an 80-column terminal)
     rows: list[tuple[str, list[str]]]  # (site name, flagged units per definition; '-': not computed)
     total: list[str]  # over every site: "count (ratio)"
-    note: str | None  # why GraMa is not computed
+    legend: str  # each definition's rule, e.g. "APoZ: zeros > 0.9"; and why GraMa is missing
 
 
 def definition_table(report: Report) -> DefinitionTable | None:
@@ -206,11 +206,12 @@ def definition_table(report: Report) -> DefinitionTable | None:
                 thresholds.setdefault(key, found.threshold)
             cells.append("-" if found is None else human(len(found.units)))
         rows.append((site.name, cells))
-    headers = [label + (f" {_DEFINITION_RULES[key].format(thresholds[key])}" if key in thresholds else "")
-               for key, label in DEFINITION_LABELS.items()]
     total = []
     for key in DEFINITION_LABELS:
         count = getattr(totals, key)
         total.append("-" if count is None else f"{human(count.units)} ({percent(count.ratio)})")
-    note = f"GraMa: {totals.grama_reason}" if totals.grama_reason else None
-    return DefinitionTable(headers, rows, total, note)
+    rules = [f"{label}: {_DEFINITION_RULES[key].format(thresholds[key])}"
+             for key, label in DEFINITION_LABELS.items() if key in thresholds]
+    if totals.grama_reason:
+        rules.append(f"GraMa: {totals.grama_reason}")
+    return DefinitionTable(list(DEFINITION_LABELS.values()), rows, total, "; ".join(rules))

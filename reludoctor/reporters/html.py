@@ -297,8 +297,7 @@ def _definitions(report: Report) -> list[str]:
     out.append("<tr><td><b>all sites</b></td>" + "".join(f'<td class="n">{esc(c)}</td>' for c in found.total)
                + "</tr>")
     out += ["</tbody></table></div>"]
-    if found.note:
-        out.append(f"<p>{esc(found.note)}</p>")
+    out.append(f"<p>{esc(found.legend)}</p>")
     return out
 
 

@@ -121,8 +121,7 @@ def _definitions(report: Report) -> list[str]:
     for name, cells in found.rows:
         out.append(f"| {md_code(name, table=True)} | " + " | ".join(cells) + " |")
     out.append("| **all sites** | " + " | ".join(md_escape(c) for c in found.total) + " |")
-    if found.note:
-        out += ["", md_escape(found.note)]
+    out += ["", md_escape(found.legend)]
     out.append("")
     return out
 

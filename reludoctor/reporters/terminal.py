@@ -230,7 +230,7 @@ def definitions_table(report: Report, console: Console | None = None) -> Table |
 
     def build(name_width: int, with_bar: bool) -> Table:
         table = Table(title="definitions from the literature (units flagged)", title_justify="left",
-                      box=box.SIMPLE_HEAD, pad_edge=False, caption=found.note, caption_justify="left")
+                      box=box.SIMPLE_HEAD, pad_edge=False, caption=found.legend, caption_justify="left")
         table.add_column("site", no_wrap=True, overflow="ellipsis", min_width=NAME_MIN,
                          max_width=max(NAME_MIN, name_width))
         for header in found.headers:

@@ -206,7 +206,7 @@ def test_cli_definitions_end_to_end(files, tmp_path):
                      "--json", out, "--quiet")
     assert result.exit_code == 0, result.stderr
     assert "definitions from the literature" in result.stdout
-    assert "Dohare rate < 0.01" in result.stdout and "APoZ zeros > 0.9" in result.stdout
+    assert "Dohare: rate < 0.01" in result.stdout and "APoZ: zeros > 0.9" in result.stdout
     data = json.loads(out.read_text())
     validate(data)
     assert data["sites"][0]["definitions"]["dohare_rarely_active"]["units"] == [0, 2]
