@@ -81,6 +81,8 @@ def test_mlp_every_definition_against_the_oracle_and_at_the_boundaries():
     assert first.dohare_rarely_active.units == (0, 2)
     # APoZ 0.995, 0.99, 1, 0.905 above 0.9; unit 3 at exactly 0.9 is not
     assert first.apoz.units == (0, 1, 2, 4)
+    # the unit firing on 0.5% of positions: alive for ReDo (its output, when it fires, is not tiny)
+    assert first.redo_tau_dormant.units == (2,)
     # ReLU6: the dead unit's zeros count, the always-saturated unit (output 6) has APoZ 0
     assert second.apoz.per_unit[1] == 1.0 and second.apoz.per_unit[0] == 0.0
     assert 1 in second.apoz.units and 0 not in second.apoz.units
@@ -242,3 +244,20 @@ def test_schema_describes_and_requires_every_field(pointer, cls):
         node = node[part]
     fields = {f.name for f in dataclasses.fields(getattr(report_module, cls))}
     assert set(node["required"]) == set(node["properties"]) == fields
+
+
+def test_markdown_and_html_tables():
+    from reludoctor.reporters import html, markdown, terminal
+
+    model, x = designed_mlp()
+    report = scan(model, data=x, definitions=True, on_warning=lambda m: None)
+    md = markdown.render(report)
+    assert "### Definitions from the literature" in md
+    assert "| `1` | 1 | 2 | 4 | - |" in md
+    assert "| **all sites** | 2 (18.2%) | 3 (27.3%) | 5 (45.5%) | - |" in md  # of 11 units
+    assert "GraMa: needs --gradients" in md
+    page = html.render(report)
+    assert 'id="definitions"' in page and "<td><b>all sites</b></td>" in page
+    plain = scan(model, data=x, on_warning=lambda m: None)
+    assert "Definitions" not in markdown.render(plain) and 'id="definitions"' not in html.render(plain)
+    assert "definitions from the literature" not in terminal.render(plain)
