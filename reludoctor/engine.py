@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from reludoctor import __version__, activations
 from reludoctor.backends.base import Backend, LoadedModel, Observation, ScanRun
-from reludoctor.core import certify, distributed, profile
+from reludoctor.core import certify, definitions, distributed, profile
 from reludoctor.core.batches import Progress, dtype_name, resolve_dtype
 from reludoctor.core.observers import BatchContext
 from reludoctor.core.rules import evaluate
@@ -83,6 +83,10 @@ def scan(model: Any, data: Any = None, options: ScanOptions | None = None, *,
     for inputs that are not per-sample. ``batch_axes`` ({"state": 1}): the axis of an input's
     samples when it is not 0 (ONNX inputs: where the declared shape has its dynamic dimension).
 
+    ``definitions=True`` adds, per site and scan-wide, the dormant/dead units of each definition
+    from the literature side by side (ReDo tau-dormant, Dohare et al.'s rarely active, APoZ above
+    ``apoz_threshold``, and with ``gradients=True`` GraMa at ``grama_tau``): docs/diagnosis.md.
+
     ``input_range`` ("0,1", "imagenet", or (low, high) with numbers or per-channel sequences):
     the domain of the model's one floating-point input, in the units the model sees; dead units
     whose pre-activation cannot exceed the activation's lower bound anywhere in it are listed as
@@ -146,6 +150,12 @@ def scan(model: Any, data: Any = None, options: ScanOptions | None = None, *,
             with phase("gradients"):
                 gradient_info, stats = _gradients(backend, loaded, observation, calibration, stats, evidence,
                                                   run, labels)
+            definition_counts = None
+            if options.definitions:
+                stats, definition_counts = definitions.apply(
+                    stats, apoz_threshold=options.apoz_threshold, grama_tau=options.grama_tau,
+                    dormant_tau=options.dormant_tau, gradients_requested=options.gradients,
+                    gradients=gradient_info)
             certification = None
             if box is not None:
                 with phase("certify"):
@@ -173,6 +183,7 @@ def scan(model: Any, data: Any = None, options: ScanOptions | None = None, *,
         ignored_ops=tuple(observation.ignored_ops),
         profile=profile.build(stats, observation.samples),
         certification=certification,
+        definitions=definition_counts,
     )
 
 
@@ -275,7 +286,7 @@ def _gradients(backend: Backend, loaded: LoadedModel, observation: Observation, 
     info, per_site = gradients.compute(
         lambda: backend.gradient_plan(loaded, observation, stats, evidence, run), calibration, stats,
         device=run.device, batch_size=run.batch_size, fixed_batch=loaded.fixed_batch, labels=labels,
-        limit=run.options.limit, evidence=evidence, warn=run.warn)
+        limit=run.options.limit, evidence=evidence, warn=run.warn, unit_gradients=run.options.definitions)
     return info, [replace(site, gradient=per_site.get(site.name)) for site in stats]
 
 

@@ -111,6 +111,10 @@ class ScanOptions(_Settings):
     # gradient pass
     gradients: bool = False
     labels: Any = None
+    # definitions from the literature side by side (core/definitions.py)
+    definitions: bool = False
+    apoz_threshold: float = 0.9  # APoZ above this flags a unit (NNI prunes the highest APoZ first)
+    grama_tau: float = 0.025  # GraMa score <= tau flags a unit; the same default as --dormant-tau
     # data
     sample: int | None = None
     seed: int = 0
@@ -137,6 +141,10 @@ class ScanOptions(_Settings):
             raise UsageError(f"--near-dead {self.near_dead} must be in (0, 1]")
         if not (math.isfinite(self.dormant_tau) and self.dormant_tau >= 0):
             raise UsageError(f"--dormant-tau {self.dormant_tau} must be a finite number >= 0")
+        if not 0 <= self.apoz_threshold < 1:  # also refuses NaN; 1 would flag nothing, ever
+            raise UsageError(f"--apoz-threshold {self.apoz_threshold} must be in [0, 1)")
+        if not (math.isfinite(self.grama_tau) and self.grama_tau >= 0):
+            raise UsageError(f"--grama-tau {self.grama_tau} must be a finite number >= 0")
         if self.max_length is not None and self.max_length < 1:
             raise UsageError(f"--max-length {self.max_length} must be at least 1")
         if self.max_memory is not None and not MEMORY_SIZE.fullmatch(str(self.max_memory).strip()):

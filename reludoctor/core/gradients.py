@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from reludoctor import activations
-from reludoctor.core.observers import BatchContext
+from reludoctor.core.observers import BatchContext, resolve_unit_axis
 from reludoctor.errors import DataError, ReludoctorError, UsageError, first_line
 from reludoctor.report.model import GradientInfo, SiteGradient, SiteStats
 
@@ -65,6 +65,10 @@ class SiteAccumulator:
         self.hooked = False  # a gradient hook was placed (the activation's input requires grad)
         self.failure: str | None = None
         self._state: dict[str, Any] | None = None
+        # The site's unit axis (batch axis included), set by ``compute`` from the scan's sites:
+        # per-unit sums of |dL/d(output)| for GraMa (core/definitions.py). None: not kept.
+        self.unit_axis: int | None = None
+        self._unit_abs_out: Any = None
 
     def _rows(self, tensor: Any) -> Any:
         valid = self.context.valid
@@ -118,6 +122,30 @@ class SiteAccumulator:
         state = self._state
         state["sq_out"] += g.double().pow(2).sum()
         state["nz_out"] += (g != 0).sum()
+        if self.unit_axis is not None:
+            self._add_unit_abs(g)
+
+    def _add_unit_abs(self, g: Any) -> None:
+        if g.ndim == 1:  # [N]: one unit, as the dead-unit observer sees it
+            g = g.unsqueeze(1)
+        try:
+            axis = resolve_unit_axis(g.ndim, self.unit_axis)
+        except ValueError:
+            self._stop_unit_abs()
+            return
+        per_unit = g.double().abs().sum(tuple(d for d in range(g.ndim) if d != axis))
+        if self._unit_abs_out is None:
+            self._unit_abs_out = per_unit
+        elif self._unit_abs_out.shape == per_unit.shape:
+            self._unit_abs_out += per_unit
+        else:
+            self._stop_unit_abs()
+
+    def _stop_unit_abs(self) -> None:
+        # Units that do not line up with the scan's: no per-unit values (GraMa null at this site);
+        # the site's other gradient statistics stand.
+        self.unit_axis = None
+        self._unit_abs_out = None
 
     def end_batch(self) -> None:
         self.blocked = None
@@ -132,6 +160,10 @@ class SiteAccumulator:
         blocked, opened = s["blocked"], n - s["blocked"]
         zero_mask = (blocked - s["nz_pre_blocked"]) / n
         zero_down = (opened - s["nz_pre_open"]) / n
+        unit_abs = None
+        if self._unit_abs_out is not None and self._unit_abs_out.numel():
+            sums = self._unit_abs_out.cpu().numpy()
+            unit_abs = tuple(float(v) for v in sums / (n / sums.shape[0]))  # each unit's share of elements
         return SiteGradient(
             pass_through=opened / n,
             rms_output=math.sqrt(s["sq_out"] / n),
@@ -140,6 +172,7 @@ class SiteAccumulator:
             zero_by_mask=zero_mask,
             zero_downstream=zero_down,
             output_zero_fraction=1.0 - s["nz_out"] / n,
+            unit_abs_output=unit_abs,
         )
 
 
@@ -400,14 +433,18 @@ def with_attenuation(grads: dict[str, SiteGradient], order: list[str]) -> dict[s
 
 def compute(make_plan: Callable[[], GradientPass], calibration: Any, sites: list[SiteStats], *,
             device: Any, batch_size: int, fixed_batch: int | None, labels: Any, limit: int | None,
-            evidence: dict[str, Any], warn: Callable[[str], None],
+            evidence: dict[str, Any], warn: Callable[[str], None], unit_gradients: bool = False,
             ) -> tuple[GradientInfo, dict[str, SiteGradient]]:
     """Gradient statistics for the observed ``sites`` through the backend's plan
     (``Backend.gradient_plan``); unavailable (with the reason, and the pass-through estimate)
-    where this model cannot be differentiated."""
+    where this model cannot be differentiated. ``unit_gradients``: also keep each unit's mean
+    |dL/d(output)| (``SiteGradient.unit_abs_output``, for GraMa), one more reduction per backward."""
     label_tensor = load_labels(labels)
+    axes = {site.name: site.unit_axis for site in sites} if unit_gradients else {}
     try:
         plan = make_plan()
+        for accumulator in plan.accumulators:
+            accumulator.unit_axis = axes.get(accumulator.name)
         loss, samples, norms = _run(plan, calibration, device=device, batch_size=batch_size,
                                     fixed_batch=fixed_batch, labels=label_tensor, limit=limit)
         if plan.finish is not None:

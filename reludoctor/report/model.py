@@ -17,8 +17,9 @@ SUPPORTED_SCHEMA_VERSIONS = (1,)  # schema_version 1 is the only one so far
 NOT_REQUESTED = "not requested (scan with gradients=True, --gradients)"
 # Keys written only where they apply, so other reports stay byte-identical to what they were:
 # a scan with an input range (Report.certification, SiteStats.certified_dead_units), a model
-# with language-model FFN sites (Report.profile).
-CONDITIONAL_KEYS = frozenset({"certification", "certified_dead_units", "profile"})
+# with language-model FFN sites (Report.profile), a scan with definitions=True (Report.definitions,
+# SiteStats.definitions).
+CONDITIONAL_KEYS = frozenset({"certification", "certified_dead_units", "profile", "definitions"})
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,45 @@ class SiteGradient:
     producer: str | None = None  # the Conv/Linear feeding the site (through BatchNorm)
     weight_grad_norm: float | None = None  # ||dL/dW|| of the producer's weight
     weight_norm: float | None = None  # ||W|| of the producer's weight
+    # Per unit: mean |dL/d(output)| over its elements. Not part of the JSON (never written, not
+    # compared): the GraMa definition (core/definitions.py) reads it and reports its own scores.
+    unit_abs_output: tuple[float, ...] | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class SiteDefinition:
+    """The units of one site that one definition from the literature flags (core/definitions.py)."""
+
+    threshold: float  # the definition's tau or threshold
+    units: tuple[int, ...]  # sorted unit indices it flags
+    per_unit: tuple[float, ...] | None = None  # its per-unit score when the report has no other key for it
+
+
+@dataclass(frozen=True)
+class SiteDefinitions:
+    """Per site, each definition side by side (``scan(definitions=True)``, ``--definitions``)."""
+
+    redo_tau_dormant: SiteDefinition  # Sokar et al. 2023; scores are the site's dormant_score
+    dohare_rarely_active: SiteDefinition  # Dohare et al. 2024; rates are the site's activation_rate
+    apoz: SiteDefinition  # Hu et al. 2016; per_unit: the average percentage of zeros
+    grama: SiteDefinition | None  # Liu et al. 2025; per_unit: the GraMa score; None: no gradients here
+
+
+@dataclass(frozen=True)
+class DefinitionCount:
+    units: int  # units flagged over every site
+    ratio: float  # units / all units of the scan
+
+
+@dataclass(frozen=True)
+class Definitions:
+    """The scan-wide counts of each definition; ``grama`` is None with ``grama_reason``."""
+
+    redo_tau_dormant: DefinitionCount
+    dohare_rarely_active: DefinitionCount
+    apoz: DefinitionCount
+    grama: DefinitionCount | None
+    grama_reason: str | None = None  # why grama is null ("needs --gradients", ...)
 
 
 @dataclass(frozen=True)
@@ -104,6 +144,8 @@ class SiteStats:
     # Dead units proven dead for every input in --input-range (a subset of dead_units); None:
     # the site could not be bounded. The key is in the JSON only when the scan had an input range.
     certified_dead_units: tuple[int, ...] | None = None
+    # Definitions from the literature (scan(definitions=True)); the key is in the JSON only then.
+    definitions: SiteDefinitions | None = None
 
 
 @dataclass(frozen=True)
@@ -330,6 +372,7 @@ class Report:
     # so reports of CNNs and MLPs stay as they were.
     profile: ActivationProfile | None = None
     certification: Certification | None = None  # with --input-range only (absent from the JSON otherwise)
+    definitions: Definitions | None = None  # with --definitions only (absent from the JSON otherwise)
 
     def site(self, name: str) -> SiteStats:
         for site in self.sites:
@@ -345,6 +388,13 @@ class Report:
                 del site["certified_dead_units"]
         if data["profile"] is None:  # CONDITIONAL_KEYS
             del data["profile"]
+        if data["definitions"] is None:  # CONDITIONAL_KEYS
+            del data["definitions"]
+            for site in data["sites"]:
+                del site["definitions"]
+        for site in data["sites"]:  # per-unit gradients live on in definitions.grama only
+            if site["gradient"] is not None:
+                del site["gradient"]["unit_abs_output"]
         ordered = {"schema_version": data.pop("schema_version")}
         ordered.update(data)
         return _jsonable(ordered)

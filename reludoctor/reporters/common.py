@@ -172,3 +172,46 @@ def certification_text(report: Report, limit: int = 3) -> str | None:
         text += (f"; {len(c.not_certifiable)} site(s) not certifiable: {shown}"
                  + (f", ... {more} more" if more > 0 else ""))
     return text
+
+
+# Column labels of the definitions table (--definitions), in the report's key order, and each rule.
+DEFINITION_LABELS = {"redo_tau_dormant": "ReDo", "dohare_rarely_active": "Dohare", "apoz": "APoZ",
+                     "grama": "GraMa"}
+_DEFINITION_RULES = {"redo_tau_dormant": "score <= {:g}", "dohare_rarely_active": "rate < {:g}",
+                     "apoz": "zeros > {:g}", "grama": "score <= {:g}"}
+
+
+@dataclass(frozen=True)
+class DefinitionTable:
+    """Site x definition counts (``--definitions``), as every format shows them."""
+
+    headers: list[str]  # one short label per definition (narrow enough for an 80-column terminal)
+    rows: list[tuple[str, list[str]]]  # (site name, flagged units per definition; '-': not computed)
+    total: list[str]  # over every site: "count (ratio)"
+    legend: str  # each definition's rule, e.g. "APoZ: zeros > 0.9"; and why GraMa is missing
+
+
+def definition_table(report: Report) -> DefinitionTable | None:
+    """The definitions table, or None when the scan was not asked for definitions."""
+    totals = report.definitions
+    if totals is None:
+        return None
+    thresholds: dict[str, float] = {}
+    rows = []
+    for site in report.sites:
+        cells = []
+        for key in DEFINITION_LABELS:
+            found = getattr(site.definitions, key, None) if site.definitions is not None else None
+            if found is not None:
+                thresholds.setdefault(key, found.threshold)
+            cells.append("-" if found is None else human(len(found.units)))
+        rows.append((site.name, cells))
+    total = []
+    for key in DEFINITION_LABELS:
+        count = getattr(totals, key)
+        total.append("-" if count is None else f"{human(count.units)} ({percent(count.ratio)})")
+    rules = [f"{label}: {_DEFINITION_RULES[key].format(thresholds[key])}"
+             for key, label in DEFINITION_LABELS.items() if key in thresholds]
+    if totals.grama_reason:
+        rules.append(f"GraMa: {totals.grama_reason}")
+    return DefinitionTable(list(DEFINITION_LABELS.values()), rows, total, "; ".join(rules))

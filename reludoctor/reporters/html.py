@@ -25,6 +25,7 @@ from reludoctor.reporters.common import (
     RenderOptions,
     certification_text,
     certified_cell,
+    definition_table,
     human,
     percent,
     preview,
@@ -111,6 +112,7 @@ def render(report: Report, options: RenderOptions | None = None) -> str:
     for figure_id, caption, svg in figures:
         parts.append(figure(figure_id, caption, svg))
     parts += _site_table(report)
+    parts += _definitions(report)
     if report.baseline is not None:
         parts += _baseline(report)
     if report.gates is not None and report.gates.failures:
@@ -278,6 +280,24 @@ def _site_table(report: Report) -> list[str]:
     if report.unobserved_sites:
         out.append("<p>Not observed: " + ", ".join(
             f"<code>{esc(u.name)}</code> ({esc(u.reason)})" for u in report.unobserved_sites) + "</p>")
+    return out
+
+
+def _definitions(report: Report) -> list[str]:
+    """--definitions: flagged units per site under each definition from the literature."""
+    found = definition_table(report)
+    if found is None:
+        return []
+    out = ['<h2 id="definitions">Definitions from the literature (units flagged)</h2>',
+           '<div class="scroll"><table>', "<thead><tr><th>site</th>"
+           + "".join(f'<th class="n">{esc(h)}</th>' for h in found.headers) + "</tr></thead>", "<tbody>"]
+    for name, cells in found.rows:
+        out.append(f'<tr><td class="name">{esc(name)}</td>'
+                   + "".join(f'<td class="n">{esc(c)}</td>' for c in cells) + "</tr>")
+    out.append("<tr><td><b>all sites</b></td>" + "".join(f'<td class="n">{esc(c)}</td>' for c in found.total)
+               + "</tr>")
+    out += ["</tbody></table></div>"]
+    out.append(f"<p>{esc(found.legend)}</p>")
     return out
 
 

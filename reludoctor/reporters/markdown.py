@@ -15,6 +15,7 @@ from reludoctor.reporters.common import (
     RenderOptions,
     certification_text,
     certified_cell,
+    definition_table,
     human,
     md_code,
     md_escape,
@@ -79,6 +80,7 @@ def render(report: Report, options: RenderOptions | None = None) -> str:
     out.append("")
     out.extend(_sites(report, top))
     out.extend(_profile(report))
+    out.extend(_definitions(report))
     if report.gates is not None and not report.gates.passed:
         out.extend(_gates(report))
     if report.baseline is not None:
@@ -104,6 +106,22 @@ def _profile(report: Report) -> list[str]:
         out.append(f"| {index} | {md_code(layer.site, table=True)} | {human(layer.neurons)} | "
                    f"{percent(layer.sparsity)} | {layer.mean_active_neurons:.1f} | {sizes} | "
                    f"{human(layer.dead_neurons)} |")
+    out.append("")
+    return out
+
+
+def _definitions(report: Report) -> list[str]:
+    """--definitions: flagged units per site under each definition from the literature."""
+    found = definition_table(report)
+    if found is None:
+        return []
+    out = ["### Definitions from the literature (units flagged)", "",
+           "| site | " + " | ".join(md_escape(h) for h in found.headers) + " |",
+           "|---|" + "--:|" * len(found.headers)]
+    for name, cells in found.rows:
+        out.append(f"| {md_code(name, table=True)} | " + " | ".join(cells) + " |")
+    out.append("| **all sites** | " + " | ".join(md_escape(c) for c in found.total) + " |")
+    out += ["", md_escape(found.legend)]
     out.append("")
     return out
 

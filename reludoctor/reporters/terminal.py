@@ -24,6 +24,7 @@ from reludoctor.reporters.common import (
     RenderOptions,
     certification_text,
     certified_cell,
+    definition_table,
     human,
     percent,
     preview,
@@ -221,6 +222,28 @@ def profile_table(report: Report, console: Console | None = None) -> Table | Non
     return fitted(build, console)
 
 
+def definitions_table(report: Report, console: Console | None = None) -> Table | None:
+    """--definitions: flagged units per site under each definition from the literature."""
+    found = definition_table(report)
+    if found is None:
+        return None
+
+    def build(name_width: int, with_bar: bool) -> Table:
+        table = Table(title="definitions from the literature (units flagged)", title_justify="left",
+                      box=box.SIMPLE_HEAD, pad_edge=False, caption=found.legend, caption_justify="left")
+        table.add_column("site", no_wrap=True, overflow="ellipsis", min_width=NAME_MIN,
+                         max_width=max(NAME_MIN, name_width))
+        for header in found.headers:
+            table.add_column(header, justify="right", no_wrap=True)
+        names = shorten_names([name for name, _ in found.rows], [max(NAME_MIN, name_width)] * len(found.rows))
+        for name, (_, cells) in zip(names, found.rows):
+            table.add_row(name, *cells)
+        table.add_row(Text("all sites", style="bold"), *found.total)
+        return table
+
+    return fitted(build, console)
+
+
 def _summary_lines(report: Report) -> list[Text]:
     s = report.summary
     n = report.calibration.samples
@@ -324,6 +347,9 @@ def print_report(report: Report, console: Console, options: RenderOptions | None
     profile = profile_table(report, console)
     if profile is not None:
         console.print(profile)
+    definitions = definitions_table(report, console)
+    if definitions is not None:
+        console.print(definitions)
     if report.baseline is not None:
         for indent, line in baseline_lines(report.baseline):
             console.print(Padding(line, (0, 0, 0, indent), expand=False))
