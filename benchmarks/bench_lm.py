@@ -25,6 +25,7 @@ JSON. Gates nothing. Target (issue 15): scan <= 1.15x plain.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -131,7 +132,7 @@ def _steady(model: Any, data: dict, args: argparse.Namespace, method: str) -> di
                 tick()
 
     def scan(tick: Callable[[], None]) -> None:
-        with torch.inference_mode(), (enter() if enter else _nothing()):
+        with torch.inference_mode(), (enter() if enter else contextlib.nullcontext()):
             run(target, calibration, batch_size=bs, device=device, batch=context,
                 before_forward=before, progress=lambda done, total: tick())
 
@@ -145,14 +146,6 @@ def _steady(model: Any, data: dict, args: argparse.Namespace, method: str) -> di
     result["method"], result["fixed_s"] = method, fixed
     result["sites"] = len(sites) if sites is not None else len(instrument.sites())
     return result
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 def _offload_child(args: argparse.Namespace) -> None:
