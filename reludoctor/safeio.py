@@ -82,9 +82,10 @@ def read_limited(path: str | Path, limit: int, what: str,
         if size > limit:
             raise error(f"{what} {path} is {size:,} bytes, more than the limit of {limit:,}",
                         "is it the right file?")
-        data = handle.read(limit + 1)
-    if len(data) > limit:  # grew while reading
-        raise error(f"{what} {path} is more than the limit of {limit:,} bytes")
+        # read(n) allocates n bytes up front: ask for the size found (+1 to see growth), not the limit
+        data = handle.read(size + 1)
+    if len(data) > size:  # grew while reading
+        raise error(f"{what} {path} changed while it was read", "read it again when nothing writes to it")
     return data
 
 

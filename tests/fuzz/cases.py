@@ -29,7 +29,7 @@ FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 MODELS = FIXTURES / "models"
 DATA = FIXTURES / "data"
 
-FORMATS = ("pt2", "ts", "onnx", "npy", "npz", "pt", "images", "toml", "json")
+FORMATS = ("pt2", "ts", "onnx", "npy", "npz", "pt", "images", "toml", "json", "hf")
 MARKER = "MARKER"
 
 
@@ -128,6 +128,14 @@ class Base:
             out.append(buf.getvalue())
         return out
 
+    def hf_folder(self) -> dict[str, bytes]:
+        """A tiny OPT checkpoint as save_pretrained writes it (config.json, model.safetensors,
+        generation_config.json), made once with transformers, as file name -> bytes."""
+        with self._lock:
+            if getattr(self, "_hf", None) is None:
+                self._hf = _make_hf_folder(self.dir / "hf")
+        return self._hf
+
     def external_onnx(self) -> dict[str, bytes]:
         """digits_mlp_dead.onnx re-saved with its initializers in ``weights.bin``."""
         with self._lock:
@@ -145,6 +153,74 @@ class Base:
             self._ext = {"model.onnx": (folder / "model.onnx").read_bytes(),
                          "weights.bin": (folder / "weights.bin").read_bytes()}
         return self._ext
+
+
+def _make_hf_folder(folder: Path) -> dict[str, bytes]:
+    import torch
+    from transformers import OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(0)
+    config = OPTConfig(hidden_size=16, ffn_dim=32, num_hidden_layers=2, num_attention_heads=2, vocab_size=64,
+                       max_position_embeddings=32, word_embed_proj_dim=16, pad_token_id=1, bos_token_id=2,
+                       eos_token_id=3)
+    OPTForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = "the a cat dog sat ran on mat".split()
+    vocab = {"<unk>": 0, "<pad>": 1, "<s>": 2, "</s>": 3, **{w: 4 + i for i, w in enumerate(words)}}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
+                            eos_token="</s>").save_pretrained(folder)
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _hf_tokens() -> bytes:
+    """Pre-tokenized calibration data for the tiny OPT: input_ids and attention_mask, [4, 8]."""
+    import numpy as np
+
+    ids = (np.arange(32, dtype=np.int64).reshape(4, 8) % 60) + 4
+    mask = np.ones((4, 8), dtype=np.int64)
+    mask[1, 5:] = 0
+    buf = io.BytesIO()
+    np.savez(buf, input_ids=ids, attention_mask=mask)
+    return buf.getvalue()
+
+
+def _hf_case(base: Base, case_dir: Path, files: dict[str, bytes]) -> list[str]:
+    """The checkpoint folder ``model/`` with ``files`` (the base folder's, replaced or added;
+    a value of None removes that file), scanned with pre-tokenized data."""
+    merged = {**base.hf_folder(), **files}
+    for name, data in merged.items():
+        if data is not None:
+            _write(case_dir / "model" / name, data)
+    _write(case_dir / "tokens.npz", _hf_tokens())
+    (case_dir / "out").mkdir(exist_ok=True)
+    return scan_args("model", "tokens.npz")
+
+
+def _hf_mutation(files: dict[str, bytes], rng: random.Random) -> tuple[str, bytes, str]:
+    """(file, its mutated bytes, what was done): config.json as JSON, the safetensors header as
+    JSON, or the safetensors bytes."""
+    if rng.random() < 0.5:
+        return ("config.json", *M.json_mutate(files["config.json"], rng))
+    data = files["model.safetensors"]
+    if rng.random() < 0.5:
+        length = int.from_bytes(data[:8], "little")
+        header, what = M.json_mutate(data[8:8 + length], rng)
+        return "model.safetensors", len(header).to_bytes(8, "little") + header + data[8 + length:], f"header {what}"
+    return ("model.safetensors", *M.raw(data, rng))
+
+
+def _safetensors_parts(data: bytes) -> tuple[dict, bytes]:
+    length = int.from_bytes(data[:8], "little")
+    return json.loads(data[8:8 + length]), data[8 + length:]
+
+
+def _safetensors_join(header: dict, body: bytes) -> bytes:
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + body
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -273,6 +349,15 @@ def mutation_case(base: Base, fmt: str, index: int, seed: int) -> Case:
             _write(case_dir / "saved.json", mutated)
             (case_dir / "out").mkdir(exist_ok=True)
             return ["report", "saved.json", "--json", "out/report.json"]
+
+    elif fmt == "hf":
+        desc = "a mutation of a tiny OPT checkpoint folder (made when the case is built)"
+
+        def build(case_dir: Path) -> list[str]:
+            # the folder is made with transformers, so the mutation is drawn at build time, as for json
+            name, mutated, what = _hf_mutation(base.hf_folder(), random.Random(f"{seed}:hf:{index}"))
+            case.desc = f"{name}: {what}"
+            return _hf_case(base, case_dir, {name: mutated})
 
     else:
         raise ValueError(fmt)
@@ -842,6 +927,74 @@ def crafted_cases(base: Base) -> list[Case]:
 
     add("json", "json-at-saved-report", "report --json pointing at the saved report it reads",
         report_json_at_self, must_refuse="output path is an input")
+
+    # ---------------------------------------------------------------- Hugging Face checkpoint folders
+    def hf_config(edit):
+        def build(case_dir: Path) -> list[str]:
+            config = json.loads(base.hf_folder()["config.json"])
+            edit(config, case_dir)
+            return _hf_case(base, case_dir, {"config.json": json.dumps(config).encode()})
+
+        return build
+
+    def bigger(config, case_dir):
+        config.update(hidden_size=4096, ffn_dim=16384, num_hidden_layers=32, vocab_size=50272)
+
+    add("hf", "config-bigger-than-weights", "config.json describes an opt-6.7b over the tiny weights "
+        "(transformers would allocate the missing 6.7e9 parameters)", hf_config(bigger),
+        must_refuse="more parameters than the weights hold")
+
+    def remote_code(config, case_dir):
+        config["auto_map"] = {"AutoModelForCausalLM": "evil.EvilModel"}
+        _write(case_dir / "model" / "evil.py", f"open({_marker(case_dir)!r}, 'a').close()\n".encode())
+
+    add("hf", "auto-map-remote-code", "config.json auto_map naming a Python file in the folder",
+        hf_config(remote_code), carries_code=True)
+
+    def pickled_weights(case_dir: Path) -> list[str]:
+        return _hf_case(base, case_dir, {"model.safetensors": None, "pytorch_model.bin": torch_payload(case_dir)})
+
+    add("hf", "pickled-weights", "pytorch_model.bin (a pickle payload) instead of safetensors", pickled_weights,
+        carries_code=True)
+
+    def tokenizer_auto_map(case_dir: Path) -> list[str]:
+        _write(case_dir / "model" / "tok.py", f"open({_marker(case_dir)!r}, 'a').close()\n".encode())
+        config = json.loads(base.hf_folder()["tokenizer_config.json"])
+        config.update(auto_map={"AutoTokenizer": ["tok.EvilTokenizer", None]}, tokenizer_class="EvilTokenizer")
+        args = _hf_case(base, case_dir, {"tokenizer_config.json": json.dumps(config).encode()})
+        _write(case_dir / "texts.txt", b"the cat sat on the mat\na dog ran\n")
+        return [a if a != "tokens.npz" else "texts.txt" for a in args]
+
+    add("hf", "tokenizer-auto-map", "tokenizer_config.json auto_map naming a Python file, with text data",
+        tokenizer_auto_map)
+
+    def header(edit):
+        def build(case_dir: Path) -> list[str]:
+            meta, body = _safetensors_parts(base.hf_folder()["model.safetensors"])
+            return _hf_case(base, case_dir, {"model.safetensors": edit(meta, body)})
+
+        return build
+
+    def header_length(meta, body):
+        return (1 << 62).to_bytes(8, "little") + json.dumps(meta).encode() + body
+
+    add("hf", "safetensors-header-length-2-62", "a safetensors header length of 2**62", header(header_length),
+        must_refuse="header length beyond the file")
+
+    def huge_tensor(meta, body):
+        name = next(k for k in meta if k != "__metadata__")
+        meta[name]["shape"] = [1 << 20, 1 << 20]
+        return _safetensors_join(meta, body)
+
+    add("hf", "safetensors-huge-shape", "a tensor declared [2**20, 2**20] in a small file", header(huge_tensor),
+        must_refuse="more elements than bytes")
+
+    def config_fifo(case_dir: Path) -> list[str]:
+        args = _hf_case(base, case_dir, {"config.json": None})
+        os.mkfifo(case_dir / "model" / "config.json")
+        return args
+
+    add("hf", "config-fifo", "config.json is a FIFO", config_fifo)
     return cases
 
 

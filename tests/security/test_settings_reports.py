@@ -246,3 +246,17 @@ def test_settings_errors_quote_huge_keys_and_values_only_in_part(work, saved_rep
     assert len(one_line_error(cli("report", saved_report), "unknown key")) < 1000
     write(work / "reludoctor.toml", 'fail-on = "' + "x!" * 100_000 + '"\n')
     assert len(one_line_error(cli("report", saved_report), "fail-on")) < 1000
+
+
+def test_reading_a_small_file_under_a_huge_limit_allocates_only_its_size(tmp_path):
+    """read_limited asks for the size it found, not the limit: reading 9 bytes under a 1 TiB
+    limit used to ask Python for a 1 TiB buffer (a MemoryError under an address-space limit, as
+    a 6-line texts file under the 1 GiB text limit was in the fuzz harness)."""
+    from reludoctor import safeio
+    from reludoctor.errors import DataError
+
+    path = tmp_path / "small.txt"
+    path.write_bytes(b"a dog ran")
+    assert safeio.read_limited(path, 1 << 40, "text data", DataError) == b"a dog ran"
+    with pytest.raises(DataError, match="more than the limit"):
+        safeio.read_limited(path, 4, "text data", DataError)
