@@ -156,6 +156,10 @@ def scan(model: Any, data: Any = None, options: ScanOptions | None = None, *,
                     stats, apoz_threshold=options.apoz_threshold, grama_tau=options.grama_tau,
                     dormant_tau=options.dormant_tau, gradients_requested=options.gradients,
                     gradients=gradient_info)
+            ablation = None
+            if options.ablate:
+                with phase("ablate"):
+                    ablation = _ablation(backend, loaded, observation, calibration, stats, run, labels)
             certification = None
             if box is not None:
                 with phase("certify"):
@@ -184,6 +188,7 @@ def scan(model: Any, data: Any = None, options: ScanOptions | None = None, *,
         profile=profile.build(stats, observation.samples),
         certification=certification,
         definitions=definition_counts,
+        ablation=ablation,
     )
 
 
@@ -288,6 +293,18 @@ def _gradients(backend: Backend, loaded: LoadedModel, observation: Observation, 
         device=run.device, batch_size=run.batch_size, fixed_batch=loaded.fixed_batch, labels=labels,
         limit=run.options.limit, evidence=evidence, warn=run.warn, unit_gradients=run.options.definitions)
     return info, [replace(site, gradient=per_site.get(site.name)) for site in stats]
+
+
+def _ablation(backend: Backend, loaded: LoadedModel, observation: Observation, calibration: Any,
+              stats: list, run: ScanRun, labels: Any) -> Any:
+    """The measured cost of zeroing each site's dormant and near-dead units (core/ablation.py)."""
+    from reludoctor.core import ablation
+
+    options = run.options
+    return ablation.compute(lambda axes: backend.ablator(loaded, observation, axes, run), calibration, stats,
+                            device=run.device, batch_size=run.batch_size, fixed_batch=loaded.fixed_batch,
+                            labels=labels, top=options.ablate_top, patterns=tuple(options.ablate_sites or ()),
+                            warn=run.warn)
 
 
 def _sampled_labels(labels: Any, indices: Any) -> Any:

@@ -1,0 +1,296 @@
+"""Measured ablation: what zeroing a site's dormant and near-dead units costs on the calibration data.
+
+Candidates of a site: its tau-dormant and near-dead units that are not dead (a dead unit's ReLU
+output is already 0 at every observed position: zeroing it changes nothing). "Zeroed": the
+activation's output for the unit set to 0 at every position. Per batch, the model runs once
+unchanged (the baseline) and once per variant; the variants are each site's candidates together
+(joint) and, for the top-k candidates by a first-order score, each one alone. Per variant,
+with y the baseline outputs and y' the ablated ones (every floating-point output tensor, real
+rows only, over all the calibration data):
+
+- output_change = ||y' - y||_2 / ||y||_2 (relative L2; 0 when y' == y, inf when ||y|| = 0 only)
+- max_abs_change = max |y' - y|
+- argmax_flips = fraction of samples whose argmax over the first output changes ([N, C>1] only)
+- loss_change = (sum_n L_n(y') - sum_n L_n(y)) / N, L the gradient pass's loss
+  (``core.gradients.choose_loss``); cross-entropy targets stay the baseline's argmax.
+
+First-order score of unit u (the Taylor estimate of zeroing it, one autograd pass):
+score_u = (1/N) sum_n |sum_p a_{n,p,u} * dL_n/da_{n,p,u}|, a the activation output, p the
+positions. Cost per batch: one forward and backward (scores, baseline), one forward per site
+(joint), then one forward (baseline) and k per site (singles): 2 + sum_sites (1 + k) forwards.
+
+How units are zeroed is the backend's (``Backend.ablator``, ``backends.torch.ablation``); here:
+the candidates, the passes, the metrics and the report section.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from typing import Any, Callable, Protocol, Sequence
+
+from reludoctor.core.gradients import LOSS_ARGMAX, LOSS_LABELS, _output_tensors, choose_loss, loss_of
+from reludoctor.errors import DataError
+from reludoctor.report.model import AblatedUnit, Ablation, AblationChange, SiteAblation, SiteStats
+
+# The metrics as the report states them (Ablation.metrics).
+METRICS = {
+    "output_change": "||y' - y||_2 / ||y||_2 over every floating-point output element of the calibration data",
+    "max_abs_change": "max |y' - y| over every output element",
+    "argmax_flips": "fraction of samples whose argmax over the first output changes (outputs [N, C>1] only)",
+    "loss_change": "(sum_n L_n(y') - sum_n L_n(y)) / N, cross-entropy targets the baseline's argmax (or --labels)",
+    "score": "(1/N) sum_n |sum_positions a * dL_n/da| (first-order estimate of zeroing the unit)",
+}
+
+
+class AblationUnavailable(Exception):
+    """Ablation cannot run for this model; the message says why (the report's note)."""
+
+
+class Ablator(Protocol):
+    """A backend's handle on a model whose activation outputs can be zeroed (``Backend.ablator``)."""
+
+    method: str  # export | dispatch
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def start(self, step: Any) -> None:
+        """Before each forward pass of the batch ``step`` (``core.batches.Step``)."""
+
+    def select(self, site: str | None, units: Sequence[int]) -> None:
+        """Zero ``units`` of ``site`` in the following forward passes (None: zero nothing)."""
+
+    def record(self, on: bool) -> None:
+        """Keep each site's activation output of the following forward passes (``outputs``)."""
+
+    def outputs(self) -> dict[str, Any]:
+        """Site name -> its activation output in the last recorded forward pass."""
+
+
+def candidates(site: SiteStats) -> tuple[int, ...]:
+    """The site's dormant and near-dead units that are not dead, sorted."""
+    return tuple(sorted((set(site.dormant_units) | set(site.near_dead_units)) - set(site.dead_units)))
+
+
+def forwards_per_batch(targets: dict[str, tuple[int, ...]], top: int) -> int:
+    """2 + sum over sites of (1 + min(k, candidates)): the cost per batch, backward not counted."""
+    return 2 + sum(1 + min(top, len(units)) for units in targets.values())
+
+
+def outputs_of(output: Any, rows: int, padded: int) -> list[Any]:
+    """The floating-point tensors of a model output (``core.gradients`` order), the padding rows
+    of a fixed-batch model's last batch cut."""
+    out = []
+    for tensor in _output_tensors(output):
+        if tensor.is_floating_point():
+            cut = tensor[:rows] if tensor.ndim and tensor.shape[0] == padded else tensor
+            out.append(cut.detach())
+    return out
+
+
+class Change:
+    """Streaming sums of one variant against the baseline (float64, on the model's device)."""
+
+    def __init__(self) -> None:
+        self.sq_diff: Any = 0.0
+        self.sq_base: Any = 0.0
+        self.max_abs: Any = 0.0
+        self.flips: Any = 0
+        self.loss: Any = 0.0
+        self.samples = 0
+        self.classifier = False
+
+    def add(self, base: list[Any], ablated: list[Any], rows: int, loss: Any) -> None:
+        import torch
+
+        if len(base) != len(ablated):
+            raise AblationUnavailable("the ablated model returned other outputs than the original")
+        for y, z in zip(base, ablated):
+            diff = (z.double() - y.double())
+            self.sq_diff = self.sq_diff + diff.pow(2).sum()
+            self.sq_base = self.sq_base + y.double().pow(2).sum()
+            if diff.numel():
+                self.max_abs = torch.maximum(torch.as_tensor(self.max_abs, dtype=torch.float64,
+                                                             device=diff.device), diff.abs().max())
+        first, other = base[0], ablated[0]
+        if first.ndim == 2 and first.shape[1] > 1:
+            self.classifier = True
+            self.flips = self.flips + (first.argmax(1) != other.argmax(1)).sum()
+        self.loss = self.loss + loss
+        self.samples += rows
+
+    def result(self, baseline_loss: float) -> AblationChange:
+        sq_diff, sq_base = float(self.sq_diff), float(self.sq_base)
+        relative = 0.0 if sq_diff == 0 else math.sqrt(sq_diff / sq_base) if sq_base > 0 else math.inf
+        n = max(self.samples, 1)
+        return AblationChange(loss_change=(float(self.loss) - baseline_loss) / n, output_change=relative,
+                              max_abs_change=float(self.max_abs),
+                              argmax_flips=float(self.flips) / n if self.classifier else None)
+
+
+class _Loss:
+    """The per-batch summed loss of ``core.gradients``, its targets fixed by the baseline."""
+
+    def __init__(self, labels: Any) -> None:
+        self.labels = labels
+        self.kind: str | None = None
+
+    def targets(self, first: Any, start: int, rows: int) -> Any:
+        if self.kind is None:
+            self.kind = choose_loss(first, self.labels)
+        if self.kind == LOSS_LABELS:
+            if self.labels.shape[0] < start + rows:
+                raise DataError(f"labels: {self.labels.shape[0]} labels for at least {start + rows} samples",
+                                "pass one label per calibration sample, in order")
+            return self.labels[start:start + rows]
+        if self.kind == LOSS_ARGMAX:
+            return first.detach().argmax(1)
+        return None
+
+    def __call__(self, first: Any, targets: Any) -> Any:
+        kind = LOSS_LABELS if targets is not None else self.kind
+        return loss_of(kind, first, targets)
+
+
+def _unit_sums(a: Any, g: Any, axis: int) -> Any:
+    """[rows, units]: sum over positions of a * g, per sample and unit."""
+    from reludoctor.core.observers import resolve_unit_axis
+
+    product = (a.double() * g.double())
+    if product.ndim == 1:
+        return product.unsqueeze(1)
+    axis = resolve_unit_axis(product.ndim, axis)
+    others = tuple(d for d in range(1, product.ndim) if d != axis)
+    summed = product.sum(others) if others else product
+    return summed
+
+
+def _steps(calibration: Any, batch_size: int, fixed_batch: int | None, device: Any) -> Any:
+    from reludoctor.core.batches import BatchLoop, to_torch
+
+    return BatchLoop(calibration, batch_size, fixed_batch=fixed_batch, transfer=to_torch(device), prefetch=0)
+
+
+def _call(ablator: Ablator, step: Any, device: Any) -> Any:
+    ablator.start(step)
+    with step.guard():
+        return step.binding.call(ablator.forward, step.inputs, device)
+
+
+def compute(make_ablator: Callable[[dict[str, int]], Ablator], calibration: Any, stats: list[SiteStats], *,
+            device: Any, batch_size: int, fixed_batch: int | None, labels: Any, top: int,
+            patterns: Sequence[str] = (), warn: Callable[[str], None] = lambda _m: None) -> Ablation:
+    """The report's ``ablation`` section: per selected site, the joint and top-k single changes."""
+    import torch
+
+    from reludoctor.core.gradients import load_labels
+
+    chosen = [s for s in stats if not patterns or any(fnmatch.fnmatchcase(s.name, p) for p in patterns)]
+    targets = {s.name: candidates(s) for s in chosen if candidates(s)}
+    axes = {s.name: s.unit_axis for s in chosen}
+    section = dict(top_k=top, forwards_per_batch=forwards_per_batch(targets, top))
+    if not targets:
+        return Ablation(True, sites=tuple(SiteAblation(s.name, (), None, ()) for s in chosen),
+                        note="no site has dormant or near-dead units that are alive: nothing to ablate", **section)
+    try:
+        ablator = make_ablator(axes)
+    except AblationUnavailable as exc:
+        return Ablation(False, note=str(exc), **section)
+    loss = _Loss(load_labels(labels))
+    joint = {name: Change() for name in targets}
+    scores = {name: None for name in targets}
+    base1 = Change()
+    with torch.inference_mode(False):
+        with _steps(calibration, batch_size, fixed_batch, device) as steps:
+            for step in steps:
+                rows, padded = step.rows, int(step.inputs[0].shape[0])
+                # baseline with autograd: the outputs and the first-order scores
+                leaves = tuple(t.detach().clone().requires_grad_() if t.is_floating_point() else t
+                               for t in step.inputs)
+                step.inputs = leaves
+                ablator.select(None, ())
+                ablator.record(True)
+                with torch.enable_grad():
+                    output = _call(ablator, step, device)
+                ablator.record(False)
+                ys = outputs_of(output, rows, padded)
+                if not ys:
+                    raise AblationUnavailable("the model has no floating-point output")
+                first = _output_with_grad(output, rows, padded)
+                wanted = loss.targets(first, step.start, rows)
+                batch_loss = loss(first, wanted)
+                _add_scores(scores, ablator.outputs(), batch_loss, axes, rows, warn)
+                base1.add(ys, ys, rows, batch_loss.detach().double())
+                with torch.inference_mode():
+                    for name, units in targets.items():
+                        ablator.select(name, units)
+                        ys2 = outputs_of(_call(ablator, step, device), rows, padded)
+                        joint[name].add(ys, ys2, rows, loss(ys2[0], wanted).double())
+                    ablator.select(None, ())
+    samples = base1.samples
+    ranked = {name: _top(units, scores[name], samples, top) for name, units in targets.items()}
+    singles = {(name, u): Change() for name, units in ranked.items() for u in units}
+    base2 = Change()
+    if singles:
+        with torch.inference_mode(), _steps(calibration, batch_size, fixed_batch, device) as steps:
+            for step in steps:
+                rows, padded = step.rows, int(step.inputs[0].shape[0])
+                ablator.select(None, ())
+                ys = outputs_of(_call(ablator, step, device), rows, padded)
+                wanted = loss.targets(ys[0], step.start, rows)
+                base2.add(ys, ys, rows, loss(ys[0], wanted).double())
+                for (name, unit), change in singles.items():
+                    ablator.select(name, (unit,))
+                    ys2 = outputs_of(_call(ablator, step, device), rows, padded)
+                    change.add(ys, ys2, rows, loss(ys2[0], wanted).double())
+                ablator.select(None, ())
+    baseline_loss, baseline_loss2 = float(base1.loss), float(base2.loss)
+    sites = []
+    for site in chosen:
+        units = targets.get(site.name, ())
+        if not units:
+            sites.append(SiteAblation(site.name, (), None, ()))
+            continue
+        per_unit = []
+        for unit in ranked[site.name]:
+            measured = singles[(site.name, unit)].result(baseline_loss2)
+            score = scores[site.name]
+            per_unit.append(AblatedUnit(unit, None if score is None else float(score[unit]) / samples,
+                                        measured.loss_change, measured.output_change,
+                                        measured.max_abs_change, measured.argmax_flips))
+        sites.append(SiteAblation(site.name, units, joint[site.name].result(baseline_loss), tuple(per_unit)))
+    return Ablation(True, method=ablator.method, loss=loss.kind, samples=samples,
+                    sites_ablated=len(targets), metrics=dict(METRICS), sites=tuple(sites), **section)
+
+
+def _output_with_grad(output: Any, rows: int, padded: int) -> Any:
+    """The first floating-point output, still attached to the graph (for the scores)."""
+    for tensor in _output_tensors(output):
+        if tensor.is_floating_point():
+            return tensor[:rows] if tensor.ndim and tensor.shape[0] == padded else tensor
+    raise AblationUnavailable("the model has no floating-point output")
+
+
+def _add_scores(scores: dict[str, Any], outputs: dict[str, Any], batch_loss: Any, axes: dict[str, int],
+                rows: int, warn: Callable[[str], None]) -> None:
+    """Per unit, sum over samples of |sum_positions a * dL/da|, into ``scores`` (None: no gradient)."""
+    import torch
+
+    names = [n for n in scores if n in outputs and getattr(outputs[n], "requires_grad", False)]
+    if not names or not batch_loss.requires_grad:
+        return
+    grads = torch.autograd.grad(batch_loss, [outputs[n] for n in names], allow_unused=True)
+    for name, grad in zip(names, grads):
+        if grad is None:
+            continue
+        a = outputs[name].detach()[:rows]
+        per_unit = _unit_sums(a, grad.detach()[:rows], axes[name]).abs().sum(0)
+        scores[name] = per_unit if scores[name] is None else scores[name] + per_unit
+
+
+def _top(units: tuple[int, ...], score: Any, samples: int, k: int) -> tuple[int, ...]:
+    """The k candidates with the largest score (ties and no score: the lowest index first)."""
+    if score is None:
+        return units[:k]
+    values = score.cpu().tolist()
+    return tuple(sorted(units, key=lambda u: (-values[u], u))[:k])
