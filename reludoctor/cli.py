@@ -624,6 +624,8 @@ def fix_command(
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Calibration data (required): the scan runs on it and the fixed model is verified on it."),
     out: Optional[str] = typer.Option(None, "--output", "-o", metavar="OUT", help="The fixed model: .pt2 (torch.export), .pt (state_dict, --reinit of an --arch model) or .onnx."),
     prune_dead: bool = typer.Option(False, "--prune-dead", help="Remove dead units from their Conv/Linear (+BatchNorm) and the consumers' inputs (lossless on the data, verified)."),
+    prune_near_dead: bool = typer.Option(False, "--prune-near-dead", help="Also remove the near-dead and tau-dormant units of each site whose measured removal (scan --ablate) keeps the output change within --max-output-change; the written model's change is measured again (docs/fix.md)."),
+    max_output_change: Optional[float] = typer.Option(None, "--max-output-change", metavar="EPS", help="--prune-near-dead: the largest relative L2 change of the outputs on the calibration data, ||y' - y|| / ||y||, allowed (> 0)."),
     leaky: Optional[float] = typer.Option(None, "--leaky", metavar="ALPHA", help="Replace ReLU sites with LeakyReLU(ALPHA), 0 < ALPHA < 1 (not lossless: the change is measured)."),
     reinit: bool = typer.Option(False, "--reinit", help="ReDo: dead and tau-dormant units get Kaiming-normal incoming and zero outgoing weights."),
     sites: Optional[list[str]] = typer.Option(None, "--sites", metavar="GLOB", help="Only sites whose name matches GLOB (e.g. 'layer4.*'). Repeatable. Default: all."),
@@ -660,10 +662,11 @@ def _fix(model: str, data: Optional[str], out: Optional[str], summary: Optional[
 
     leaky, dry_run = params["leaky"], params["dry_run"]
     chosen = [name for name, on in (("--prune-dead", params["prune_dead"]), ("--leaky", leaky is not None),
-                                    ("--reinit", params["reinit"])) if on]
+                                    ("--reinit", params["reinit"]),
+                                    ("--prune-near-dead", params["prune_near_dead"])) if on]
     if len(chosen) != 1:
         raise UsageError("choose exactly one strategy" + (f", not {' and '.join(chosen)}" if chosen else ""),
-                         "--prune-dead, --leaky ALPHA or --reinit")
+                         "--prune-dead, --prune-near-dead, --leaky ALPHA or --reinit")
     if not data:
         raise UsageError("--data is required", "the fix is planned and verified on calibration data")
     if out is None and not dry_run:
@@ -681,7 +684,7 @@ def _fix(model: str, data: Optional[str], out: Optional[str], summary: Optional[
         if hit is not None:
             raise UsageError(f"--summary {summary} would overwrite an input file ({hit})", "choose another path")
         check_destination(target, [], force=True, option="--summary")
-    strategy = {"--prune-dead": "prune-dead", "--leaky": "leaky", "--reinit": "reinit"}[chosen[0]]
+    strategy = chosen[0].lstrip("-")  # the flag is the strategy's name
     err = _stderr()
     warn = _warner(err)
 

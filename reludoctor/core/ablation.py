@@ -294,3 +294,25 @@ def _top(units: tuple[int, ...], score: Any, samples: int, k: int) -> tuple[int,
         return units[:k]
     values = score.cpu().tolist()
     return tuple(sorted(units, key=lambda u: (-values[u], u))[:k])
+
+
+def measure(original: Callable[..., Any], changed: Callable[..., Any], calibration: Any, *, batch_size: int,
+            fixed_batch: int | None, device: Any = None) -> AblationChange:
+    """The change from ``original`` to ``changed`` (two callables of the model's inputs) on the
+    calibration data, in the metrics ablation reports: what ``fix --max-output-change`` bounds."""
+    import torch
+
+    device = device or torch.device("cpu")
+    loss, change, baseline = _Loss(None), Change(), Change()
+    with torch.inference_mode(), _steps(calibration, batch_size, fixed_batch, device) as steps:
+        for step in steps:
+            rows, padded = step.rows, int(step.inputs[0].shape[0])
+            with step.guard():
+                ys = outputs_of(step.binding.call(original, step.inputs, device), rows, padded)
+                ys2 = outputs_of(step.binding.call(changed, step.inputs, device), rows, padded)
+            if not ys:
+                raise AblationUnavailable("the model has no floating-point output")
+            wanted = loss.targets(ys[0], step.start, rows)
+            baseline.add(ys, ys, rows, loss(ys[0], wanted).double())
+            change.add(ys, ys2, rows, loss(ys2[0], wanted).double())
+    return change.result(float(baseline.loss))

@@ -1,0 +1,102 @@
+"""Tiny models with planted near-dead and tau-dormant units, and the independent oracle: plain
+torch on a deepcopy, units zeroed by a forward hook on the activation module."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MLP(nn.Module):
+    """act1: units 0, 1 rarely fire (bias -4.5, strong outgoing weights), unit 2 dead (bias -50), units 3, 4 tiny (dormant);
+    act2: unit 0 rarely fires."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.act1 = nn.Linear(8, 16), nn.ReLU()
+        self.fc2, self.act2 = nn.Linear(16, 12), nn.ReLU()
+        self.head = nn.Linear(12, 5)
+        with torch.no_grad():
+            self.fc1.weight[:2] = torch.ones(8)
+            self.fc1.bias[:2] = -4.5
+            self.fc2.weight[:, :2] *= 20
+            self.fc1.bias[2] = -50.0
+            self.fc1.weight[3:5] *= 0.002
+            self.fc1.bias[3:5] = 0.001
+            self.fc2.bias[0] = -2.5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.act2(self.fc2(self.act1(self.fc1(x)))))
+
+
+class CNN(nn.Module):
+    """act1 (channels on axis 1): channels 0, 1 rarely fire, 2 dormant; act2 feeds a pool and head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.conv1, self.bn1, self.act1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()
+        self.conv2, self.act2 = nn.Conv2d(8, 6, 3, padding=1), nn.ReLU()
+        self.head = nn.Linear(6, 4)
+        with torch.no_grad():
+            self.bn1.bias[:2] = -1.1
+            self.bn1.weight[2] = 0.003
+            self.bn1.bias[2] = 0.0
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act2(self.conv2(self.act1(self.bn1(self.conv1(x)))))
+        return self.head(h.mean((2, 3)))
+
+
+def mlp_data(n: int = 90) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((n, 8)).astype(np.float32)
+
+
+def cnn_data(n: int = 30) -> np.ndarray:
+    return np.random.default_rng(1).standard_normal((n, 3, 6, 6)).astype(np.float32)
+
+
+def _zeroing(units: list[int]):  # noqa: ANN202
+    def hook(_module, _inputs, output):  # noqa: ANN001, ANN202
+        out = output.clone()
+        out[:, units] = 0.0
+        return out
+    return hook
+
+
+def outputs(model: nn.Module, x: np.ndarray, site: str | None = None, units: list[int] = ()) -> torch.Tensor:
+    """The model's outputs on all of ``x`` at once, ``units`` of module ``site`` zeroed (a copy)."""
+    copy_ = copy.deepcopy(model).eval()
+    if site is not None:
+        getattr(copy_, site).register_forward_hook(_zeroing(list(units)))
+    with torch.no_grad():
+        return copy_(torch.from_numpy(x)).double()
+
+
+def change(model: nn.Module, x: np.ndarray, site: str, units: list[int], labels: np.ndarray | None = None) -> dict:
+    """The four metrics, computed here in float64 from the two outputs."""
+    y, z = outputs(model, x), outputs(model, x, site, units)
+    target = torch.from_numpy(labels).long() if labels is not None else y.argmax(1)
+    loss = (F.cross_entropy(z, target, reduction="sum") - F.cross_entropy(y, target, reduction="sum")) / len(x)
+    return {"output_change": float((z - y).norm() / y.norm()), "max_abs_change": float((z - y).abs().max()),
+            "loss_change": float(loss), "argmax_flips": float((z.argmax(1) != y.argmax(1)).double().mean())}
+
+
+def scores(model: nn.Module, x: np.ndarray, site: str) -> np.ndarray:
+    """Per unit: mean over samples of |sum over positions of a * dL/da|, L the summed
+    cross-entropy against the model's own argmax, by autograd on a copy."""
+    copy_ = copy.deepcopy(model).eval()
+    kept = {}
+    getattr(copy_, site).register_forward_hook(lambda _m, _i, out: kept.setdefault("a", out))
+    y = copy_(torch.from_numpy(x))
+    loss = F.cross_entropy(y, y.detach().argmax(1), reduction="sum")
+    (g,) = torch.autograd.grad(loss, [kept["a"]])
+    product = (kept["a"] * g).double()
+    per_sample = product.sum(tuple(range(2, product.ndim))) if product.ndim > 2 else product
+    return per_sample.abs().mean(0).detach().numpy()
