@@ -100,3 +100,45 @@ def scores(model: nn.Module, x: np.ndarray, site: str) -> np.ndarray:
     product = (kept["a"] * g).double()
     per_sample = product.sum(tuple(range(2, product.ndim))) if product.ndim > 2 else product
     return per_sample.abs().mean(0).detach().numpy()
+
+
+class FixMLP(nn.Module):
+    """For --prune-near-dead: act1 unit 2 dead, units 3, 4 dormant with a tiny output (cheap to
+    remove); act2 units 0, 1 rarely fire but weigh heavily on the head (costly to remove);
+    act3 units 0, 1 dormant, a little more costly than act1's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.fc1, self.act1 = nn.Linear(8, 16), nn.ReLU()
+        self.fc2, self.act2 = nn.Linear(16, 12), nn.ReLU()
+        self.fc3, self.act3 = nn.Linear(12, 10), nn.ReLU()
+        self.head = nn.Linear(10, 5)
+        with torch.no_grad():
+            self.fc1.bias[2] = -50.0
+            self.fc1.weight[3:5] *= 0.002
+            self.fc1.bias[3:5] = 0.001
+            self.fc2.weight[:2] = 0.0
+            self.fc2.weight[:2, 5] = 1.0  # fires only when act1's unit 5 is large
+            self.fc2.bias[:2] = -0.9
+            self.fc3.weight[:, :2] *= 10
+            self.fc3.weight[:2] *= 0.0003
+            self.fc3.bias[:2] = 0.00012
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.act3(self.fc3(self.act2(self.fc2(self.act1(self.fc1(x)))))))
+
+
+def export_to(model: nn.Module, x: np.ndarray, path) -> None:  # noqa: ANN001
+    program = torch.export.export(model, (torch.from_numpy(x[:2]),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, path)
+
+
+def zeroed(model: nn.Module, x: np.ndarray, plan: dict[str, list[int]]) -> torch.Tensor:
+    """Outputs with several sites' units zeroed at once (a copy)."""
+    copy_ = copy.deepcopy(model).eval()
+    for site, units in plan.items():
+        getattr(copy_, site).register_forward_hook(_zeroing(list(units)))
+    with torch.no_grad():
+        return copy_(torch.from_numpy(x)).double()

@@ -303,7 +303,8 @@ def prune_within(work: TorchWork, entries: list[SiteFix], calibration: Any, requ
                  fixed: int | None) -> list[SiteFix]:
     """--prune-near-dead: prune every site's planned units, then measure the pruned model; while
     its output change exceeds --max-output-change, the site whose near-dead units cost the most
-    alone (the scan's joint ablation) falls back to its dead units, and the pruning is redone."""
+    alone (the scan's joint ablation) falls back to its dead units, and the pruning is redone
+    (dead units alone change the outputs by float rounding only: ``verify.within`` allows that)."""
     pristine = copy.deepcopy(work.lifted)
     entries = list(entries)
     limit = request.max_output_change
