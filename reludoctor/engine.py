@@ -133,6 +133,9 @@ def scan(model: Any, data: Any = None, options: ScanOptions | None = None, *,
             if options.gradients:
                 raise UsageError("--gradients is not supported in a multi-process scan (torchrun)",
                                  "run the gradient pass in a single process")
+            if options.ablate:
+                raise UsageError("--ablate is not supported in a multi-process scan (torchrun)",
+                                 "run the ablation in a single process")
             target = world.device
             calibration = world.shard(calibration, batch_size)
         run = ScanRun(options, target, batch_size, autocast, BatchContext(), progress, warn)

@@ -63,8 +63,8 @@ class Ablator(Protocol):
     def record(self, on: bool) -> None:
         """Keep each site's activation output of the following forward passes (``outputs``)."""
 
-    def outputs(self) -> dict[str, Any]:
-        """Site name -> its activation output in the last recorded forward pass."""
+    def take_outputs(self) -> dict[str, Any]:
+        """Site name -> its activation output in the last recorded forward pass; forgotten after."""
 
 
 def candidates(site: SiteStats) -> tuple[int, ...]:
@@ -165,102 +165,125 @@ def _unit_sums(a: Any, g: Any, axis: int) -> Any:
     return summed
 
 
-def _steps(calibration: Any, batch_size: int, fixed_batch: int | None, device: Any) -> Any:
-    from reludoctor.core.batches import BatchLoop, to_torch
-
-    return BatchLoop(calibration, batch_size, fixed_batch=fixed_batch, transfer=to_torch(device), prefetch=0)
-
-
-def _call(ablator: Ablator, step: Any, device: Any) -> Any:
-    ablator.start(step)
-    with step.guard():
-        return step.binding.call(ablator.forward, step.inputs, device)
-
-
 def compute(make_ablator: Callable[[dict[str, int]], Ablator], calibration: Any, stats: list[SiteStats], *,
             device: Any, batch_size: int, fixed_batch: int | None, labels: Any, top: int,
             patterns: Sequence[str] = (), warn: Callable[[str], None] = lambda _m: None) -> Ablation:
     """The report's ``ablation`` section: per selected site, the joint and top-k single changes."""
-    import torch
-
     from reludoctor.core.gradients import load_labels
 
     chosen = [s for s in stats if not patterns or any(fnmatch.fnmatchcase(s.name, p) for p in patterns)]
     targets = {s.name: candidates(s) for s in chosen if candidates(s)}
-    axes = {s.name: s.unit_axis for s in chosen}
     section = dict(top_k=top, forwards_per_batch=forwards_per_batch(targets, top))
-    if not targets:
-        return Ablation(True, sites=tuple(SiteAblation(s.name, (), None, ()) for s in chosen),
-                        note="no site has dormant or near-dead units that are alive: nothing to ablate", **section)
     try:
-        ablator = make_ablator(axes)
+        ablator = make_ablator({s.name: s.unit_axis for s in chosen})
     except AblationUnavailable as exc:
         return Ablation(False, note=str(exc), **section)
-    loss = _Loss(load_labels(labels))
-    joint = {name: Change() for name in targets}
-    scores = {name: None for name in targets}
-    base1 = Change()
-    with torch.inference_mode(False):
-        with _steps(calibration, batch_size, fixed_batch, device) as steps:
-            for step in steps:
-                rows, padded = step.rows, int(step.inputs[0].shape[0])
-                # baseline with autograd: the outputs and the first-order scores
-                leaves = tuple(t.detach().clone().requires_grad_() if t.is_floating_point() else t
-                               for t in step.inputs)
-                step.inputs = leaves
-                ablator.select(None, ())
-                ablator.record(True)
-                with torch.enable_grad():
-                    output = _call(ablator, step, device)
-                ablator.record(False)
-                ys = outputs_of(output, rows, padded)
-                if not ys:
-                    raise AblationUnavailable("the model has no floating-point output")
-                first = _output_with_grad(output, rows, padded)
-                wanted = loss.targets(first, step.start, rows)
-                batch_loss = loss(first, wanted)
-                _add_scores(scores, ablator.outputs(), batch_loss, axes, rows, warn)
-                base1.add(ys, ys, rows, batch_loss.detach().double())
-                with torch.inference_mode():
-                    for name, units in targets.items():
-                        ablator.select(name, units)
-                        ys2 = outputs_of(_call(ablator, step, device), rows, padded)
-                        joint[name].add(ys, ys2, rows, loss(ys2[0], wanted).double())
-                    ablator.select(None, ())
-    samples = base1.samples
-    ranked = {name: _top(units, scores[name], samples, top) for name, units in targets.items()}
-    singles = {(name, u): Change() for name, units in ranked.items() for u in units}
-    base2 = Change()
-    if singles:
-        with torch.inference_mode(), _steps(calibration, batch_size, fixed_batch, device) as steps:
-            for step in steps:
-                rows, padded = step.rows, int(step.inputs[0].shape[0])
-                ablator.select(None, ())
-                ys = outputs_of(_call(ablator, step, device), rows, padded)
-                wanted = loss.targets(ys[0], step.start, rows)
-                base2.add(ys, ys, rows, loss(ys[0], wanted).double())
-                for (name, unit), change in singles.items():
-                    ablator.select(name, (unit,))
-                    ys2 = outputs_of(_call(ablator, step, device), rows, padded)
-                    change.add(ys, ys2, rows, loss(ys2[0], wanted).double())
-                ablator.select(None, ())
-    baseline_loss, baseline_loss2 = float(base1.loss), float(base2.loss)
+    if not targets:
+        return Ablation(True, method=ablator.method, sites=tuple(SiteAblation(s.name, (), None, ()) for s in chosen),
+                        note="no site has dormant or near-dead units that are alive: nothing to ablate", **section)
+    run = _Passes(ablator, calibration, batch_size, fixed_batch, device, _Loss(load_labels(labels)))
+    joint, scores, baseline_loss, samples = run.joint(targets, {s.name: s.unit_axis for s in chosen}, warn)
+    ranked = {name: _top(units, scores[name], top) for name, units in targets.items()}
+    singles = run.singles(ranked)
     sites = []
     for site in chosen:
-        units = targets.get(site.name, ())
-        if not units:
+        if site.name not in targets:
             sites.append(SiteAblation(site.name, (), None, ()))
             continue
         per_unit = []
         for unit in ranked[site.name]:
-            measured = singles[(site.name, unit)].result(baseline_loss2)
+            measured = singles[(site.name, unit)].result(baseline_loss)
             score = scores[site.name]
             per_unit.append(AblatedUnit(unit, None if score is None else float(score[unit]) / samples,
                                         measured.loss_change, measured.output_change,
                                         measured.max_abs_change, measured.argmax_flips))
-        sites.append(SiteAblation(site.name, units, joint[site.name].result(baseline_loss), tuple(per_unit)))
-    return Ablation(True, method=ablator.method, loss=loss.kind, samples=samples,
+        sites.append(SiteAblation(site.name, targets[site.name], joint[site.name].result(baseline_loss),
+                                  tuple(per_unit)))
+    return Ablation(True, method=ablator.method, loss=run.loss.kind, samples=samples,
                     sites_ablated=len(targets), metrics=dict(METRICS), sites=tuple(sites), **section)
+
+
+class _Passes:
+    """The two passes over the calibration data, on one ablator."""
+
+    def __init__(self, ablator: Ablator, calibration: Any, batch_size: int, fixed_batch: int | None,
+                 device: Any, loss: _Loss) -> None:
+        self.ablator, self.calibration, self.loss = ablator, calibration, loss
+        self.batch_size, self.fixed_batch, self.device = batch_size, fixed_batch, device
+
+    def _steps(self) -> Any:
+        from reludoctor.core.batches import BatchLoop, to_torch
+
+        return BatchLoop(self.calibration, self.batch_size, fixed_batch=self.fixed_batch,
+                         transfer=to_torch(self.device), prefetch=0)
+
+    def _call(self, step: Any) -> Any:
+        self.ablator.start(step)
+        with step.guard():
+            return step.binding.call(self.ablator.forward, step.inputs, self.device)
+
+    def joint(self, targets: dict[str, tuple[int, ...]], axes: dict[str, int], warn: Callable[[str], None],
+              ) -> tuple[dict[str, Change], dict[str, Any], float, int]:
+        """Per batch: the baseline with autograd (outputs, scores), then each site's candidates
+        zeroed together. Returns (joint changes, per-unit score sums, baseline loss, samples)."""
+        import torch
+
+        ablator, loss = self.ablator, self.loss
+        joint = {name: Change() for name in targets}
+        scores: dict[str, Any] = {name: None for name in targets}
+        baseline_loss, samples = 0.0, 0
+        scoring = True  # until a backward pass fails: then no unit has a score
+        with torch.inference_mode(False), self._steps() as steps:
+            for step in steps:
+                rows, padded = step.rows, int(step.inputs[0].shape[0])
+                # inputs that require grad: the scores reach sites before any parameter too
+                step.inputs = tuple(t.detach().clone().requires_grad_() if t.is_floating_point() else t
+                                    for t in step.inputs)
+                ablator.select(None, ())
+                ablator.record(True)
+                with torch.enable_grad():
+                    output = self._call(step)
+                ablator.record(False)
+                ys = outputs_of(output, rows, padded)
+                first = _output_with_grad(output, rows, padded)
+                wanted = loss.targets(first, step.start, rows)
+                batch_loss = loss(first, wanted)
+                if scoring and not _add_scores(scores, ablator.take_outputs(), batch_loss, axes, rows):
+                    scoring = False
+                    scores = {name: None for name in targets}
+                    warn("--ablate: no first-order scores (the backward pass failed); the top-k are the "
+                         "lowest-numbered candidates")
+                baseline_loss += float(batch_loss.detach())
+                samples += rows
+                del output, first, batch_loss
+                with torch.inference_mode():
+                    for name, units in targets.items():
+                        ablator.select(name, units)
+                        ablated = outputs_of(self._call(step), rows, padded)
+                        joint[name].add(ys, ablated, rows, loss(ablated[0], wanted).double())
+                    ablator.select(None, ())
+        return joint, scores, baseline_loss, samples
+
+    def singles(self, ranked: dict[str, tuple[int, ...]]) -> dict[tuple[str, int], Change]:
+        """Per batch: the baseline, then each ranked unit zeroed alone."""
+        import torch
+
+        ablator, loss = self.ablator, self.loss
+        singles = {(name, u): Change() for name, units in ranked.items() for u in units}
+        if not singles:
+            return singles
+        with torch.inference_mode(), self._steps() as steps:
+            for step in steps:
+                rows, padded = step.rows, int(step.inputs[0].shape[0])
+                ablator.select(None, ())
+                ys = outputs_of(self._call(step), rows, padded)
+                wanted = loss.targets(ys[0], step.start, rows)
+                for (name, unit), change in singles.items():
+                    ablator.select(name, (unit,))
+                    ablated = outputs_of(self._call(step), rows, padded)
+                    change.add(ys, ablated, rows, loss(ablated[0], wanted).double())
+                ablator.select(None, ())
+        return singles
 
 
 def _output_with_grad(output: Any, rows: int, padded: int) -> Any:
@@ -272,23 +295,28 @@ def _output_with_grad(output: Any, rows: int, padded: int) -> Any:
 
 
 def _add_scores(scores: dict[str, Any], outputs: dict[str, Any], batch_loss: Any, axes: dict[str, int],
-                rows: int, warn: Callable[[str], None]) -> None:
-    """Per unit, sum over samples of |sum_positions a * dL/da|, into ``scores`` (None: no gradient)."""
+                rows: int) -> bool:
+    """Per unit, sum over samples of |sum_positions a * dL/da|, into ``scores`` (None: no
+    gradient reached the site). False when the backward pass failed."""
     import torch
 
     names = [n for n in scores if n in outputs and getattr(outputs[n], "requires_grad", False)]
     if not names or not batch_loss.requires_grad:
-        return
-    grads = torch.autograd.grad(batch_loss, [outputs[n] for n in names], allow_unused=True)
+        return True
+    try:
+        grads = torch.autograd.grad(batch_loss, [outputs[n] for n in names], allow_unused=True)
+    except RuntimeError:  # an op without a derivative, an output changed in place afterwards
+        return False
     for name, grad in zip(names, grads):
         if grad is None:
             continue
         a = outputs[name].detach()[:rows]
         per_unit = _unit_sums(a, grad.detach()[:rows], axes[name]).abs().sum(0)
         scores[name] = per_unit if scores[name] is None else scores[name] + per_unit
+    return True
 
 
-def _top(units: tuple[int, ...], score: Any, samples: int, k: int) -> tuple[int, ...]:
+def _top(units: tuple[int, ...], score: Any, k: int) -> tuple[int, ...]:
     """The k candidates with the largest score (ties and no score: the lowest index first)."""
     if score is None:
         return units[:k]
@@ -304,7 +332,8 @@ def measure(original: Callable[..., Any], changed: Callable[..., Any], calibrati
 
     device = device or torch.device("cpu")
     loss, change, baseline = _Loss(None), Change(), Change()
-    with torch.inference_mode(), _steps(calibration, batch_size, fixed_batch, device) as steps:
+    passes = _Passes(None, calibration, batch_size, fixed_batch, device, loss)
+    with torch.inference_mode(), passes._steps() as steps:
         for step in steps:
             rows, padded = step.rows, int(step.inputs[0].shape[0])
             with step.guard():

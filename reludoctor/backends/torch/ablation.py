@@ -39,8 +39,9 @@ class _State:
         if on:
             self.recorded = []
 
-    def outputs(self) -> dict[str, Any]:
-        return {key if isinstance(key, str) else key[0]: y for key, y in self.recorded}
+    def take_outputs(self) -> dict[str, Any]:
+        taken, self.recorded = self.recorded, []
+        return {key if isinstance(key, str) else key[0]: y for key, y in taken}
 
     def apply(self, key: Any, y: Any) -> Any:
         if self.recording:
@@ -84,8 +85,8 @@ class GraphAblator:
     def record(self, on: bool) -> None:
         self.state.record(on)
 
-    def outputs(self) -> dict[str, Any]:
-        return self.state.outputs()
+    def take_outputs(self) -> dict[str, Any]:
+        return self.state.take_outputs()
 
 
 class _AblationHook(DispatchHook):
@@ -142,5 +143,5 @@ class DispatchAblator:
     def record(self, on: bool) -> None:
         self.state.record(on)
 
-    def outputs(self) -> dict[str, Any]:
-        return self.state.outputs()
+    def take_outputs(self) -> dict[str, Any]:
+        return self.state.take_outputs()
