@@ -30,6 +30,7 @@ import math
 from typing import Any, Callable, Protocol, Sequence
 
 from reludoctor.core.gradients import LOSS_ARGMAX, LOSS_LABELS, _output_tensors, choose_loss, loss_of
+from reludoctor.core.observers import resolve_unit_axis
 from reludoctor.errors import DataError
 from reludoctor.report.model import AblatedUnit, Ablation, AblationChange, SiteAblation, SiteStats
 
@@ -154,8 +155,6 @@ class _Loss:
 
 def _unit_sums(a: Any, g: Any, axis: int) -> Any:
     """[rows, units]: sum over positions of a * g, per sample and unit."""
-    from reludoctor.core.observers import resolve_unit_axis
-
     product = (a.double() * g.double())
     if product.ndim == 1:
         return product.unsqueeze(1)
@@ -248,7 +247,8 @@ class _Passes:
                 first = _output_with_grad(output, rows, padded)
                 wanted = loss.targets(first, step.start, rows)
                 batch_loss = loss(first, wanted)
-                if scoring and not _add_scores(scores, ablator.take_outputs(), batch_loss, axes, rows):
+                if scoring and not _add_scores(scores, ablator.take_outputs(), batch_loss, axes, step.valid,
+                                                  padded):
                     scoring = False
                     scores = {name: None for name in targets}
                     warn("--ablate: no first-order scores (the backward pass failed); the top-k are the "
@@ -295,7 +295,7 @@ def _output_with_grad(output: Any, rows: int, padded: int) -> Any:
 
 
 def _add_scores(scores: dict[str, Any], outputs: dict[str, Any], batch_loss: Any, axes: dict[str, int],
-                rows: int) -> bool:
+                valid: int | None, padded: int) -> bool:
     """Per unit, sum over samples of |sum_positions a * dL/da|, into ``scores`` (None: no
     gradient reached the site). False when the backward pass failed."""
     import torch
@@ -310,8 +310,14 @@ def _add_scores(scores: dict[str, Any], outputs: dict[str, Any], batch_loss: Any
     for name, grad in zip(names, grads):
         if grad is None:
             continue
-        a = outputs[name].detach()[:rows]
-        per_unit = _unit_sums(a, grad.detach()[:rows], axes[name]).abs().sum(0)
+        a, g, axis = outputs[name].detach(), grad.detach(), axes[name]
+        if a.ndim >= 2 and a.shape[0] != padded and a.shape[0] % padded == 0:
+            # a sequence flattened to rows, [N*T, F] (OPT's FFN): back to [N, T, F], units last
+            axis = resolve_unit_axis(a.ndim, axis) - a.ndim
+            a, g = a.reshape(padded, -1, *a.shape[1:]), g.reshape(padded, -1, *g.shape[1:])
+        if valid is not None and a.shape[0] == padded:  # a fixed-batch model's padding rows
+            a, g = a[:valid], g[:valid]
+        per_unit = _unit_sums(a, g, axis).abs().sum(0)
         scores[name] = per_unit if scores[name] is None else scores[name] + per_unit
     return True
 

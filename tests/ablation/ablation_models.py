@@ -142,3 +142,38 @@ def zeroed(model: nn.Module, x: np.ndarray, plan: dict[str, list[int]]) -> torch
         getattr(copy_, site).register_forward_hook(_zeroing(list(units)))
     with torch.no_grad():
         return copy_(torch.from_numpy(x)).double()
+
+
+class TokenFFN(nn.Module):
+    """A sequence model whose FFN runs on tokens flattened to rows, [N*T, F], as OPT's does;
+    ffn units 0, 1 rarely fire."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.up, self.act, self.down = nn.Linear(6, 20), nn.ReLU(), nn.Linear(20, 6)
+        self.head = nn.Linear(6, 3)
+        with torch.no_grad():
+            self.up.weight[:2] = 1.0
+            self.up.bias[:2] = -4.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, d = x.shape
+        h = self.down(self.act(self.up(x.reshape(n * t, d)))).reshape(n, t, d)
+        return self.head(h).mean(1)
+
+
+def token_data(n: int = 24) -> np.ndarray:
+    return np.random.default_rng(4).standard_normal((n, 5, 6)).astype(np.float32)
+
+
+def token_scores(model: TokenFFN, x: np.ndarray) -> np.ndarray:
+    """The score oracle for TokenFFN: the rows of one sample summed before the absolute value."""
+    copy_ = copy.deepcopy(model).eval()
+    kept = {}
+    copy_.act.register_forward_hook(lambda _m, _i, out: kept.setdefault("a", out))
+    y = copy_(torch.from_numpy(x))
+    loss = F.cross_entropy(y, y.detach().argmax(1), reduction="sum")
+    (g,) = torch.autograd.grad(loss, [kept["a"]])
+    per_sample = (kept["a"] * g).double().reshape(len(x), -1, g.shape[-1]).sum(1)
+    return per_sample.abs().mean(0).detach().numpy()

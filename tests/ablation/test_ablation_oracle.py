@@ -133,3 +133,18 @@ def test_the_model_is_not_changed():
     reludoctor.scan(model, x, ablate=True, near_dead=NEAR)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("method", ["export", "dispatch"])
+def test_tokens_flattened_to_rows_score_per_sample(method):
+    from ablation_models import TokenFFN, token_data, token_scores
+
+    model, x = TokenFFN(), token_data()
+    report = reludoctor.scan(model, x, ablate=True, near_dead=NEAR, ablate_top=4, batch_size=10, method=method)
+    (site,) = report.ablation.sites
+    assert site.site == "act" and {0, 1} <= set(site.candidates)
+    _close(site.joint, change(model, x, "act", list(site.candidates)))
+    oracle = token_scores(model, x)
+    for unit in site.units:
+        assert unit.score == pytest.approx(oracle[unit.unit], rel=1e-4, abs=1e-9)
+        _close(unit, change(model, x, "act", [unit.unit]))
