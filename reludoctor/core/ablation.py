@@ -78,15 +78,20 @@ def forwards_per_batch(targets: dict[str, tuple[int, ...]], top: int) -> int:
     return 2 + sum(1 + min(top, len(units)) for units in targets.values())
 
 
-def outputs_of(output: Any, rows: int, padded: int) -> list[Any]:
-    """The floating-point tensors of a model output (``core.gradients`` order), the padding rows
-    of a fixed-batch model's last batch cut."""
-    out = []
-    for tensor in _output_tensors(output):
-        if tensor.is_floating_point():
-            cut = tensor[:rows] if tensor.ndim and tensor.shape[0] == padded else tensor
-            out.append(cut.detach())
-    return out
+def _real(tensor: Any, rows: int, padded: int, mask: Any) -> Any:
+    """``tensor`` without the padding rows of a fixed-batch model's last batch, and with padded
+    text positions zeroed where it has the attention mask's [N, T] leading axes."""
+    if tensor.ndim and tensor.shape[0] == padded:
+        tensor = tensor[:rows]
+    if mask is not None and tensor.ndim >= 2 and tuple(tensor.shape[:2]) == tuple(mask.shape):
+        tensor = tensor * mask.reshape(*mask.shape, *(1,) * (tensor.ndim - 2)).to(tensor.dtype)
+    return tensor
+
+
+def outputs_of(output: Any, rows: int, padded: int, mask: Any = None) -> list[Any]:
+    """The floating-point tensors of a model output (``core.gradients`` order), real rows and
+    positions only (``_real``), detached."""
+    return [_real(t, rows, padded, mask).detach() for t in _output_tensors(output) if t.is_floating_point()]
 
 
 class Change:
@@ -243,8 +248,9 @@ class _Passes:
                 with torch.enable_grad():
                     output = self._call(step)
                 ablator.record(False)
-                ys = outputs_of(output, rows, padded)
-                first = _output_with_grad(output, rows, padded)
+                mask = _mask(step)
+                ys = outputs_of(output, rows, padded, mask)
+                first = _output_with_grad(output, rows, padded, mask)
                 wanted = loss.targets(first, step.start, rows)
                 batch_loss = loss(first, wanted)
                 if scoring and not _add_scores(scores, ablator.take_outputs(), batch_loss, axes, step.valid,
@@ -259,7 +265,7 @@ class _Passes:
                 with torch.inference_mode():
                     for name, units in targets.items():
                         ablator.select(name, units)
-                        ablated = outputs_of(self._call(step), rows, padded)
+                        ablated = outputs_of(self._call(step), rows, padded, mask)
                         joint[name].add(ys, ablated, rows, loss(ablated[0], wanted).double())
                     ablator.select(None, ())
         return joint, scores, baseline_loss, samples
@@ -276,22 +282,29 @@ class _Passes:
             for step in steps:
                 rows, padded = step.rows, int(step.inputs[0].shape[0])
                 ablator.select(None, ())
-                ys = outputs_of(self._call(step), rows, padded)
+                mask = _mask(step)
+                ys = outputs_of(self._call(step), rows, padded, mask)
                 wanted = loss.targets(ys[0], step.start, rows)
                 for (name, unit), change in singles.items():
                     ablator.select(name, (unit,))
-                    ablated = outputs_of(self._call(step), rows, padded)
+                    ablated = outputs_of(self._call(step), rows, padded, mask)
                     change.add(ys, ablated, rows, loss(ablated[0], wanted).double())
                 ablator.select(None, ())
         return singles
 
 
-def _output_with_grad(output: Any, rows: int, padded: int) -> Any:
+def _output_with_grad(output: Any, rows: int, padded: int, mask: Any) -> Any:
     """The first floating-point output, still attached to the graph (for the scores)."""
     for tensor in _output_tensors(output):
         if tensor.is_floating_point():
-            return tensor[:rows] if tensor.ndim and tensor.shape[0] == padded else tensor
+            return _real(tensor, rows, padded, mask)
     raise AblationUnavailable("the model has no floating-point output")
+
+
+def _mask(step: Any) -> Any:
+    """The batch's real text positions ([rows, T] bool), or None (no attention mask)."""
+    mask = step.mask
+    return None if mask is None else mask[:step.rows]
 
 
 def _add_scores(scores: dict[str, Any], outputs: dict[str, Any], batch_loss: Any, axes: dict[str, int],
@@ -342,9 +355,10 @@ def measure(original: Callable[..., Any], changed: Callable[..., Any], calibrati
     with torch.inference_mode(), passes._steps() as steps:
         for step in steps:
             rows, padded = step.rows, int(step.inputs[0].shape[0])
+            mask = _mask(step)
             with step.guard():
-                ys = outputs_of(step.binding.call(original, step.inputs, device), rows, padded)
-                ys2 = outputs_of(step.binding.call(changed, step.inputs, device), rows, padded)
+                ys = outputs_of(step.binding.call(original, step.inputs, device), rows, padded, mask)
+                ys2 = outputs_of(step.binding.call(changed, step.inputs, device), rows, padded, mask)
             if not ys:
                 raise AblationUnavailable("the model has no floating-point output")
             wanted = loss.targets(ys[0], step.start, rows)
