@@ -148,3 +148,20 @@ def test_tokens_flattened_to_rows_score_per_sample(method):
     for unit in site.units:
         assert unit.score == pytest.approx(oracle[unit.unit], rel=1e-4, abs=1e-9)
         _close(unit, change(model, x, "act", [unit.unit]))
+
+
+def test_torchscript_archive_goes_through_dispatch_with_the_scans_names(tmp_path):
+    import warnings
+
+    model, x = MLP(), mlp_data()
+    path = tmp_path / "mlp.ts"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(model, (torch.from_numpy(x[:2]),)), path)
+    report = reludoctor.scan(str(path), x, ablate=True, near_dead=NEAR, ablate_top=2, trust_model=True)
+    assert report.model.method == "dispatch" and report.ablation.method == "dispatch"
+    assert [s.site for s in report.ablation.sites] == [s.name for s in report.sites] == ["act1", "act2"]
+    act1 = report.ablation.sites[0]
+    _close(act1.joint, change(model, x, "act1", list(act1.candidates)))
+    for unit in act1.units:
+        _close(unit, change(model, x, "act1", [unit.unit]))
