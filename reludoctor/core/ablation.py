@@ -62,7 +62,7 @@ class Ablator(Protocol):
         """Zero ``units`` of ``site`` in the following forward passes (None: zero nothing)."""
 
     def record(self, on: bool) -> None:
-        """Keep each site's activation output of the following forward passes (``outputs``)."""
+        """Keep each site's activation output of the following forward passes (``take_outputs``)."""
 
     def take_outputs(self) -> dict[str, Any]:
         """Site name -> its activation output in the last recorded forward pass; forgotten after."""
@@ -186,9 +186,12 @@ def compute(make_ablator: Callable[[dict[str, int]], Ablator], calibration: Any,
         return Ablation(True, method=ablator.method, sites=tuple(SiteAblation(s.name, (), None, ()) for s in chosen),
                         note="no site has dormant or near-dead units that are alive: nothing to ablate", **section)
     run = _Passes(ablator, calibration, batch_size, fixed_batch, device, _Loss(load_labels(labels)))
-    joint, scores, baseline_loss, samples = run.joint(targets, {s.name: s.unit_axis for s in chosen}, warn)
-    ranked = {name: _top(units, scores[name], top) for name, units in targets.items()}
-    singles = run.singles(ranked)
+    try:
+        joint, scores, baseline_loss, samples = run.joint(targets, {s.name: s.unit_axis for s in chosen}, warn)
+        ranked = {name: _top(units, scores[name], top) for name, units in targets.items()}
+        singles = run.singles(ranked)
+    except AblationUnavailable as exc:  # found while running (no floating-point output, ...)
+        return Ablation(False, method=ablator.method, note=str(exc), **section)
     sites = []
     for site in chosen:
         if site.name not in targets:

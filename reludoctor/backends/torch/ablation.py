@@ -49,12 +49,11 @@ class _State:
         name = key if isinstance(key, str) else key[0]
         if name != self.site or not self.units or not hasattr(y, "ndim"):
             return y
-        if self.index is None or self.index.device != y.device:
-            self.index = torch.tensor(self.units, dtype=torch.long, device=y.device)
-        axis = 0 if y.ndim == 1 else resolve_unit_axis(y.ndim, self.axes.get(name, 1))
         if y.ndim == 1:  # [N]: one unit; zeroing it zeroes the whole activation
             return y.zero_()
-        return y.index_fill_(axis, self.index, 0.0)
+        if self.index is None or self.index.device != y.device:
+            self.index = torch.tensor(self.units, dtype=torch.long, device=y.device)
+        return y.index_fill_(resolve_unit_axis(y.ndim, self.axes.get(name, 1)), self.index, 0.0)
 
 
 class GraphAblator:
