@@ -262,7 +262,7 @@ class _Passes:
                     scores = {name: None for name in targets}
                     warn("--ablate: no first-order scores (the backward pass failed); the top-k are the "
                          "lowest-numbered candidates")
-                baseline_loss += float(batch_loss.detach())
+                baseline_loss = baseline_loss + batch_loss.detach().double()  # read back once, at the end
                 samples += rows
                 del output, first, batch_loss
                 with torch.inference_mode():
@@ -271,7 +271,7 @@ class _Passes:
                         ablated = outputs_of(self._call(step), rows, padded, mask)
                         joint[name].add(ys, ablated, rows, loss(ablated[0], wanted).double())
                     ablator.select(None, ())
-        return joint, scores, baseline_loss, samples
+        return joint, scores, float(baseline_loss), samples
 
     def singles(self, ranked: dict[str, tuple[int, ...]]) -> dict[tuple[str, int], Change]:
         """Per batch: the baseline, then each ranked unit zeroed alone."""

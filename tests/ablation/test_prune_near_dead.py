@@ -129,3 +129,20 @@ def test_python_api_dry_run_plans_without_writing(planted):
                   max_output_change=0.01, dry_run=True)
     planned = {s.site: s.targets for s in summary.sites}
     assert planned["act1"] == (2, 3, 4) and summary.output is None
+
+
+def test_onnx_models_are_refused_in_one_line(cli, planted, tmp_path):
+    import warnings
+
+    pytest.importorskip("onnxruntime")
+    model, x, root = planted
+    path = tmp_path / "mlp.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.from_numpy(x[:2]),), str(path), dynamo=False, input_names=["x"],
+                          dynamic_axes={"x": {0: "n"}})
+    out = tmp_path / "out.onnx"
+    result = cli(path, "-d", root / "x.npy", "-o", out, "--prune-near-dead", "--max-output-change", "0.01")
+    assert result.exit_code == 2, result.output
+    assert "not supported for onnx models" in result.output and "Traceback" not in result.output
+    assert not out.exists()
