@@ -16,8 +16,9 @@ rows only, over all the calibration data):
 
 First-order score of unit u (the Taylor estimate of zeroing it, one autograd pass):
 score_u = (1/N) sum_n |sum_p a_{n,p,u} * dL_n/da_{n,p,u}|, a the activation output, p the
-positions. Cost per batch: one forward and backward (scores, baseline), one forward per site
-(joint), then one forward (baseline) and k per site (singles): 2 + sum_sites (1 + k) forwards.
+positions. Cost per batch: one forward (baseline; with a backward for the scores when k > 0),
+one per site (joint), then, when k > 0, one more baseline and min(k, candidates) per site
+(singles): 1 + S + [k > 0] (1 + sum_sites min(k, candidates)) forwards for S sites.
 
 How units are zeroed is the backend's (``Backend.ablator``, ``backends.torch.ablation``); here:
 the candidates, the passes, the metrics and the report section.
@@ -74,8 +75,9 @@ def candidates(site: SiteStats) -> tuple[int, ...]:
 
 
 def forwards_per_batch(targets: dict[str, tuple[int, ...]], top: int) -> int:
-    """2 + sum over sites of (1 + min(k, candidates)): the cost per batch, backward not counted."""
-    return 2 + sum(1 + min(top, len(units)) for units in targets.values())
+    """The forward passes per batch (the backward of the scores, when k > 0, not counted)."""
+    singles = sum(min(top, len(units)) for units in targets.values())
+    return 1 + len(targets) + (1 + singles if singles else 0)
 
 
 def _real(tensor: Any, rows: int, padded: int, mask: Any) -> Any:
@@ -187,7 +189,8 @@ def compute(make_ablator: Callable[[dict[str, int]], Ablator], calibration: Any,
                         note="no site has dormant or near-dead units that are alive: nothing to ablate", **section)
     run = _Passes(ablator, calibration, batch_size, fixed_batch, device, _Loss(load_labels(labels)))
     try:
-        joint, scores, baseline_loss, samples = run.joint(targets, {s.name: s.unit_axis for s in chosen}, warn)
+        axes = {s.name: s.unit_axis for s in chosen} if top > 0 else None  # no singles: no scores
+        joint, scores, baseline_loss, samples = run.joint(targets, axes, warn)
         ranked = {name: _top(units, scores[name], top) for name, units in targets.items()}
         singles = run.singles(ranked)
     except AblationUnavailable as exc:  # found while running (no floating-point output, ...)
@@ -229,26 +232,28 @@ class _Passes:
         with step.guard():
             return step.binding.call(self.ablator.forward, step.inputs, self.device)
 
-    def joint(self, targets: dict[str, tuple[int, ...]], axes: dict[str, int], warn: Callable[[str], None],
+    def joint(self, targets: dict[str, tuple[int, ...]], axes: dict[str, int] | None, warn: Callable[[str], None],
               ) -> tuple[dict[str, Change], dict[str, Any], float, int]:
-        """Per batch: the baseline with autograd (outputs, scores), then each site's candidates
-        zeroed together. Returns (joint changes, per-unit score sums, baseline loss, samples)."""
+        """Per batch: the baseline, with autograd for the scores (``axes``: the sites' unit axes;
+        None: no scores), then each site's candidates zeroed together. Returns (joint changes,
+        per-unit score sums, baseline loss, samples)."""
         import torch
 
         ablator, loss = self.ablator, self.loss
         joint = {name: Change() for name in targets}
         scores: dict[str, Any] = {name: None for name in targets}
         baseline_loss, samples = 0.0, 0
-        scoring = True  # until a backward pass fails: then no unit has a score
+        scoring = axes is not None  # until a backward pass fails: then no unit has a score
         with torch.inference_mode(False), self._steps() as steps:
             for step in steps:
                 rows, padded = step.rows, int(step.inputs[0].shape[0])
                 # inputs that require grad: the scores reach sites before any parameter too
-                step.inputs = tuple(t.detach().clone().requires_grad_() if t.is_floating_point() else t
-                                    for t in step.inputs)
+                if scoring:
+                    step.inputs = tuple(t.detach().clone().requires_grad_() if t.is_floating_point() else t
+                                        for t in step.inputs)
                 ablator.select(None, ())
-                ablator.record(True)
-                with torch.enable_grad():
+                ablator.record(scoring)
+                with torch.enable_grad() if scoring else torch.inference_mode():
                     output = self._call(step)
                 ablator.record(False)
                 mask = _mask(step)

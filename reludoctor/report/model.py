@@ -388,7 +388,7 @@ class Ablation:
 
     computed: bool
     top_k: int
-    forwards_per_batch: int  # 2 + sum over ablated sites of (1 + min(k, candidates))
+    forwards_per_batch: int  # 1 + S + (1 + sum over the S sites of min(k, candidates)) when k > 0
     method: str | None = None  # export | dispatch
     loss: str | None = None  # the loss of loss_change (core/gradients.py)
     samples: int = 0

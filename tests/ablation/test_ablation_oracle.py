@@ -48,8 +48,8 @@ def test_joint_and_single_changes_match_the_oracle(make, data, batch, method):
             checked += 1
     assert checked >= 2
     assert ablation.sites_ablated == sum(1 for s in ablation.sites if s.candidates)
-    assert ablation.forwards_per_batch == 2 + sum(1 + min(3, len(s.candidates)) for s in ablation.sites
-                                                  if s.candidates)
+    ablated = [s for s in ablation.sites if s.candidates]
+    assert ablation.forwards_per_batch == 2 + len(ablated) + sum(min(3, len(s.candidates)) for s in ablated)
 
 
 def test_planted_units_are_the_candidates():
@@ -76,7 +76,9 @@ def test_top_zero_and_site_patterns():
     ablation = report.ablation
     assert [s.site for s in ablation.sites] == ["act2"]
     assert ablation.sites[0].units == () and ablation.sites[0].joint is not None
-    assert ablation.forwards_per_batch == 3
+    assert ablation.forwards_per_batch == 2  # the baseline and act2's joint: no second pass
+    assert ablation.sites[0].joint == reludoctor.scan(CNN(), cnn_data(), ablate=True, near_dead=NEAR,
+                                                     ablate_top=2).ablation.sites[1].joint
 
 
 def test_fixed_batch_program_counts_only_real_rows(tmp_path):
