@@ -185,8 +185,11 @@ def compute(make_ablator: Callable[[dict[str, int]], Ablator], calibration: Any,
     except AblationUnavailable as exc:
         return Ablation(False, note=str(exc), **section)
     if not targets:
+        note = "no site has dormant or near-dead units that are alive: nothing to ablate" if chosen else \
+            f"--ablate-sites {', '.join(patterns)} matches no site (sites: {', '.join(s.name for s in stats[:6])}" \
+            f"{', ...' if len(stats) > 6 else ''})"
         return Ablation(True, method=ablator.method, sites=tuple(SiteAblation(s.name, (), None, ()) for s in chosen),
-                        note="no site has dormant or near-dead units that are alive: nothing to ablate", **section)
+                        note=note, **section)
     run = _Passes(ablator, calibration, batch_size, fixed_batch, device, _Loss(load_labels(labels)))
     try:
         axes = {s.name: s.unit_axis for s in chosen} if top > 0 else None  # no singles: no scores

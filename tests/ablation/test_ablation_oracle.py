@@ -81,6 +81,12 @@ def test_top_zero_and_site_patterns():
                                                      ablate_top=2).ablation.sites[1].joint
 
 
+def test_site_patterns_that_match_nothing_say_so():
+    report = reludoctor.scan(CNN(), cnn_data(), ablate=True, near_dead=NEAR, ablate_sites=["layer9.*"])
+    assert report.ablation.sites == () and "--ablate-sites layer9.* matches no site (sites: act1, act2)" \
+        in report.ablation.note
+
+
 def test_fixed_batch_program_counts_only_real_rows(tmp_path):
     model, x = CNN(), cnn_data(19)  # batches of 8: the last one padded with 5 copies
     program = torch.export.export(model, (torch.from_numpy(x[:8]),))
