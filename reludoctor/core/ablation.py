@@ -75,7 +75,10 @@ def candidates(site: SiteStats) -> tuple[int, ...]:
 
 
 def forwards_per_batch(targets: dict[str, tuple[int, ...]], top: int) -> int:
-    """The forward passes per batch (the backward of the scores, when k > 0, not counted)."""
+    """The forward passes per batch (the backward of the scores, when k > 0, not counted); 0 when
+    no site has candidates (nothing runs)."""
+    if not targets:
+        return 0
     singles = sum(min(top, len(units)) for units in targets.values())
     return 1 + len(targets) + (1 + singles if singles else 0)
 
@@ -182,8 +185,8 @@ def compute(make_ablator: Callable[[dict[str, int]], Ablator], calibration: Any,
     section = dict(top_k=top, forwards_per_batch=forwards_per_batch(targets, top))
     try:
         ablator = make_ablator({s.name: s.unit_axis for s in chosen})
-    except AblationUnavailable as exc:
-        return Ablation(False, note=str(exc), **section)
+    except AblationUnavailable as exc:  # nothing runs
+        return Ablation(False, top_k=top, forwards_per_batch=0, note=str(exc))
     if not targets:
         note = "no site has dormant or near-dead units that are alive: nothing to ablate" if chosen else \
             f"--ablate-sites {', '.join(patterns)} matches no site (sites: {', '.join(s.name for s in stats[:6])}" \
