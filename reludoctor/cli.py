@@ -346,10 +346,13 @@ def scan(
     unsafe_pickle: bool = UNSAFE_PICKLE_OPTION,
     imports: Optional[list[str]] = IMPORT_OPTION,
     gradients: bool = typer.Option(False, "--gradients/--no-gradients", help="Also measure gradient flow per site (a backward pass over the calibration data; ONNX models through onnx2torch)."),
-    labels: Optional[str] = typer.Option(None, "--labels", metavar="FILE", help="Class labels (.npy of ints, one per sample) for the gradient pass's cross-entropy; default: the model's own argmax."),
+    labels: Optional[str] = typer.Option(None, "--labels", metavar="FILE", help="Class labels (.npy of ints, one per sample) for the cross-entropy of the gradient pass and --ablate; default: the model's own argmax."),
     definitions: bool = typer.Option(False, "--definitions", help="Also report, per site, the units each definition from the literature flags, side by side: ReDo tau-dormant, Dohare et al. (active on < 1% of positions), APoZ, and with --gradients GraMa (docs/diagnosis.md)."),
     apoz_threshold: float = typer.Option(DEFAULTS.apoz_threshold, "--apoz-threshold", help="--definitions: units whose average percentage of zeros (APoZ) is above this, in [0, 1), are flagged."),
     grama_tau: float = typer.Option(DEFAULTS.grama_tau, "--grama-tau", help="--definitions --gradients: units whose GraMa score (mean |gradient| over the layer's mean) is <= this are flagged."),
+    ablate: bool = typer.Option(False, "--ablate", help="Measure, on the calibration data, what zeroing each site's dormant and near-dead units changes (loss, outputs, argmax), together and, for the top candidates by a first-order score, one at a time: about 2 + sites x (1 + k) forward passes per batch (docs/diagnosis.md)."),
+    ablate_top: int = typer.Option(DEFAULTS.ablate_top, "--ablate-top", metavar="K", help="--ablate: candidates per site also zeroed one at a time (the top K by |activation x gradient|); 0: only together."),
+    ablate_sites: Optional[list[str]] = typer.Option(None, "--ablate-sites", metavar="GLOB", help="--ablate: only sites whose name matches GLOB. Repeatable. Default: all."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print, on stderr, the ReLU-like ops that are not activations (box clipping, clamps of integers) and why, and where the time went (loading, export, instrumentation, session build, the data pass)."),
     export_activations: Optional[str] = typer.Option(None, "--export-activations", metavar="DIR", help="Language models: write each transformer block's FFN activation counts to DIR in PowerInfer's layout (activation_{i}.pt, int64 [neurons]) with an index reludoctor-activations.json. DIR is created."),
@@ -621,6 +624,8 @@ def fix_command(
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Calibration data (required): the scan runs on it and the fixed model is verified on it."),
     out: Optional[str] = typer.Option(None, "--output", "-o", metavar="OUT", help="The fixed model: .pt2 (torch.export), .pt (state_dict, --reinit of an --arch model) or .onnx."),
     prune_dead: bool = typer.Option(False, "--prune-dead", help="Remove dead units from their Conv/Linear (+BatchNorm) and the consumers' inputs (lossless on the data, verified)."),
+    prune_near_dead: bool = typer.Option(False, "--prune-near-dead", help="Also remove the near-dead and tau-dormant units of each site whose measured removal (scan --ablate) keeps the output change within --max-output-change; the written model's change is measured again (docs/fix.md)."),
+    max_output_change: Optional[float] = typer.Option(None, "--max-output-change", metavar="EPS", help="--prune-near-dead: the largest relative L2 change of the outputs on the calibration data, ||y' - y|| / ||y||, allowed (> 0)."),
     leaky: Optional[float] = typer.Option(None, "--leaky", metavar="ALPHA", help="Replace ReLU sites with LeakyReLU(ALPHA), 0 < ALPHA < 1 (not lossless: the change is measured)."),
     reinit: bool = typer.Option(False, "--reinit", help="ReDo: dead and tau-dormant units get Kaiming-normal incoming and zero outgoing weights."),
     sites: Optional[list[str]] = typer.Option(None, "--sites", metavar="GLOB", help="Only sites whose name matches GLOB (e.g. 'layer4.*'). Repeatable. Default: all."),
@@ -657,10 +662,11 @@ def _fix(model: str, data: Optional[str], out: Optional[str], summary: Optional[
 
     leaky, dry_run = params["leaky"], params["dry_run"]
     chosen = [name for name, on in (("--prune-dead", params["prune_dead"]), ("--leaky", leaky is not None),
-                                    ("--reinit", params["reinit"])) if on]
+                                    ("--reinit", params["reinit"]),
+                                    ("--prune-near-dead", params["prune_near_dead"])) if on]
     if len(chosen) != 1:
         raise UsageError("choose exactly one strategy" + (f", not {' and '.join(chosen)}" if chosen else ""),
-                         "--prune-dead, --leaky ALPHA or --reinit")
+                         "--prune-dead, --prune-near-dead, --leaky ALPHA or --reinit")
     if not data:
         raise UsageError("--data is required", "the fix is planned and verified on calibration data")
     if out is None and not dry_run:
@@ -678,7 +684,7 @@ def _fix(model: str, data: Optional[str], out: Optional[str], summary: Optional[
         if hit is not None:
             raise UsageError(f"--summary {summary} would overwrite an input file ({hit})", "choose another path")
         check_destination(target, [], force=True, option="--summary")
-    strategy = {"--prune-dead": "prune-dead", "--leaky": "leaky", "--reinit": "reinit"}[chosen[0]]
+    strategy = chosen[0].lstrip("-")  # the flag is the strategy's name
     err = _stderr()
     warn = _warner(err)
 

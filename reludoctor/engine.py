@@ -87,6 +87,13 @@ def scan(model: Any, data: Any = None, options: ScanOptions | None = None, *,
     from the literature side by side (ReDo tau-dormant, Dohare et al.'s rarely active, APoZ above
     ``apoz_threshold``, and with ``gradients=True`` GraMa at ``grama_tau``): docs/diagnosis.md.
 
+    ``ablate=True`` measures, on the calibration data, what zeroing each site's dormant and
+    near-dead units (alive) changes: the loss, the outputs (relative L2, max abs) and the argmax,
+    all of a site's together and the ``ablate_top`` (default 5) with the largest first-order
+    score one at a time (``Report.ablation``; ``ablate_sites``: glob patterns on site names; the
+    loss is the gradient pass's, ``labels`` included). PyTorch models only: ONNX gets a note.
+    Formulas and cost: docs/diagnosis.md.
+
     ``input_range`` ("0,1", "imagenet", or (low, high) with numbers or per-channel sequences):
     the domain of the model's one floating-point input, in the units the model sees; dead units
     whose pre-activation cannot exceed the activation's lower bound anywhere in it are listed as
@@ -133,6 +140,9 @@ def scan(model: Any, data: Any = None, options: ScanOptions | None = None, *,
             if options.gradients:
                 raise UsageError("--gradients is not supported in a multi-process scan (torchrun)",
                                  "run the gradient pass in a single process")
+            if options.ablate:
+                raise UsageError("--ablate is not supported in a multi-process scan (torchrun)",
+                                 "run the ablation in a single process")
             target = world.device
             calibration = world.shard(calibration, batch_size)
         run = ScanRun(options, target, batch_size, autocast, BatchContext(), progress, warn)
@@ -156,6 +166,10 @@ def scan(model: Any, data: Any = None, options: ScanOptions | None = None, *,
                     stats, apoz_threshold=options.apoz_threshold, grama_tau=options.grama_tau,
                     dormant_tau=options.dormant_tau, gradients_requested=options.gradients,
                     gradients=gradient_info)
+            ablation = None
+            if options.ablate:
+                with phase("ablate"):
+                    ablation = _ablation(backend, loaded, observation, calibration, stats, run, labels)
             certification = None
             if box is not None:
                 with phase("certify"):
@@ -184,6 +198,7 @@ def scan(model: Any, data: Any = None, options: ScanOptions | None = None, *,
         profile=profile.build(stats, observation.samples),
         certification=certification,
         definitions=definition_counts,
+        ablation=ablation,
     )
 
 
@@ -288,6 +303,18 @@ def _gradients(backend: Backend, loaded: LoadedModel, observation: Observation, 
         device=run.device, batch_size=run.batch_size, fixed_batch=loaded.fixed_batch, labels=labels,
         limit=run.options.limit, evidence=evidence, warn=run.warn, unit_gradients=run.options.definitions)
     return info, [replace(site, gradient=per_site.get(site.name)) for site in stats]
+
+
+def _ablation(backend: Backend, loaded: LoadedModel, observation: Observation, calibration: Any,
+              stats: list, run: ScanRun, labels: Any) -> Any:
+    """The measured cost of zeroing each site's dormant and near-dead units (core/ablation.py)."""
+    from reludoctor.core import ablation
+
+    options = run.options
+    return ablation.compute(lambda axes: backend.ablator(loaded, observation, axes, run), calibration, stats,
+                            device=run.device, batch_size=run.batch_size, fixed_batch=loaded.fixed_batch,
+                            labels=labels, top=options.ablate_top, patterns=tuple(options.ablate_sites or ()),
+                            warn=run.warn)
 
 
 def _sampled_labels(labels: Any, indices: Any) -> Any:

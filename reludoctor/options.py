@@ -115,6 +115,10 @@ class ScanOptions(_Settings):
     definitions: bool = False
     apoz_threshold: float = 0.9  # APoZ above this flags a unit (NNI prunes the highest APoZ first)
     grama_tau: float = 0.025  # GraMa score <= tau flags a unit; the same default as --dormant-tau
+    # measured ablation (core/ablation.py): zero each site's dormant and near-dead units
+    ablate: bool = False
+    ablate_top: int = 5  # k: candidates per site also zeroed one at a time, the top by first-order score
+    ablate_sites: Any = ()  # glob patterns on site names; empty: every site
     # data
     sample: int | None = None
     seed: int = 0
@@ -152,8 +156,13 @@ class ScanOptions(_Settings):
                              "write it like 2GiB, 500MB or 800000000 (bytes)")
         self.method = choice(Method, self.method, "--method")
         self.dtype = choice(DType, self.dtype, "--dtype")
-        if self.labels is not None and not self.gradients:
-            raise UsageError("--labels is only used by the gradient pass (--gradients)", "add --gradients")
+        if self.labels is not None and not (self.gradients or self.ablate):
+            raise UsageError("--labels is only used by the gradient pass (--gradients) and --ablate",
+                             "add --gradients")
+        if self.ablate_top < 0:
+            raise UsageError(f"--ablate-top {self.ablate_top} must be at least 0")
+        if self.ablate_sites and not self.ablate:
+            raise UsageError("--ablate-sites is for --ablate", "add --ablate")
         return self
 
 
@@ -180,4 +189,6 @@ class FixOptions(_Settings):
     # --prune-dead --certified-only: prune only units proven dead on input_range (ScanOptions.input_range)
     input_range: Any = None
     certified_only: bool = False
+    # --prune-near-dead: the largest measured output change (core/ablation.py, relative L2) allowed
+    max_output_change: float | None = None
 

@@ -472,6 +472,10 @@ def _fields(cls) -> set[str]:  # noqa: ANN001
     ("$defs/profile", report_module.ActivationProfile),
     ("$defs/layer_profile", report_module.LayerProfile),
     ("$defs/hot_set", report_module.HotSet),
+    ("$defs/ablation", report_module.Ablation),
+    ("$defs/ablation_change", report_module.AblationChange),
+    ("$defs/site_ablation", report_module.SiteAblation),
+    ("$defs/site_ablation/properties/units/items", report_module.AblatedUnit),
 ])
 def test_schema_requires_exactly_the_report_fields(pointer, cls):
     """The schema and report.py stay in step: every field is described and required (a v1

@@ -130,6 +130,13 @@ class Backend(ABC):
 
         return SiteBounds(note=f"certification needs the torch.export graph; not supported for {self.name} models")
 
+    def ablator(self, loaded: LoadedModel, observation: Observation, axes: dict[str, int], run: ScanRun) -> Any:
+        """A ``core.ablation.Ablator``: the model with each site's units zeroed on request
+        (``axes``: site name -> unit axis). Default: a format that cannot zero units says so."""
+        from reludoctor.core.ablation import AblationUnavailable
+
+        raise AblationUnavailable(f"ablation needs a PyTorch model; not supported for {self.name} models")
+
     def suggestion(self, finding: Any, context: Any) -> Any:
         """A finding's suggestion in this format's vocabulary (default: unchanged)."""
         return finding

@@ -20,10 +20,13 @@ class Strategy(str, Enum):
     PRUNE_DEAD = "prune-dead"
     LEAKY = "leaky"
     REINIT = "reinit"
+    PRUNE_NEAR_DEAD = "prune-near-dead"  # dead units plus the near-dead ones whose measured removal fits
 
     def __str__(self) -> str:
         return self.value
 
+
+PRUNING = (Strategy.PRUNE_DEAD, Strategy.PRUNE_NEAR_DEAD)
 
 # Activations --leaky can replace: unbounded, rectifying at 0 (ReLU6/hardtanh/clip keep their cap).
 LEAKY_OPS = activations.ops_where("leaky_form")
@@ -67,8 +70,24 @@ def _targets(site: SiteStats, strategy: Strategy, certified_only: bool) -> tuple
     return tuple(sorted(set(site.dead_units) | set(site.dormant_units)))  # reinit: ReDo's set
 
 
+def _near_dead(site: SiteStats, report: Report, limit: float | None) -> tuple[tuple[int, ...], str | None]:
+    """--prune-near-dead: the dead units plus the ablation candidates (alive dormant or near-dead
+    units) when zeroing those together changed the outputs by at most ``limit``; and a remark."""
+    measured = {a.site: a for a in report.ablation.sites} if report.ablation is not None else {}
+    found = measured.get(site.name)
+    dead = tuple(site.dead_units)
+    if found is None or found.joint is None:
+        return dead, None
+    change = found.joint.output_change
+    if limit is not None and change <= limit:
+        return tuple(sorted(set(dead) | set(found.candidates))), (
+            f"{len(found.candidates)} near-dead unit(s) with measured output change {change:.3g} <= {limit:g}")
+    return dead, (f"{len(found.candidates)} near-dead unit(s) kept: zeroing them changes the outputs "
+                  f"by {change:.3g} > {limit:g}")
+
+
 def plan(report: Report, strategy: Strategy, patterns: Sequence[str] = (),
-         certified_only: bool = False) -> list[SiteFix]:
+         certified_only: bool = False, max_output_change: float | None = None) -> list[SiteFix]:
     """One SiteFix per scanned site selected by ``patterns`` (globs on site names; all when
     empty): the units to act on, or a skip with its reason. Sites not selected are left out.
     ``certified_only``: prune only the certified dead units (a report of a scan with an input
@@ -89,23 +108,29 @@ def plan(report: Report, strategy: Strategy, patterns: Sequence[str] = (),
         if certified_only and site.certified_dead_units is None:
             out.append(entry.skipped(uncertified.get(site.name, "not certifiable")))
             continue
-        targets = _targets(site, strategy, certified_only)
+        remark = None
+        if strategy is Strategy.PRUNE_NEAR_DEAD:
+            targets, remark = _near_dead(site, report, max_output_change)
+        else:
+            targets = _targets(site, strategy, certified_only)
         if not targets:
             nothing = "no certified dead units" if certified_only else "no dead units"
-            out.append(replace(entry, action="unchanged", reason=nothing if strategy is
-                               Strategy.PRUNE_DEAD else "no dead or dormant units",
-                               units_after=site.units))
+            if strategy is Strategy.PRUNE_NEAR_DEAD:
+                nothing = "no dead units" + (f"; {remark}" if remark else "")
+            out.append(replace(entry, action="unchanged", reason=nothing if strategy in PRUNING
+                               else "no dead or dormant units", units_after=site.units))
             continue
-        entry = replace(entry, targets=targets)
-        if strategy is Strategy.PRUNE_DEAD and len(targets) == site.units:
-            out.append(entry.skipped(f"all {site.units} units are dead: the whole layer is "
+        entry = replace(entry, targets=targets, reason=remark)
+        if strategy in PRUNING and len(targets) == site.units:
+            which = "dead or near-dead" if strategy is Strategy.PRUNE_NEAR_DEAD else "dead"
+            out.append(entry.skipped(f"all {site.units} units are {which}: the whole layer is "
                                      "inert; remove it from the architecture instead"))
             continue
-        if strategy is Strategy.PRUNE_DEAD and not _prunable(site.op):
+        if strategy in PRUNING and not _prunable(site.op):
             out.append(entry.skipped(f"{site.op}: a dead unit's output is not a constant (its "
                                      "negative slope passes the input), so it cannot be removed"))
             continue
-        if strategy is Strategy.PRUNE_DEAD and site.lower_bound != 0.0:
+        if strategy in PRUNING and site.lower_bound != 0.0:
             out.append(entry.skipped(f"{site.op} with lower bound {site.lower_bound}: a dead "
                                      "unit's output is not 0"))
             continue

@@ -37,13 +37,17 @@ class Request:
     dry_run: bool
     dead: dict  # site -> set of dead unit indices (from the scan)
     warn: Callable[[str], None]
+    # --prune-near-dead: the limit, and per site the scan's measured joint output change
+    max_output_change: float | None = None
+    measured: dict = field(default_factory=dict)
 
 
 def lossless_expected(strategy: Any, sites: list[SiteFix], dead: dict) -> bool:
-    """prune: always; reinit: when every re-initialised unit was dead; leaky: never."""
+    """prune-dead: always; reinit, prune-near-dead: when every unit changed was dead; leaky: never."""
     value = getattr(strategy, "value", strategy)
     if value == "prune-dead":
         return True
-    if value == "reinit":
-        return all(set(s.targets) <= dead.get(s.site, set()) for s in sites if s.action == "reinit")
+    if value in ("reinit", "prune-near-dead"):  # equal outputs only when every unit changed was dead
+        done = "reinit" if value == "reinit" else "pruned"
+        return all(set(s.targets) <= dead.get(s.site, set()) for s in sites if s.action == done)
     return False

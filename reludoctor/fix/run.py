@@ -1,6 +1,8 @@
 """``fix()``: turn a scan's diagnosis into a repaired model file plus a summary of what changed.
 
 Strategies (exactly one): ``prune-dead`` (remove dead units, lossless on the calibration data),
+``prune-near-dead`` (also the near-dead units whose measured removal, ``core/ablation.py``, keeps
+the output change within ``max_output_change``),
 ``leaky`` (ReLU -> LeakyReLU(alpha), not lossless), ``reinit`` (ReDo: dead and tau-dormant units get
 fresh incoming weights and zero outgoing weights). Pipeline::
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -104,9 +106,10 @@ def _version() -> str:
     return __version__
 
 
-def check_options(strategy: Strategy | str | None, alpha: float | None) -> Strategy:
+def check_options(strategy: Strategy | str | None, alpha: float | None,
+                  max_output_change: float | None = None) -> Strategy:
     if strategy is None:
-        raise UsageError("choose a strategy", "--prune-dead, --leaky ALPHA or --reinit")
+        raise UsageError("choose a strategy", "--prune-dead, --prune-near-dead, --leaky ALPHA or --reinit")
     try:
         chosen = Strategy(strategy)
     except ValueError:
@@ -117,6 +120,15 @@ def check_options(strategy: Strategy | str | None, alpha: float | None) -> Strat
             raise UsageError(f"--leaky {alpha}: the negative slope must be in (0, 1)", "e.g. --leaky 0.01")
     elif alpha is not None:
         raise UsageError("alpha is only for the leaky strategy")
+    if chosen is Strategy.PRUNE_NEAR_DEAD:
+        if max_output_change is None:
+            raise UsageError("--prune-near-dead needs --max-output-change EPS",
+                             "the largest relative L2 change of the outputs allowed, e.g. 0.01")
+        if not (math.isfinite(max_output_change) and max_output_change > 0):
+            raise UsageError(f"--max-output-change {max_output_change} must be a finite number > 0",
+                             "e.g. --max-output-change 0.01")
+    elif max_output_change is not None:
+        raise UsageError("--max-output-change is only for --prune-near-dead")
     return chosen
 
 
@@ -151,7 +163,7 @@ def fix(model: Any, data: Any, out: str | Path | None = None, options: FixOption
     from reludoctor.fix.plan import plan, selected_nothing
 
     options = FixOptions.merged(options, settings, "fix")
-    chosen = check_options(options.strategy, options.alpha)
+    chosen = check_options(options.strategy, options.alpha, options.max_output_change)
     if data is None:
         raise UsageError("reludoctor fix needs calibration data (--data)",
                          "the fix is verified on it; synthetic inputs prove nothing")
@@ -185,18 +197,25 @@ def fix(model: Any, data: Any, out: str | Path | None = None, options: FixOption
     scan_options = ScanOptions(batch_size=options.batch_size, device=options.device, limit=options.limit,
                                dormant_tau=options.dormant_tau, method=backend.fix_scan_method,
                                input_range=options.input_range)
-    report = scan(scan_target, data, scan_options, on_warning=warn)
+    near_dead = chosen is Strategy.PRUNE_NEAR_DEAD
+    # --prune-near-dead: the joint ablation of each site decides (no single-unit passes needed)
+    report = scan(scan_target, data, replace(scan_options, ablate=True, ablate_top=0, ablate_sites=sites)
+                  if near_dead else scan_options, on_warning=warn)
+    if near_dead and not report.ablation.computed:
+        raise UsageError(f"--prune-near-dead: {report.ablation.note}", "use --prune-dead")
     if selected_nothing(report, sites):
         raise UsageError(f"--sites {', '.join(sites)} matches no site",
                          f"sites are: {', '.join(s.name for s in report.sites[:8])}"
                          f"{', ...' if len(report.sites) > 8 else ''}")
-    entries = plan(report, chosen, sites, certified_only=options.certified_only)
+    entries = plan(report, chosen, sites, certified_only=options.certified_only,
+                   max_output_change=options.max_output_change)
 
     from reludoctor.fix.result import Request
 
     request = Request(chosen, options.alpha, options.seed, data, options.limit,
                       options.batch_size or DEFAULT_BATCH_SIZE, out_path, out_format, options.dry_run,
-                      {s.name: set(s.dead_units) for s in report.sites}, warn)
+                      {s.name: set(s.dead_units) for s in report.sites}, warn, options.max_output_change,
+                      _measured(report))
     result = fixer.run(loaded, work, entries, request)
     changed = [s for s in result.sites if s.action in ("pruned", "reinit")]
     rescanned = None
@@ -215,6 +234,13 @@ def fix(model: Any, data: Any, out: str | Path | None = None, options: FixOption
         verification=result.verification, rescan=rescanned, notes=tuple(notes),
         warnings=tuple(warnings),
     )
+
+
+def _measured(report: Any) -> dict[str, float]:
+    """Per site, the scan's measured output change of zeroing its candidates together."""
+    if report.ablation is None:
+        return {}
+    return {a.site: a.joint.output_change for a in report.ablation.sites if a.joint is not None}
 
 
 def _rescan(scan: Callable, fixed: Any, data: Any, options: ScanOptions, changed: list,
@@ -244,6 +270,10 @@ def _notes(chosen: Strategy, result: Any, changed: list, dry_run: bool, syntheti
             notes.append("some re-initialised units were dormant, not dead: their small outputs are "
                          f"dropped (outputs changed by max abs {v.max_abs_diff:.3g}, relative "
                          f"{v.max_rel_diff:.3g})")
+    if chosen is Strategy.PRUNE_NEAR_DEAD and v is not None and v.output_change is not None:
+        notes.append(f"not lossless: outputs changed by {v.output_change:.3g} (relative L2) <= "
+                     f"--max-output-change {v.max_output_change:g} on the calibration data"
+                     + (f", argmax flips {v.argmax_flips:.2%}" if v.argmax_flips is not None else ""))
     if not changed and chosen is not Strategy.LEAKY and not dry_run:
         notes.append("no unit was changed: the output computes the same function as the input")
     if chosen is Strategy.LEAKY and v is not None:

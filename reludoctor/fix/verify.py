@@ -30,9 +30,19 @@ class Verification:
     argmax_checked: bool  # the output looks like class scores [N, C>1]
     argmax_mismatches: int  # samples whose argmax changed (0 when not checked)
     lossless_expected: bool  # the strategy promises equal outputs (prune, reinit)
+    # --prune-near-dead only (the key is absent otherwise): the written model's change in the
+    # ablation metrics (core/ablation.py), and the --max-output-change it had to stay within
+    output_change: float | None = None
+    max_output_change: float | None = None
+    loss_change: float | None = None
+    argmax_flips: float | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if self.max_output_change is None:
+            for key in ("output_change", "max_output_change", "loss_change", "argmax_flips"):
+                del data[key]
+        return data
 
 
 def _flat(outputs: Any) -> list[np.ndarray]:
@@ -63,6 +73,20 @@ def verified(original: Runner, fixed: Runner, batches: Iterable[tuple], samples:
             f"> {verification.tolerance:g}); nothing was written",
             "exclude sites with --sites, and please report the model structure")
     return verification
+
+
+def within(verification: Verification, change: Any, limit: float) -> Verification:
+    """``verification`` with the measured ablation-metric ``change`` of the written model;
+    FixVerificationError (nothing is written) when its output change exceeds ``limit`` and the
+    outputs are not equal within float rounding (``verification.equal``: pruning dead units alone
+    changes the last bits)."""
+    if not (change.output_change <= limit or verification.equal):  # NaN fails too
+        raise FixVerificationError(
+            f"the fixed model's outputs changed by {change.output_change:.3g} (relative L2) on the "
+            f"calibration data, more than --max-output-change {limit:g}; nothing was written",
+            "raise --max-output-change, or exclude sites with --sites")
+    return replace(verification, output_change=change.output_change, max_output_change=limit,
+                   loss_change=change.loss_change, argmax_flips=change.argmax_flips)
 
 
 def compare(original: Runner, fixed: Runner, batches: Iterable[tuple], *,

@@ -20,6 +20,8 @@ NOT_REQUESTED = "not requested (scan with gradients=True, --gradients)"
 # with language-model FFN sites (Report.profile), a scan with definitions=True (Report.definitions,
 # SiteStats.definitions).
 CONDITIONAL_KEYS = frozenset({"certification", "certified_dead_units", "profile", "definitions"})
+# A scan with ablate=True (--ablate): Report.ablation, absent from the JSON otherwise.
+CONDITIONAL_KEYS = CONDITIONAL_KEYS | {"ablation"}
 
 
 @dataclass(frozen=True)
@@ -351,6 +353,52 @@ class ActivationProfile:
 
 
 @dataclass(frozen=True)
+class AblationChange:
+    """What zeroing a set of units changed on the calibration data (core/ablation.py: formulas)."""
+
+    loss_change: float  # (sum of ablated losses - sum of baseline losses) / samples
+    output_change: float  # ||y' - y||_2 / ||y||_2 over every output element (inf: ||y|| = 0)
+    max_abs_change: float  # max |y' - y|
+    argmax_flips: float | None  # fraction of samples whose argmax changed; None: not [N, C>1]
+
+
+@dataclass(frozen=True)
+class AblatedUnit:
+    """One candidate zeroed alone: its first-order score beside the measured change."""
+
+    unit: int
+    score: float | None  # mean over samples of |sum_positions a * dL/da|; None: no gradient reached it
+    loss_change: float
+    output_change: float
+    max_abs_change: float
+    argmax_flips: float | None
+
+
+@dataclass(frozen=True)
+class SiteAblation:
+    site: str
+    candidates: tuple[int, ...]  # dormant or near-dead units that are not dead (zeroed together)
+    joint: AblationChange | None  # None: no candidates at this site
+    units: tuple[AblatedUnit, ...]  # the top-k candidates by score, each zeroed alone
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """Measured ablation (``scan(ablate=True)``, ``--ablate``); ``note`` says why not computed."""
+
+    computed: bool
+    top_k: int
+    forwards_per_batch: int  # 1 + S + (1 + sum over the S sites of min(k, candidates)) when k > 0
+    method: str | None = None  # export | dispatch
+    loss: str | None = None  # the loss of loss_change (core/gradients.py)
+    samples: int = 0
+    sites_ablated: int = 0
+    metrics: dict[str, str] = field(default_factory=dict)  # each metric's formula
+    sites: tuple[SiteAblation, ...] = ()
+    note: str | None = None
+
+
+@dataclass(frozen=True)
 class Report:
     tool: dict[str, str]
     model: ModelInfo
@@ -373,6 +421,7 @@ class Report:
     profile: ActivationProfile | None = None
     certification: Certification | None = None  # with --input-range only (absent from the JSON otherwise)
     definitions: Definitions | None = None  # with --definitions only (absent from the JSON otherwise)
+    ablation: Ablation | None = None  # with --ablate only (absent from the JSON otherwise)
 
     def site(self, name: str) -> SiteStats:
         for site in self.sites:
@@ -392,6 +441,8 @@ class Report:
             del data["definitions"]
             for site in data["sites"]:
                 del site["definitions"]
+        if data["ablation"] is None:  # CONDITIONAL_KEYS
+            del data["ablation"]
         for site in data["sites"]:  # per-unit gradients live on in definitions.grama only
             if site["gradient"] is not None:
                 del site["gradient"]["unit_abs_output"]

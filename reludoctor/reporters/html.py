@@ -113,6 +113,7 @@ def render(report: Report, options: RenderOptions | None = None) -> str:
         parts.append(figure(figure_id, caption, svg))
     parts += _site_table(report)
     parts += _definitions(report)
+    parts += _ablation(report)
     if report.baseline is not None:
         parts += _baseline(report)
     if report.gates is not None and report.gates.failures:
@@ -298,6 +299,27 @@ def _definitions(report: Report) -> list[str]:
                + "</tr>")
     out += ["</tbody></table></div>"]
     out.append(f"<p>{esc(found.legend)}</p>")
+    return out
+
+
+def _ablation(report: Report) -> list[str]:
+    """--ablate: the measured cost of zeroing each site's dormant and near-dead units."""
+    from reludoctor.reporters.ablation_view import SITE_HEADERS, UNIT_HEADERS, ablation_view
+
+    view = ablation_view(report)
+    if view is None:
+        return []
+    out = ['<h2 id="ablation">Measured ablation</h2>', f"<p>{esc(view.headline)}</p>"]
+    for headers, rows in ((SITE_HEADERS, view.sites), (UNIT_HEADERS, view.units)):
+        if not rows:
+            continue
+        out += ['<div class="scroll"><table>', "<thead><tr><th>site</th>"
+                + "".join(f'<th class="n">{esc(h)}</th>' for h in headers[1:]) + "</tr></thead>", "<tbody>"]
+        out += [f'<tr><td class="name">{esc(row[0])}</td>' + "".join(f'<td class="n">{esc(c)}</td>' for c in row[1:])
+                + "</tr>" for row in rows]
+        out.append("</tbody></table></div>")
+    if view.legend:
+        out.append(f"<p>{esc(view.legend)}</p>")
     return out
 
 

@@ -81,6 +81,7 @@ def render(report: Report, options: RenderOptions | None = None) -> str:
     out.extend(_sites(report, top))
     out.extend(_profile(report))
     out.extend(_definitions(report))
+    out.extend(_ablation(report))
     if report.gates is not None and not report.gates.passed:
         out.extend(_gates(report))
     if report.baseline is not None:
@@ -123,6 +124,26 @@ def _definitions(report: Report) -> list[str]:
     out.append("| **all sites** | " + " | ".join(md_escape(c) for c in found.total) + " |")
     out += ["", md_escape(found.legend)]
     out.append("")
+    return out
+
+
+def _ablation(report: Report) -> list[str]:
+    """--ablate: the measured cost of zeroing each site's dormant and near-dead units."""
+    from reludoctor.reporters.ablation_view import SITE_HEADERS, UNIT_HEADERS, ablation_view
+
+    view = ablation_view(report)
+    if view is None:
+        return []
+    out = ["### Measured ablation", "", md_escape(view.headline), ""]
+    for headers, rows in ((SITE_HEADERS, view.sites), (UNIT_HEADERS, view.units)):
+        if not rows:
+            continue
+        out += ["| " + " | ".join(headers) + " |", "|---|" + "--:|" * (len(headers) - 1)]
+        out += [f"| {md_code(row[0], table=True)} | " + " | ".join(md_escape(c) for c in row[1:]) + " |"
+                for row in rows]
+        out.append("")
+    if view.legend:
+        out += [md_escape(view.legend), ""]
     return out
 
 

@@ -244,6 +244,36 @@ def definitions_table(report: Report, console: Console | None = None) -> Table |
     return fitted(build, console)
 
 
+def ablation_parts(report: Report, console: Console | None = None) -> list:
+    """--ablate: a headline, then the site and unit tables (the measured cost of zeroing)."""
+    from reludoctor.reporters.ablation_view import SITE_HEADERS, UNIT_HEADERS, ablation_view
+
+    view = ablation_view(report)
+    if view is None:
+        return []
+    parts: list = [Text(view.headline, style="bold")]
+    for title, headers, rows in (("zeroed together", SITE_HEADERS, view.sites),
+                                 ("zeroed one at a time (top by score)", UNIT_HEADERS, view.units)):
+        if not rows:
+            continue
+
+        def build(name_width: int, with_bar: bool, _h: list = headers, _r: list = rows, _t: str = title) -> Table:
+            table = Table(title=_t, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+            table.add_column(_h[0], no_wrap=True, overflow="ellipsis", min_width=NAME_MIN,
+                             max_width=max(NAME_MIN, name_width))
+            for header in _h[1:]:
+                table.add_column(header, justify="right", no_wrap=True)
+            names = shorten_names([row[0] for row in _r], [max(NAME_MIN, name_width)] * len(_r))
+            for name, row in zip(names, _r):
+                table.add_row(name, *row[1:])
+            return table
+
+        parts.append(fitted(build, console))
+    if view.legend:
+        parts.append(Text(view.legend, style="dim"))
+    return parts
+
+
 def _summary_lines(report: Report) -> list[Text]:
     s = report.summary
     n = report.calibration.samples
@@ -350,6 +380,8 @@ def print_report(report: Report, console: Console, options: RenderOptions | None
     definitions = definitions_table(report, console)
     if definitions is not None:
         console.print(definitions)
+    for part in ablation_parts(report, console):
+        console.print(part)
     if report.baseline is not None:
         for indent, line in baseline_lines(report.baseline):
             console.print(Padding(line, (0, 0, 0, indent), expand=False))

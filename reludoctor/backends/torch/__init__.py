@@ -86,6 +86,11 @@ class TorchBackend(Backend):
 
         return certify.site_bounds(observation, calibration, box, run, loaded.fixed_batch)
 
+    def ablator(self, loaded: LoadedModel, observation: Observation, axes: dict[str, int], run: ScanRun) -> Any:
+        from reludoctor.backends.torch import scan
+
+        return scan.ablator(loaded, observation, axes, run)
+
     fix_scan_method = "export"  # the scan observes the very program the fix edits
     fix_suffixes = ".pt2 (or .pt for a state_dict with --arch)"
 

@@ -199,7 +199,7 @@ def _prune_groups(work: TorchWork, entries: list[SiteFix], together: bool = Fals
     out: list[SiteFix] = []
     done_layers: set[int] = set()
     for entry in entries:
-        if entry.action != Strategy.PRUNE_DEAD.value:
+        if entry.action not in PRUNE_ACTIONS:
             out.append(entry)
             continue
         target = _site_target(work, entry)
@@ -221,10 +221,11 @@ def _prune_groups(work: TorchWork, entries: list[SiteFix], together: bool = Fals
         done_layers.add(id(target.layer))
         out.append(replace(target.entry, action="pruned", units_after=entry.units - len(entry.targets),
                            reason=reason.replace(COUPLED, "pruned together with the units of the "
-                                                 "layers") + ", verified" if coupled else None))
+                                                 "layers") + ", verified" if coupled else entry.reason))
     return out
 
 
+PRUNE_ACTIONS = (Strategy.PRUNE_DEAD.value, Strategy.PRUNE_NEAR_DEAD.value)
 MAX_COUPLED_TRIALS = 8
 
 
@@ -289,6 +290,39 @@ def _prune_separately(work: TorchWork, entries: list[SiteFix],
             work.lifted = kept
         redone.append(result)
     return redone
+
+
+def _measure(work: TorchWork, module: Any, calibration: Any, request: Any, fixed: int | None) -> Any:
+    """The output change from the original program to ``module`` (``core.ablation.measure``)."""
+    from reludoctor.core.ablation import measure
+
+    return measure(work.program.module(), module, calibration, batch_size=request.batch_size, fixed_batch=fixed)
+
+
+def prune_within(work: TorchWork, entries: list[SiteFix], calibration: Any, request: Any,
+                 fixed: int | None) -> list[SiteFix]:
+    """--prune-near-dead: prune every site's planned units, then measure the pruned model; while
+    its output change exceeds --max-output-change, the site whose near-dead units cost the most
+    alone (the scan's joint ablation) falls back to its dead units, and the pruning is redone
+    (dead units alone change the outputs by float rounding only: ``verify.within`` allows that)."""
+    pristine = copy.deepcopy(work.lifted)
+    entries = list(entries)
+    limit = request.max_output_change
+    while True:
+        work.lifted = copy.deepcopy(pristine)
+        out = _prune_groups(work, entries)
+        change = _measure(work, work.lifted, calibration, request, fixed)
+        widened = [i for i, (entry, result) in enumerate(zip(entries, out))
+                   if result.action == "pruned" and set(entry.targets) - request.dead.get(entry.site, set())]
+        if change.output_change <= limit or not widened:
+            return out
+        worst = max(widened, key=lambda i: request.measured.get(entries[i].site, 0.0))
+        entry = entries[worst]
+        dead = tuple(u for u in entry.targets if u in request.dead.get(entry.site, set()))
+        reason = (f"near-dead units kept: with the other sites pruned the outputs changed by "
+                  f"{change.output_change:.3g} > {limit:g}")
+        entries[worst] = replace(entry, targets=dead, reason=reason) if dead else \
+            replace(entry, action="unchanged", targets=(), reason=reason, units_after=entry.units)
 
 
 def reinit(work: TorchWork, entries: list[SiteFix], seed: int) -> list[SiteFix]:
@@ -456,7 +490,7 @@ def run(loaded: Any, work: TorchWork, entries: list[SiteFix], request: Any) -> A
     from reludoctor.data.calibration import load_calibration
     from reludoctor.fix.output import TORCH_STATE_DICT, atomic_path
     from reludoctor.fix.result import Applied, lossless_expected
-    from reludoctor.fix.verify import torch_macs, torch_params, torch_runner, verified
+    from reludoctor.fix.verify import torch_macs, torch_params, torch_runner, verified, within
 
     calibration = load_calibration(request.data, loaded.inputs, limit=request.limit)
     params_before = torch_params(work.lifted)
@@ -465,6 +499,9 @@ def run(loaded: Any, work: TorchWork, entries: list[SiteFix], request: Any) -> A
     if strategy is Strategy.PRUNE_DEAD:
         sites = prune(work, entries, _probe(work, calibration, request.batch_size, loaded.fixed_batch),
                       _full_check(work, calibration, request.batch_size, loaded.fixed_batch)) \
+            if any(e.action == strategy.value for e in entries) else entries
+    elif strategy is Strategy.PRUNE_NEAR_DEAD:
+        sites = prune_within(work, entries, calibration, request, loaded.fixed_batch) \
             if any(e.action == strategy.value for e in entries) else entries
     elif strategy is Strategy.REINIT:
         sites = reinit(work, entries, request.seed) if any(e.action == strategy.value for e in entries) \
@@ -494,6 +531,9 @@ def run(loaded: Any, work: TorchWork, entries: list[SiteFix], request: Any) -> A
         verification = verified(torch_runner(original), torch_runner(fixed_fn),
                                 padded_arrays(calibration, request.batch_size, loaded.fixed_batch),
                                 calibration.samples, lossless_expected=lossless)
+        if strategy is Strategy.PRUNE_NEAR_DEAD:  # the written model itself, in the ablation metric
+            verification = within(verification, _measure(work, fixed_fn, calibration, request, loaded.fixed_batch),
+                                  request.max_output_change)
         applied.out_sha256 = sha256_of(temp)
     applied.verification = verification
     applied.fixed_object = fixed_object

@@ -202,3 +202,18 @@ def gradient_plan(loaded: LoadedModel, observation: Observation, evidence: dict,
     plan = dispatch_plan(loaded.module, run.options.unit_axis, observation.artifacts.get("static"), evidence)
     plan.method, plan.finish = "dispatch", _finish_dispatch  # names its sites as the scan did
     return plan
+
+
+def ablator(loaded: LoadedModel, observation: Observation, axes: dict[str, int], run: ScanRun) -> Any:
+    """Zeroing calls in a fresh copy of the exported graph, or the dispatch instrumenter's hook."""
+    from reludoctor.backends.torch.ablation import DispatchAblator, GraphAblator
+    from reludoctor.core.ablation import AblationUnavailable
+
+    if observation.method == "export":
+        program = observation.artifacts.get("program")
+        if program is None:
+            raise AblationUnavailable("no exported program to ablate")
+        graph_module = program.module()
+        graph_module.to(run.device)
+        return GraphAblator(graph_module, axes)
+    return DispatchAblator(loaded.module, axes, observation.artifacts.get("static"))
