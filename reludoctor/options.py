@@ -123,6 +123,10 @@ class ScanOptions(_Settings):
     normalize: str | None = None
     constants: Any = None
     batch_axes: Any = None
+    # per-sample observation (core/slices.py): slice ids, one integer per sample (a path, array
+    # or tensor); dead points (samples a site does not see at all; --slices computes them too)
+    slices: Any = None
+    dead_points: bool = False
     # certification: the model's input domain, "LOW,HIGH", "imagenet" or (low, high) (data.input_range)
     input_range: Any = None
     # text data (--data texts.jsonl / .txt)
@@ -152,6 +156,9 @@ class ScanOptions(_Settings):
                              "write it like 2GiB, 500MB or 800000000 (bytes)")
         self.method = choice(Method, self.method, "--method")
         self.dtype = choice(DType, self.dtype, "--dtype")
+        if self.slices is not None and self.pack:
+            raise UsageError("--slices with --pack: a packed row mixes documents of different slices",
+                             "drop --pack (slices are per document)")
         if self.labels is not None and not self.gradients:
             raise UsageError("--labels is only used by the gradient pass (--gradients)", "add --gradients")
         return self

@@ -74,6 +74,12 @@ class TorchUnitObserver:
         self._below = None
         self._hist_values = 0
         self._edges = None
+        # per-sample state (BatchContext.points / .slices): dead points; per slice: samples,
+        # positions, positive count per unit
+        self._dead_points = None
+        self._slice_samples = None
+        self._slice_positions = None
+        self._slice_positive = None
 
     def __call__(self, x: torch.Tensor) -> None:
         import torch
@@ -106,6 +112,57 @@ class TorchUnitObserver:
         self._histogram(batch.x, batch.keep)
         self._positions += batch.positions
         self._samples += batch.samples
+        if self.batch.points:
+            self._per_sample(x)
+
+    def _per_sample(self, x: torch.Tensor) -> None:
+        """Dead points and per-slice counts: per sample and unit, the positions that fired
+        (padding positions excluded), then summed by slice with index_add (no host sync).
+        A pass of its own over x: only scans that ask for it pay for it."""
+        import torch
+
+        valid = self.batch.valid
+        if valid is not None and valid < x.shape[0]:
+            x = x[:valid]
+        if x.ndim == 1:
+            x = x.unsqueeze(1)
+        axis = resolve_unit_axis(x.ndim, self.unit_axis)
+        units = x.shape[axis]
+        fired = x > self.lower
+        mask = self.batch.positions_of(x, axis)
+        if mask is not None:
+            fired &= mask.view(*mask.shape, *([1] * (x.ndim - mask.ndim)))
+        inner = tuple(d for d in range(1, x.ndim) if d != axis)
+        counts = fired.sum(dim=inner, dtype=torch.int32) if inner else fired.to(torch.int32)
+        samples = self.batch.rows
+        rows = counts.shape[0]
+        if rows != samples:  # [N*T, F]: the rows of flattened sequences, sample-major
+            if samples == 0 or rows % samples:
+                raise ValueError(f"an activation with {rows} rows in a batch of {samples} samples: "
+                                 "its samples cannot be told apart (--slices, --dead-points)")
+            counts = counts.view(samples, rows // samples, units).sum(1, dtype=torch.int32)
+        if self._dead_points is None:
+            self._dead_points = torch.zeros((), dtype=torch.int64, device=x.device)
+        self._dead_points += (counts.amax(1) == 0).sum()
+        slices = self.batch.slices
+        if slices is None:
+            return
+        index = self.batch.slice_index
+        if index.device != x.device:
+            index = index.to(x.device, non_blocking=True)
+        if self._slice_positive is None:
+            self._slice_samples = torch.zeros(slices.count, dtype=torch.int64, device=x.device)
+            self._slice_positions = torch.zeros(slices.count, dtype=torch.int64, device=x.device)
+            self._slice_positive = torch.zeros((slices.count, units), dtype=torch.int64, device=x.device)
+        per_position = x.numel() // (units * rows)  # positions per row and unit
+        if mask is None:
+            positions = torch.full((samples,), per_position * (rows // samples), dtype=torch.int64,
+                                   device=x.device)
+        else:
+            positions = mask.reshape(samples, -1).sum(1, dtype=torch.int64) * (x.numel() // (units * mask.numel()))
+        self._slice_samples.index_add_(0, index, torch.ones_like(index))
+        self._slice_positions.index_add_(0, index, positions)
+        self._slice_positive.index_add_(0, index, counts.to(torch.int64))
 
     def reduce_batch(self, x: torch.Tensor) -> Reduced | None:
         """One batch's per-unit statistics, not yet accumulated, or None for an empty batch.
@@ -360,7 +417,7 @@ class TorchUnitObserver:
         below = self._below.cpu().numpy().astype(np.int64)
         # bucketize(right=True) bins: bin i holds the values below edge i and not below i-1
         hist = np.diff(below, prepend=0, append=int(self._hist_values))
-        return UnitCounts(
+        return UnitCounts(**self._sample_state(),
             positions=self._positions,
             samples=self._samples,
             positive=self._positive.cpu().numpy(),
@@ -369,6 +426,18 @@ class TorchUnitObserver:
             abs_output_sum=self._abs_sum.cpu().numpy(),
             hist=hist,
         )
+
+    def _sample_state(self) -> dict[str, Any]:
+        """The per-sample fields for ``state()`` (read back to the host), those tracked only."""
+        slices = self.batch.slices
+        out: dict[str, Any] = {}
+        if self.batch.points:
+            out["dead_points"] = 0 if self._dead_points is None else int(self._dead_points)
+        if slices is not None:
+            out.update(slice_samples=self._slice_samples.cpu().numpy(),
+                       slice_positions=self._slice_positions.cpu().numpy(),
+                       slice_positive=self._slice_positive.cpu().numpy())
+        return out
 
 
 @dataclass
@@ -385,6 +454,26 @@ class BatchContext:
     mask: Any = None
     mask_positions: int = 0
     where_masks: bool = False  # the device route on the CPU too (tests compare the two)
+    # Per-sample observation (--dead-points, --slices; the scan's runner sets them): ``rows``
+    # real samples in the current batch; ``slices`` (data.slices.SampleSlices) and the current
+    # batch's slice positions ``slice_index`` ([rows] int64 on the model's device).
+    points: bool = False
+    slices: Any = None
+    rows: int = 0
+    slice_index: Any = None
+
+    def begin(self, step: Any, device: Any) -> None:
+        """The runner's state of one batch (a ``core.batches.Step``) for the observers."""
+        self.valid = step.valid
+        self.mask, self.mask_positions = step.mask, step.mask_positions
+        self.rows = step.rows
+        if self.slices is not None:
+            import torch
+
+            index = torch.from_numpy(self.slices.of(step.start, step.rows))
+            if device.type == "cuda":  # a queued copy from pinned memory: no wait for the GPU
+                index = index.pin_memory()
+            self.slice_index = index.to(device, non_blocking=True)
 
     def site_shape(self, shape: tuple) -> tuple:
         """An activation's shape (batch excluded) as it identifies a site: the sequence axis
