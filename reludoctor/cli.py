@@ -350,6 +350,8 @@ def scan(
     definitions: bool = typer.Option(False, "--definitions", help="Also report, per site, the units each definition from the literature flags, side by side: ReDo tau-dormant, Dohare et al. (active on < 1% of positions), APoZ, and with --gradients GraMa (docs/diagnosis.md)."),
     apoz_threshold: float = typer.Option(DEFAULTS.apoz_threshold, "--apoz-threshold", help="--definitions: units whose average percentage of zeros (APoZ) is above this, in [0, 1), are flagged."),
     grama_tau: float = typer.Option(DEFAULTS.grama_tau, "--grama-tau", help="--definitions --gradients: units whose GraMa score (mean |gradient| over the layer's mean) is <= this are flagged."),
+    slices: Optional[str] = typer.Option(None, "--slices", metavar="FILE", help="Slice ids (.npy, .npz or .pt of integers, one per calibration sample in data order: class, task, domain): per site, units dead on every slice, units alive on some slices only (specialised: keep them), the dead ratio per slice; implies --dead-points."),
+    dead_points: bool = typer.Option(False, "--dead-points", help="Per site, the fraction of samples whose whole activation is zero (no unit fires at any position)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print, on stderr, the ReLU-like ops that are not activations (box clipping, clamps of integers) and why, and where the time went (loading, export, instrumentation, session build, the data pass)."),
     export_activations: Optional[str] = typer.Option(None, "--export-activations", metavar="DIR", help="Language models: write each transformer block's FFN activation counts to DIR in PowerInfer's layout (activation_{i}.pt, int64 [neurons]) with an index reludoctor-activations.json. DIR is created."),
@@ -385,7 +387,8 @@ def _scan(model: str, data: Optional[str], params: dict, outputs: ReportArgs, qu
     from reludoctor.report.baseline import load_report
 
     writer = is_writer()  # under torchrun only rank 0 prints and writes (other ranks: errors only)
-    settings, planned, to_stdout = _prepare(outputs, [model, data, params["labels"]], writes=writer)
+    settings, planned, to_stdout = _prepare(outputs, [model, data, params["labels"], params["slices"]],
+                                            writes=writer)
     export_dir = params["export_activations"]
     if export_dir is not None and writer:  # refused before the scan, not after it
         powerinfer.check_folder(export_dir, params["export_naming"], [model, data, params["labels"]])
