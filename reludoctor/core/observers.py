@@ -462,15 +462,20 @@ class BatchContext:
     rows: int = 0
     slice_index: Any = None
 
-    def begin(self, step: Any, device: Any) -> None:
-        """The runner's state of one batch (a ``core.batches.Step``) for the observers."""
+    def begin(self, step: Any, device: Any = None) -> None:
+        """The runner's state of one batch (a ``core.batches.Step``) for the observers; the
+        slice index as a tensor on ``device``, or (None) a numpy array (ONNX)."""
         self.valid = step.valid
         self.mask, self.mask_positions = step.mask, step.mask_positions
         self.rows = step.rows
         if self.slices is not None:
+            index = self.slices.of(step.start, step.rows)
+            if device is None:
+                self.slice_index = index
+                return
             import torch
 
-            index = torch.from_numpy(self.slices.of(step.start, step.rows))
+            index = torch.from_numpy(index)
             if device.type == "cuda":  # a queued copy from pinned memory: no wait for the GPU
                 index = index.pin_memory()
             self.slice_index = index.to(device, non_blocking=True)
