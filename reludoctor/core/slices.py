@@ -70,7 +70,7 @@ def summary(sites: Sequence[SiteStats], source: str) -> SlicesSummary | None:
         ids=ids,
         samples=tuple(int(v) for v in samples),
         dead_units=tuple(int(v) for v in dead),
-        dead_ratio=tuple(float(d) / u if u else 0.0 for d, u in zip(dead, units)),
+        dead_ratio=tuple(float(d) / int(u) if u else 0.0 for d, u in zip(dead, units)),
         dead_on_every_slice=sum(len(s.dead_on_every_slice) for s in per_site),
         specialised_units=sum(len(s.specialised_units) for s in per_site),
     )

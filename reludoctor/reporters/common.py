@@ -241,7 +241,8 @@ def slice_table(report: Report) -> SliceTable | None:
         headers += ["dead all", "special.", "slice dead", "worst slice"]
         rules += ["dead all: dead on every slice (dead)",
                   "special.: alive on some slices only (specialised: keep them, pruning hurts those slices)",
-                  "slice dead: lowest-highest dead ratio over the slices", "worst slice: its id"]
+                  "slice dead: lowest-highest dead ratio over the slices",
+                  "worst slice: the slice with the highest (first of equals)"]
     if points:
         headers.append("dead points")
         rules.append("dead points: samples on which no unit of the site fires at any position")
@@ -254,9 +255,8 @@ def slice_table(report: Report) -> SliceTable | None:
         rows.append((site.name, cells))
     total = None
     if summary is not None:
-        worst = max(range(len(summary.ids)), key=lambda i: summary.dead_ratio[i])
         total = [human(summary.dead_on_every_slice), human(summary.specialised_units),
-                 _ratio_range(summary.dead_ratio), f"{summary.ids[worst]} ({percent(summary.dead_ratio[worst])})"]
+                 _ratio_range(summary.dead_ratio), _worst(zip(summary.dead_ratio, summary.ids))]
         total += ["-"] if points else []
     title = (f"dead on which data: {len(summary.ids)} slices ({summary.source})" if summary is not None
              else "dead points")
@@ -267,10 +267,14 @@ def _slice_cells(slices: Any) -> list[str]:
     if slices is None:
         return ["-"] * 4
     seen = [(ratio, id_) for ratio, id_ in zip(slices.dead_ratio, slices.ids) if ratio is not None]
-    worst = max(seen, default=None, key=lambda pair: pair[0])
     return [human(len(slices.dead_on_every_slice)), human(len(slices.specialised_units)),
-            _ratio_range([ratio for ratio, _ in seen]),
-            "-" if worst is None else f"{worst[1]} ({percent(worst[0])})"]
+            _ratio_range([ratio for ratio, _ in seen]), _worst(seen)]
+
+
+def _worst(pairs: Any) -> str:
+    """The slice with the highest dead ratio, "id (ratio)"; '-' when none has a dead unit."""
+    ratio, id_ = max(pairs, default=(0.0, None), key=lambda pair: pair[0])
+    return "-" if not ratio else f"{id_} ({percent(ratio)})"
 
 
 def _ratio_range(ratios: Sequence[float]) -> str:
