@@ -190,3 +190,12 @@ def test_renderings_show_the_sections():
     assert 'id="plot-slices"' not in html.render(plain)
     points = scan(model, x, dead_points=True)
     assert "dead points" in terminal.render(points) and "### Dead points" in markdown.render(points)
+
+
+def test_an_iterable_of_batches_takes_ids_in_order():
+    model, x, labels = designed_mlp()
+    batches = (x[i:i + 5] for i in range(0, N, 5))  # unknown length: the ids are read as they come
+    report = scan(model, batches, slices=labels, batch_size=5)
+    check(report, model, x, labels, [1, 1])
+    with pytest.raises(DataError, match="slice ids, but the data has more samples"):
+        scan(model, (x[i:i + 5] for i in range(0, N, 5)), slices=labels[:40], batch_size=5)
