@@ -121,11 +121,7 @@ class TorchUnitObserver:
         A pass of its own over x: only scans that ask for it pay for it."""
         import torch
 
-        valid = self.batch.valid
-        if valid is not None and valid < x.shape[0]:
-            x = x[:valid]
-        if x.ndim == 1:
-            x = x.unsqueeze(1)
+        x = self._real_rows(x)
         axis = resolve_unit_axis(x.ndim, self.unit_axis)
         units = x.shape[axis]
         fired = x > self.lower
@@ -154,12 +150,13 @@ class TorchUnitObserver:
             self._slice_samples = torch.zeros(slices.count, dtype=torch.int64, device=x.device)
             self._slice_positions = torch.zeros(slices.count, dtype=torch.int64, device=x.device)
             self._slice_positive = torch.zeros((slices.count, units), dtype=torch.int64, device=x.device)
-        per_position = x.numel() // (units * rows)  # positions per row and unit
+        # observed positions per unit of each sample: its real positions (mask) x the inner axes
         if mask is None:
-            positions = torch.full((samples,), per_position * (rows // samples), dtype=torch.int64,
+            positions = torch.full((samples,), x.numel() // (units * samples), dtype=torch.int64,
                                    device=x.device)
         else:
-            positions = mask.reshape(samples, -1).sum(1, dtype=torch.int64) * (x.numel() // (units * mask.numel()))
+            inner_positions = x.numel() // (units * mask.numel())
+            positions = mask.reshape(samples, -1).sum(1, dtype=torch.int64) * inner_positions
         self._slice_samples.index_add_(0, index, torch.ones_like(index))
         self._slice_positions.index_add_(0, index, positions)
         self._slice_positive.index_add_(0, index, counts.to(torch.int64))
@@ -174,13 +171,9 @@ class TorchUnitObserver:
         dependent), so x keeps its shape and the reductions ignore the padding through
         ``where`` (``_reduce(keep=...)``); the positions count comes from the host's mask sum.
         """
-        valid = self.batch.valid
-        if valid is not None and x.ndim > 0 and valid < x.shape[0]:
-            x = x[:valid]
+        x = self._real_rows(x)
         if x.numel() == 0:
             return None
-        if x.ndim == 1:  # [N]: one unit
-            x = x.unsqueeze(1)
         axis = resolve_unit_axis(x.ndim, self.unit_axis)
         units = x.shape[axis]
         if self.shape is None:
@@ -207,6 +200,13 @@ class TorchUnitObserver:
         if keep is None and x.device.type == "cpu" and x.is_floating_point():
             reduced = self._reduce_cpu(x, axis, units)
         return Reduced(x, reduced or self._reduce(x, axis, keep), positions, samples, keep)
+
+    def _real_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """x without the padding rows of a fixed-size batch; [N] (one unit) as [N, 1]."""
+        valid = self.batch.valid
+        if valid is not None and x.ndim > 0 and valid < x.shape[0]:
+            x = x[:valid]
+        return x.unsqueeze(1) if x.ndim == 1 else x
 
     def _reduce(self, x: torch.Tensor, axis: int, keep: torch.Tensor | None = None) -> tuple:
         """Per unit: max, min (bounded only), positive count (int64), output sum (float32).
