@@ -472,6 +472,10 @@ def _fields(cls) -> set[str]:  # noqa: ANN001
     ("$defs/profile", report_module.ActivationProfile),
     ("$defs/layer_profile", report_module.LayerProfile),
     ("$defs/hot_set", report_module.HotSet),
+    ("$defs/slices", report_module.SlicesSummary),
+    ("$defs/site_slices", report_module.SiteSlices),
+    ("$defs/specialised_unit", report_module.SpecialisedUnit),
+    ("$defs/dead_points", report_module.DeadPoints),
 ])
 def test_schema_requires_exactly_the_report_fields(pointer, cls):
     """The schema and report.py stay in step: every field is described and required (a v1
