@@ -142,6 +142,12 @@ def test_cli_end_to_end(pt2, tmp_path):
     data = json.loads(out.read_text())
     assert data["slices"]["ids"] == [-3, 4, 11, 18]
     assert all({"slices", "dead_points"} <= set(site) for site in data["sites"])
+    from typer.testing import CliRunner
+
+    from reludoctor.cli import app
+
+    saved = CliRunner().invoke(app, ["report", str(out), "--format", "markdown"], env={"COLUMNS": "200"})
+    assert saved.exit_code == 0 and "### Dead on which data: 4 slices" in saved.output
     result = _invoke(pt2 / "mlp.pt2", "--data", pt2 / "x.npy", "--dead-points", "--json", out, "--quiet")
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
