@@ -172,8 +172,9 @@ def _figures(report: Report) -> list[tuple[str, str, str]]:
                            "sorted high to low: the steeper the head, the fewer hot neurons carry "
                            "the activations.", profile_plots.frequencies(report)),
         ("plot-slices", "Per slice (--slices; rows) and site (columns, in execution order): the "
-                        "share of the site's units that never fired on a sample of the slice; blank "
-                        "where the site saw no sample of it.", plots.slice_heatmap(report)),
+                        "share of the site's units that never fired on a sample of the slice (the colour "
+                        "scale ends at the highest ratio, at least 5%); blank where the site saw no "
+                        "sample of it.", plots.slice_heatmap(report)),
     ]
     return [(fid, caption, scoped(svg, fid, caption)) for fid, caption, svg in made if svg]
 

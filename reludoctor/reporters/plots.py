@@ -119,7 +119,9 @@ def slice_heatmap(report: Report) -> str | None:
     with _rc():
         figure = _figure(10, min(8.0, 1.8 + 0.22 * len(ids)))
         ax = figure.add_subplot()
-        image = ax.imshow(grid, aspect="auto", cmap="Reds", vmin=0.0, vmax=1.0, interpolation="nearest")
+        known = [v for row in grid for v in row if not math.isnan(v)]
+        top = min(1.0, max(0.05, max(known, default=0.0)))  # small ratios stay readable
+        image = ax.imshow(grid, aspect="auto", cmap="Reds", vmin=0.0, vmax=top, interpolation="nearest")
         ax.grid(visible=False)
         _site_axis(ax, sites)
         step = max(1, math.ceil(len(ids) / 30))
