@@ -18,7 +18,7 @@ from reludoctor.core.timings import phase
 from reludoctor.data.binding import parse_constants
 from reludoctor.data.calibration import load_calibration
 from reludoctor.data.input_range import parse_input_range
-from reludoctor.data.slices import SampleSlices
+from reludoctor.data.slices import SampleSlices, load_ids
 from reludoctor.errors import NoSitesError, ReludoctorWarning, UsageError  # noqa: F401 - re-exported
 from reludoctor.options import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, ScanOptions
 from reludoctor.report.model import CalibrationInfo, ModelInfo, Report, Thresholds, UnobservedSite
@@ -103,6 +103,7 @@ def scan(model: Any, data: Any = None, options: ScanOptions | None = None, *,
     options.trust_model = trusted(options.trust_model, unsafe_pickle)
     options.check()
     box = parse_input_range(options.input_range)  # a bad range fails before the model loads
+    slice_ids = None if options.slices is None else load_ids(options.slices)  # so does a bad --slices
     notes: list[str] = []
 
     def warn(message: str) -> None:
@@ -127,8 +128,8 @@ def scan(model: Any, data: Any = None, options: ScanOptions | None = None, *,
                                            **_text_settings(options, loaded, data, warn))
         for note in calibration.notes:
             warn(note)
-        sample_slices = None if options.slices is None else \
-            SampleSlices(options.slices, calibration.samples, calibration.sample_indices)
+        sample_slices = None if slice_ids is None else \
+            SampleSlices(slice_ids, calibration.samples, calibration.sample_indices)
         labels = options.labels
         if labels is not None and calibration.sample_indices is not None:
             labels = _sampled_labels(labels, calibration.sample_indices)

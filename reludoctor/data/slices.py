@@ -56,8 +56,8 @@ class SampleSlices:
     scanned samples, sorted (the report's order); ``index``: per data sample, its slice's
     position in ``ids`` (-1: not scanned)."""
 
-    def __init__(self, slices: Any, samples: int | None, sample_indices: Any = None):
-        raw, self.source = load_ids(slices)
+    def __init__(self, ids: tuple[np.ndarray, str], samples: int | None, sample_indices: Any = None):
+        raw, self.source = ids  # load_ids()
         needed = samples if sample_indices is None else (int(sample_indices[-1]) + 1 if len(sample_indices) else 0)
         if needed is not None and raw.shape[0] < needed:
             raise DataError(f"{self.source}: {raw.shape[0]} slice ids, but the scan reads "
