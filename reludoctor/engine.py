@@ -145,7 +145,7 @@ def scan(model: Any, data: Any = None, options: ScanOptions | None = None, *,
                                  "run the gradient pass in a single process")
             target = world.device
             if sample_slices is not None:
-                sample_slices.sharded(batch_size, world.rank, world.size, calibration.indexable)
+                sample_slices.shard(batch_size, world.rank, world.size, calibration.indexable)
             calibration = world.shard(calibration, batch_size)
         context = BatchContext(points=options.dead_points or sample_slices is not None, slices=sample_slices)
         run = ScanRun(options, target, batch_size, autocast, context, progress, warn)

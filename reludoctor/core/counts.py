@@ -169,7 +169,7 @@ class UnitCounts:
                 value = getattr(value, part, None)  # an untracked section (None) has no parts
             if value is not None and spec.extent != "site":
                 value = np.asarray(value, dtype=np.dtype(spec.dtype))
-                if spec.extent == "slice_unit":
+                if spec.extent == "slice_unit":  # [slices, units]; positive is read before it
                     value = value.reshape(-1, len(values["positive"]))
             values[name] = value
         return cls(**values)

@@ -76,13 +76,13 @@ class SampleSlices:
     def count(self) -> int:
         return int(self.ids.size)
 
-    def sharded(self, batch_size: int, rank: int, size: int, indexable: bool) -> SampleSlices:
-        """For this rank's shard of a multi-process scan (data.shard: batch k -> rank k mod size)."""
+    def shard(self, batch_size: int, rank: int, size: int, indexable: bool) -> None:
+        """Follow this rank's shard of a multi-process scan from now on (data.shard: batch k ->
+        rank k mod size). Data read by position only: an iterable's batches may be of any size."""
         if not indexable:
             raise UsageError("--slices under torchrun needs data read by position (a file or an array)",
                              "pass --data as a file, or scan in one process")
         self._shard = (batch_size, rank, size)
-        return self
 
     def of(self, start: int, rows: int) -> np.ndarray:
         """The slice positions (int64, in ``ids``) of the samples ``start .. start + rows - 1`` in

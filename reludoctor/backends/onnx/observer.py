@@ -116,8 +116,7 @@ class OnnxSiteObserver:
             x = out["x"][:used]
             y = out["y"][:used]
             np.maximum(self._max, x.max(0), out=self._max)
-            fired = (x > self.lower).astype(np.int64)  # per sample and unit
-            self._positive += fired.sum(0)
+            self._positive += (x > self.lower).sum(0, dtype=np.int64)
             self._abs_sum += y.sum(0, dtype=np.float64)
             if self._min is not None:
                 np.minimum(self._min, x.min(0), out=self._min)
@@ -127,8 +126,6 @@ class OnnxSiteObserver:
             np.maximum(self._max, out["max"][:used].max(0), out=self._max)
             counts = np.rint(out["count"][:used].astype(np.float64) * scale)
             self._positive += np.nan_to_num(counts).sum(0).astype(np.int64)
-            fired = np.nan_to_num(counts).astype(np.int64)
-            fired[(fired == 0) & (out["max"][:used] > self.lower)] = 1  # as state() does per unit
             self._abs_sum += (out["sum"][:used].astype(np.float64) * scale).sum(0)
             if self._min is not None:
                 if "negmin" in out:
@@ -151,7 +148,17 @@ class OnnxSiteObserver:
             if lead.shape[0] != rows:
                 raise ObserverFailure(f"site {self.site.name}: its first axis is not the batch, so its samples "
                                       "cannot be told apart (--slices, --dead-points)")
-            self._per_sample(fired, per_unit)
+            self._per_sample(self._fired(out, used, per_unit), per_unit)
+
+    def _fired(self, out: dict[str, np.ndarray], used: int, per_unit: int) -> np.ndarray:
+        """[samples, units] positions that fired, from the session's per-sample outputs. A unit
+        whose max is above the bound fired at least once (as ``state()`` says per unit)."""
+        if self.plan.mode == "raw":
+            return (out["x"][:used] > self.lower).astype(np.int64)
+        scale = per_unit if self.plan.mode == "pool" else 1  # pool: the fraction of positions
+        fired = np.nan_to_num(np.rint(out["count"][:used].astype(np.float64) * scale)).astype(np.int64)
+        fired[(fired == 0) & (out["max"][:used] > self.lower)] = 1
+        return fired
 
     def _per_sample(self, fired: np.ndarray, per_unit: int) -> None:
         """Dead points and per-slice counts from the per-sample, per-unit firing counts."""
