@@ -199,3 +199,16 @@ def test_an_iterable_of_batches_takes_ids_in_order():
     check(report, model, x, labels, [1, 1])
     with pytest.raises(DataError, match="slice ids, but the data has more samples"):
         scan(model, (x[i:i + 5] for i in range(0, N, 5)), slices=labels[:40], batch_size=5)
+
+
+def test_a_default_scan_runs_no_per_sample_pass(monkeypatch):
+    """Default scans pay nothing: the per-sample pass runs only for --slices / --dead-points."""
+    from reludoctor.core.observers import TorchUnitObserver
+
+    def refuse(*_args):  # noqa: ANN002, ANN202
+        raise AssertionError("per-sample pass in a default scan")
+
+    monkeypatch.setattr(TorchUnitObserver, "_per_sample", refuse)
+    model, x, _ = designed_mlp()
+    for method in ("export", "dispatch"):
+        scan(model, x, method=method)
