@@ -177,3 +177,15 @@ def test_cli_slices_not_a_file(pt2, tmp_path):
     path.write_text("1 2 3")
     result = _invoke(pt2 / "mlp.pt2", "--data", pt2 / "x.npy", "--slices", path, "--quiet")
     assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_torchscript_through_dispatch_equals_the_export():
+    from tests.distributed.compare import DATA, MODELS
+
+    x = np.load(DATA / "digits_calib.npy")[:200]
+    labels = np.random.default_rng(0).integers(0, 5, 200)
+    exported = scan(str(MODELS / "digits_cnn.pt2"), x, slices=labels, batch_size=16)
+    scripted = scan(str(MODELS / "digits_cnn.ts"), x, slices=labels, batch_size=16, trust_model=True)
+    assert scripted.model.method == "dispatch"
+    assert [s.slices for s in scripted.sites] == [s.slices for s in exported.sites]
+    assert [s.dead_points for s in scripted.sites] == [s.dead_points for s in exported.sites]
