@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from reludoctor.core.counts import HIST_EDGES, UnitCounts
-from reludoctor.errors import ObserverFailure
+from reludoctor.errors import ObserverFailure, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -91,6 +91,8 @@ class TorchUnitObserver:
                         self._update(x.detach())
                 else:
                     self._update(x.detach())
+        except UsageError:  # an option this activation cannot serve: the user's to change
+            raise
         except Exception as exc:
             raise ObserverFailure(f"observing an activation failed: {exc}") from exc
 
@@ -134,8 +136,9 @@ class TorchUnitObserver:
         rows = counts.shape[0]
         if rows != samples:  # [N*T, F]: the rows of flattened sequences, sample-major
             if samples == 0 or rows % samples:
-                raise ValueError(f"an activation with {rows} rows in a batch of {samples} samples: "
-                                 "its samples cannot be told apart (--slices, --dead-points)")
+                raise UsageError(f"an activation with {rows} rows in a batch of {samples} samples: its "
+                                 "samples cannot be told apart (--slices, --dead-points)",
+                                 "scan without --slices and --dead-points")
             counts = counts.view(samples, rows // samples, units).sum(1, dtype=torch.int32)
         if self._dead_points is None:
             self._dead_points = torch.zeros((), dtype=torch.int64, device=x.device)

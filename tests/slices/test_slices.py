@@ -212,3 +212,14 @@ def test_a_default_scan_runs_no_per_sample_pass(monkeypatch):
     model, x, _ = designed_mlp()
     for method in ("export", "dispatch"):
         scan(model, x, method=method)
+
+
+def test_an_activation_whose_rows_are_not_the_samples_is_a_usage_error():
+    class Transposed(nn.Module):  # [T, N, F]: the first axis is not the batch
+        def forward(self, x):  # noqa: ANN001, ANN202
+            return torch.relu(x.reshape(x.shape[0], 3, 2).transpose(0, 1))
+
+    x = np.random.default_rng(0).normal(size=(10, 6)).astype(np.float32)
+    with pytest.raises(UsageError, match="cannot be told apart"):
+        scan(Transposed(), x, dead_points=True, batch_size=4, method="dispatch")
+    scan(Transposed(), x, batch_size=4, method="dispatch")  # a default scan still runs

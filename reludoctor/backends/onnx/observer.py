@@ -40,7 +40,7 @@ from reludoctor.core.counts import HIST_EDGES, UnitCounts
 from reludoctor.core.observers import HIST_SAMPLE, BatchContext
 from reludoctor.core.sites import SiteSpec
 from reludoctor.core.timings import phase
-from reludoctor.errors import DataError, NoSitesError, ObserverFailure
+from reludoctor.errors import DataError, NoSitesError, ObserverFailure, UsageError
 from reludoctor.report.model import UnobservedSite
 
 Progress = Callable[[int, "int | None"], None]
@@ -80,7 +80,7 @@ class OnnxSiteObserver:
     def update(self, results: dict[str, np.ndarray], rows: int, valid: int) -> None:
         try:
             self._update(results, rows, valid)
-        except ObserverFailure:
+        except (ObserverFailure, UsageError):
             raise
         except Exception as exc:
             raise ObserverFailure(f"observing ONNX site {self.site.name} failed: {exc}") from exc
@@ -146,8 +146,9 @@ class OnnxSiteObserver:
         self._samples += valid
         if self.context.points:
             if lead.shape[0] != rows:
-                raise ObserverFailure(f"site {self.site.name}: its first axis is not the batch, so its samples "
-                                      "cannot be told apart (--slices, --dead-points)")
+                raise UsageError(f"site {self.site.name}: its first axis is not the batch, so its samples "
+                                 "cannot be told apart (--slices, --dead-points)",
+                                 "scan without --slices and --dead-points")
             self._per_sample(self._fired(out, used, per_unit), per_unit)
 
     def _fired(self, out: dict[str, np.ndarray], used: int, per_unit: int) -> np.ndarray:
