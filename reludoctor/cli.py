@@ -353,6 +353,8 @@ def scan(
     ablate: bool = typer.Option(False, "--ablate", help="Measure, on the calibration data, what zeroing each site's dormant and near-dead units changes (loss, outputs, argmax), together and, for the top candidates by a first-order score, one at a time: about 2 + sites x (1 + k) forward passes per batch (docs/diagnosis.md)."),
     ablate_top: int = typer.Option(DEFAULTS.ablate_top, "--ablate-top", metavar="K", help="--ablate: candidates per site also zeroed one at a time (the top K by |activation x gradient|); 0: only together."),
     ablate_sites: Optional[list[str]] = typer.Option(None, "--ablate-sites", metavar="GLOB", help="--ablate: only sites whose name matches GLOB. Repeatable. Default: all."),
+    slices: Optional[str] = typer.Option(None, "--slices", metavar="FILE", help="Slice ids (.npy, .npz or .pt of integers, one per calibration sample in data order: class, task, domain): per site, units dead on every slice, units alive on some slices only (specialised: keep them), the dead ratio per slice; implies --dead-points."),
+    dead_points: bool = typer.Option(False, "--dead-points", help="Per site, the fraction of samples whose whole activation is zero (no unit fires at any position)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print, on stderr, the ReLU-like ops that are not activations (box clipping, clamps of integers) and why, and where the time went (loading, export, instrumentation, session build, the data pass)."),
     export_activations: Optional[str] = typer.Option(None, "--export-activations", metavar="DIR", help="Language models: write each transformer block's FFN activation counts to DIR in PowerInfer's layout (activation_{i}.pt, int64 [neurons]) with an index reludoctor-activations.json. DIR is created."),
@@ -388,7 +390,8 @@ def _scan(model: str, data: Optional[str], params: dict, outputs: ReportArgs, qu
     from reludoctor.report.baseline import load_report
 
     writer = is_writer()  # under torchrun only rank 0 prints and writes (other ranks: errors only)
-    settings, planned, to_stdout = _prepare(outputs, [model, data, params["labels"]], writes=writer)
+    settings, planned, to_stdout = _prepare(outputs, [model, data, params["labels"], params["slices"]],
+                                            writes=writer)
     export_dir = params["export_activations"]
     if export_dir is not None and writer:  # refused before the scan, not after it
         powerinfer.check_folder(export_dir, params["export_naming"], [model, data, params["labels"]])

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from reludoctor import __version__, activations
 from reludoctor.backends.base import Backend, LoadedModel, Observation, ScanRun
-from reludoctor.core import certify, definitions, distributed, profile
+from reludoctor.core import certify, definitions, distributed, profile, slices
 from reludoctor.core.batches import Progress, dtype_name, resolve_dtype
 from reludoctor.core.observers import BatchContext
 from reludoctor.core.rules import evaluate
@@ -18,6 +18,7 @@ from reludoctor.core.timings import phase
 from reludoctor.data.binding import parse_constants
 from reludoctor.data.calibration import load_calibration
 from reludoctor.data.input_range import parse_input_range
+from reludoctor.data.slices import SampleSlices, load_ids
 from reludoctor.errors import NoSitesError, ReludoctorWarning, UsageError  # noqa: F401 - re-exported
 from reludoctor.options import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, ScanOptions
 from reludoctor.report.model import CalibrationInfo, ModelInfo, Report, Thresholds, UnobservedSite
@@ -98,11 +99,18 @@ def scan(model: Any, data: Any = None, options: ScanOptions | None = None, *,
     the domain of the model's one floating-point input, in the units the model sees; dead units
     whose pre-activation cannot exceed the activation's lower bound anywhere in it are listed as
     ``certified_dead_units`` (interval bound propagation over the torch.export graph).
+
+    ``slices`` (a .npy/.npz/.pt path, array or tensor of integers, one per calibration sample in
+    data order: a class, task or domain): per site, the units dead on each slice, those alive on
+    some slices only (specialised) and the dead ratio per slice (``SiteStats.slices``,
+    ``Report.slices``). ``dead_points=True`` (implied by ``slices``): per site, the samples whose
+    whole activation is zero (``SiteStats.dead_points``). docs/diagnosis.md.
     """
     options = ScanOptions.merged(options, settings, "scan")
     options.trust_model = trusted(options.trust_model, unsafe_pickle)
     options.check()
     box = parse_input_range(options.input_range)  # a bad range fails before the model loads
+    slice_ids = None if options.slices is None else load_ids(options.slices)  # so does a bad --slices
     notes: list[str] = []
 
     def warn(message: str) -> None:
@@ -127,6 +135,8 @@ def scan(model: Any, data: Any = None, options: ScanOptions | None = None, *,
                                            **_text_settings(options, loaded, data, warn))
         for note in calibration.notes:
             warn(note)
+        sample_slices = None if slice_ids is None else \
+            SampleSlices(slice_ids, calibration.samples, calibration.sample_indices)
         labels = options.labels
         if labels is not None and calibration.sample_indices is not None:
             labels = _sampled_labels(labels, calibration.sample_indices)
@@ -144,14 +154,17 @@ def scan(model: Any, data: Any = None, options: ScanOptions | None = None, *,
                 raise UsageError("--ablate is not supported in a multi-process scan (torchrun)",
                                  "run the ablation in a single process")
             target = world.device
+            if sample_slices is not None:
+                sample_slices.shard(batch_size, world.rank, world.size, calibration.indexable)
             calibration = world.shard(calibration, batch_size)
-        run = ScanRun(options, target, batch_size, autocast, BatchContext(), progress, warn)
+        context = BatchContext(points=options.dead_points or sample_slices is not None, slices=sample_slices)
+        run = ScanRun(options, target, batch_size, autocast, context, progress, warn)
         with backend.session(loaded, target):
             # A multi-process scan observes this rank's shard, then combines every rank's statistics.
             with phase("observe"):
                 observation = backend.observe(loaded, calibration, run) if world is None \
                     else _observe_world(world, backend, loaded, calibration, run)
-            stats = _site_stats(observation, options)
+            stats = _site_stats(observation, options, sample_slices)
             for site in observation.unobserved:
                 warn(f"site {site.name} ({site.op}) was not observed: {site.reason}")
             _refuse_unobserved(stats, observation, loaded, backend, calibration)
@@ -199,6 +212,7 @@ def scan(model: Any, data: Any = None, options: ScanOptions | None = None, *,
         certification=certification,
         definitions=definition_counts,
         ablation=ablation,
+        slices=None if sample_slices is None else slices.summary(stats, sample_slices.source),
     )
 
 
@@ -247,7 +261,7 @@ def _observe_world(world: Any, backend: Backend, loaded: LoadedModel, calibratio
     return replace(mine[0], sites=sites, samples=samples, unobserved=unobserved)
 
 
-def _site_stats(observation: Observation, options: ScanOptions) -> list:
+def _site_stats(observation: Observation, options: ScanOptions, sample_slices: Any) -> list:
     """Statistics of every observed site; a site that never ran becomes an unobserved one."""
     stats = []
     for spec, observer in observation.sites:
@@ -259,6 +273,7 @@ def _site_stats(observation: Observation, options: ScanOptions) -> list:
             shape=observer.shape or (), lower=spec.lower, upper=spec.upper,
             counts=observer.state(), near_dead=options.near_dead, dormant_tau=options.dormant_tau,
             unit_axis_reason=spec.unit_axis_reason or None,
+            slice_ids=None if sample_slices is None else sample_slices.ids,
         ))
     return stats
 

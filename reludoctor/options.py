@@ -127,6 +127,10 @@ class ScanOptions(_Settings):
     normalize: str | None = None
     constants: Any = None
     batch_axes: Any = None
+    # per-sample observation (core/slices.py): slice ids, one integer per sample (a path, array
+    # or tensor); dead points (samples a site does not see at all; --slices computes them too)
+    slices: Any = None
+    dead_points: bool = False
     # certification: the model's input domain, "LOW,HIGH", "imagenet" or (low, high) (data.input_range)
     input_range: Any = None
     # text data (--data texts.jsonl / .txt)
@@ -163,6 +167,9 @@ class ScanOptions(_Settings):
             raise UsageError(f"--ablate-top {self.ablate_top} must be at least 0")
         if self.ablate_sites and not self.ablate:
             raise UsageError("--ablate-sites is for --ablate", "add --ablate")
+        if self.slices is not None and self.pack:
+            raise UsageError("--slices with --pack: a packed row mixes documents of different slices",
+                             "drop --pack (slices are per document)")
         return self
 
 

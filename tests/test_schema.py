@@ -476,6 +476,10 @@ def _fields(cls) -> set[str]:  # noqa: ANN001
     ("$defs/ablation_change", report_module.AblationChange),
     ("$defs/site_ablation", report_module.SiteAblation),
     ("$defs/site_ablation/properties/units/items", report_module.AblatedUnit),
+    ("$defs/slices", report_module.SlicesSummary),
+    ("$defs/site_slices", report_module.SiteSlices),
+    ("$defs/specialised_unit", report_module.SpecialisedUnit),
+    ("$defs/dead_points", report_module.DeadPoints),
 ])
 def test_schema_requires_exactly_the_report_fields(pointer, cls):
     """The schema and report.py stay in step: every field is described and required (a v1

@@ -362,8 +362,7 @@ def run(
                       progress=progress, prefetch=prefetch)
     with torch.inference_mode(), steps:
         for step in steps:
-            batch.valid = step.valid
-            batch.mask, batch.mask_positions = step.mask, step.mask_positions
+            batch.begin(step, device)
             if before_forward is not None:
                 before_forward()
             with step.guard(), precision:

@@ -12,9 +12,10 @@ new statistic is one more field with its ``Spec``; a field without one fails at 
 from __future__ import annotations
 
 import dataclasses
+import math
 import operator
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
@@ -34,15 +35,28 @@ Channel = tuple[str, str]
 CHANNELS: tuple[Channel, ...] = (("sum", "int64"), ("sum", "float64"), ("max", "float64"))
 
 
+class Layout(NamedTuple):
+    """Which fields a site's state tracks and how big they are: ``bounded`` adds the minimum
+    (ReLU6, hardtanh, Clip), ``slices`` (> 0) the per-slice fields (``--slices``), ``points``
+    the dead points (``--dead-points``, ``--slices``)."""
+
+    units: int
+    bounded: bool = False
+    slices: int = 0
+    points: bool = False
+
+
 @dataclass(frozen=True)
 class Spec:
     """How one ``UnitCounts`` field combines, how big it is and where the report keeps it."""
 
     reduce: str  # "sum" | "max" | "min"
-    extent: str  # "site": one scalar; "unit": one per unit; "bins": one per histogram bin
+    # "site": one scalar; "unit": one per unit; "bins": one per histogram bin; "slice": one per
+    # slice; "slice_unit": [slices, units]
+    extent: str
     dtype: str  # "int64" | "float64"
     report: str  # attribute path in report.model.SiteStats, e.g. "accumulators.positive_count"
-    optional: bool = False  # None for sites that do not track it (min: unbounded activations)
+    needs: str | None = None  # the Layout flag it is tracked under; None (the field) otherwise
 
     @property
     def channel(self) -> Channel:
@@ -52,12 +66,17 @@ class Spec:
     def sign(self) -> int:
         return -1 if self.reduce == "min" else 1
 
-    def size(self, units: int) -> int:
-        return {"site": 1, "unit": units, "bins": BINS}[self.extent]
+    def tracked(self, layout: Layout) -> bool:
+        return self.needs is None or bool(getattr(layout, self.needs))
+
+    def shape(self, layout: Layout) -> tuple[int, ...]:
+        return {"site": (), "unit": (layout.units,), "bins": (BINS,), "slice": (layout.slices,),
+                "slice_unit": (layout.slices, layout.units)}[self.extent]
 
 
-def _field(reduce: str, extent: str, dtype: str, report: str, optional: bool = False) -> Any:
-    return dataclasses.field(metadata={"spec": Spec(reduce, extent, dtype, report, optional)})
+def _field(reduce: str, extent: str, dtype: str, report: str, needs: str | None = None) -> Any:
+    return dataclasses.field(default=None if needs else dataclasses.MISSING,
+                             metadata={"spec": Spec(reduce, extent, dtype, report, needs)})
 
 
 @dataclass
@@ -69,11 +88,19 @@ class UnitCounts:
     # positions where the pre-activation > lower bound
     positive: np.ndarray = _field("sum", "unit", "int64", "accumulators.positive_count")
     max: np.ndarray = _field("max", "unit", "float64", "max_preactivation")  # max pre-activation
-    # min pre-activation (bounded activations only)
-    min: np.ndarray | None = _field("min", "unit", "float64", "min_preactivation", optional=True)
     # sum of |activation output|
     abs_output_sum: np.ndarray = _field("sum", "unit", "float64", "accumulators.abs_output_sum")
     hist: np.ndarray = _field("sum", "bins", "int64", "histogram.counts")  # BINS bins, HIST_EDGES
+    # The fields below are tracked only where their Layout flag is set (None otherwise).
+    # min pre-activation (bounded activations only)
+    min: np.ndarray | None = _field("min", "unit", "float64", "min_preactivation", needs="bounded")
+    # samples none of whose positions fired on any unit (--dead-points, --slices)
+    dead_points: int | None = _field("sum", "site", "int64", "dead_points.count", needs="points")
+    # per slice (--slices): samples, observed positions, positions where each unit fired
+    slice_samples: np.ndarray | None = _field("sum", "slice", "int64", "slices.samples", needs="slices")
+    slice_positions: np.ndarray | None = _field("sum", "slice", "int64", "slices.positions", needs="slices")
+    slice_positive: np.ndarray | None = _field("sum", "slice_unit", "int64", "slices.positive_count",
+                                               needs="slices")
 
     @classmethod
     def fields(cls) -> tuple[tuple[str, Spec], ...]:
@@ -81,17 +108,19 @@ class UnitCounts:
         return _SPECS
 
     @classmethod
-    def empty(cls, units: int, bounded: bool) -> UnitCounts:
-        """The state of a site that saw nothing: each field at its reduction's identity."""
+    def empty(cls, units: int, bounded: bool = False, slices: int = 0, points: bool = False) -> UnitCounts:
+        """The state of a site that saw nothing (of this ``Layout``): each field at its
+        reduction's identity."""
+        layout = Layout(units, bounded, slices, points)
         values: dict[str, Any] = {}
         for name, spec in _SPECS:
             identity = _IDENTITY[spec.reduce]
-            if spec.optional and not bounded:
+            if not spec.tracked(layout):
                 values[name] = None
             elif spec.extent == "site":
                 values[name] = identity
             else:
-                values[name] = np.full(spec.size(units), identity, np.dtype(spec.dtype))
+                values[name] = np.full(spec.shape(layout), identity, np.dtype(spec.dtype))
         return cls(**values)
 
     @property
@@ -100,12 +129,18 @@ class UnitCounts:
 
     @property
     def bounded(self) -> bool:
-        """Whether the optional fields (the minimum) are tracked."""
-        return all(getattr(self, name) is not None for name, spec in _SPECS if spec.optional)
+        """Whether the minimum is tracked."""
+        return self.min is not None
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.units, self.bounded,
+                      0 if self.slice_samples is None else int(self.slice_samples.shape[0]),
+                      self.dead_points is not None)
 
     def merge(self, other: UnitCounts) -> UnitCounts:
         """The state of one scan over both states' data (associative, commutative)."""
-        if other.units != self.units or other.bounded != self.bounded:
+        if other.layout != self.layout:
             raise ValueError("cannot merge statistics of differently shaped sites")
         values = {}
         for name, spec in _SPECS:
@@ -120,8 +155,7 @@ class UnitCounts:
         for name, spec in _SPECS:
             value = getattr(self, name)
             if value is not None and spec.extent != "site":
-                cast = int if spec.dtype == "int64" else float
-                value = tuple(cast(v) for v in value)
+                value = _tuples(value, int if spec.dtype == "int64" else float)
             out[spec.report] = value
         return out
 
@@ -132,11 +166,18 @@ class UnitCounts:
         for name, spec in _SPECS:
             value = site
             for part in spec.report.split("."):
-                value = getattr(value, part)
+                value = getattr(value, part, None)  # an untracked section (None) has no parts
             if value is not None and spec.extent != "site":
-                value = np.asarray(value, dtype=np.dtype(spec.dtype)).reshape(-1)
+                value = np.asarray(value, dtype=np.dtype(spec.dtype))
+                if spec.extent == "slice_unit":  # [slices, units]; positive is read before it
+                    value = value.reshape(-1, len(values["positive"]))
             values[name] = value
         return cls(**values)
+
+
+def _tuples(value: np.ndarray, cast: Callable[[Any], Any]) -> tuple:
+    """An array as (nested) tuples of Python numbers."""
+    return tuple(_tuples(v, cast) if np.ndim(v) else cast(v) for v in value)
 
 
 _SPECS: tuple[tuple[str, Spec], ...] = tuple(
@@ -161,24 +202,26 @@ def pack(states: Sequence[UnitCounts]) -> dict[Channel, np.ndarray]:
             for channel, parts in pieces.items()}
 
 
-def unpack(buffers: dict[Channel, np.ndarray], shapes: Sequence[tuple[int, bool]]) -> list[UnitCounts]:
-    """``pack`` inverted, for states of the given (units, bounded): fresh arrays, per-site
-    fields as Python ints."""
+def unpack(buffers: dict[Channel, np.ndarray], layouts: Sequence[Layout]) -> list[UnitCounts]:
+    """``pack`` inverted, for states of the given layouts: fresh arrays, per-site fields as
+    Python ints."""
     offsets = dict.fromkeys(CHANNELS, 0)
     states = []
-    for units, bounded in shapes:
+    for layout in layouts:
+        layout = Layout(*layout)  # also a plain (units, bounded)
         values: dict[str, Any] = {}
         for name, spec in _SPECS:
-            if spec.optional and not bounded:
+            if not spec.tracked(layout):
                 values[name] = None
                 continue
-            start, size = offsets[spec.channel], spec.size(units)
+            shape = spec.shape(layout)
+            start, size = offsets[spec.channel], math.prod(shape)
             offsets[spec.channel] += size
             piece = buffers[spec.channel][start:start + size]
             if spec.extent == "site":
                 values[name] = int(piece[0]) if spec.dtype == "int64" else float(piece[0])
             else:
-                values[name] = -piece if spec.sign < 0 else piece.copy()
+                values[name] = (-piece if spec.sign < 0 else piece.copy()).reshape(shape)
         states.append(UnitCounts(**values))
     return states
 

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from reludoctor.core.counts import CHANNELS, SiteObserver, UnitCounts, pack, unpack
+from reludoctor.core.counts import CHANNELS, Layout, SiteObserver, UnitCounts, pack, unpack
 from reludoctor.data.shard import shard
 from reludoctor.errors import DistributedError, ReludoctorError, UsageError, first_line  # noqa: F401 - re-exported
 
@@ -94,8 +94,7 @@ class World:
         if local is not None:
             sites, samples = local
             counts = [observer.state() if observer.observed else None for _, observer in sites]
-            entries = [(spec, state is not None, None if state is None else state.units,
-                        None if state is None else state.min is not None, observer.shape)
+            entries = [(spec, state is not None, None if state is None else state.layout, observer.shape)
                        for (spec, observer), state in zip(sites, counts)]
             status: tuple = ("ok", entries, samples)
         else:
@@ -136,6 +135,12 @@ class PlannedSite:
     units: int | None  # None: no rank executed the site
     bounded: bool
     shape: tuple[int, ...] | None  # from the first rank that executed it
+    slices: int = 0  # the Layout's other flags (--slices, --dead-points)
+    points: bool = False
+
+    @property
+    def layout(self) -> Layout | None:
+        return None if self.units is None else Layout(self.units, self.bounded, self.slices, self.points)
 
 
 @dataclass
@@ -163,17 +168,19 @@ def _plan(per_rank: list[list[tuple]]) -> list[PlannedSite]:
     found: dict[str, PlannedSite] = {}
     for entries in per_rank:
         previous = None
-        for spec, observed, units, bounded, shape in entries:
+        for spec, observed, layout, shape in entries:
             site = found.get(spec.name)
             if site is None:
                 site = found[spec.name] = PlannedSite(spec, None, spec.upper is not None, None)
                 order.insert(order.index(previous) + 1 if previous is not None else 0, spec.name)
             if observed:
-                if site.units is None:
-                    site.units, site.bounded, site.shape = units, bounded, shape
-                elif site.units != units or site.bounded != bounded:
-                    raise UsageError(f"site {spec.name} has {site.units} units on one rank and "
-                                     f"{units} on another", "give every rank the same model")
+                if site.layout is None:
+                    site.units, site.bounded, site.slices, site.points = layout
+                    site.shape = shape
+                elif site.layout != layout:
+                    raise UsageError(f"site {spec.name} has {site.layout.units} units on one rank and "
+                                     f"{layout.units} on another (or other options)",
+                                     "give every rank the same model and options")
             previous = spec.name
     return [found[name] for name in order]
 
@@ -185,17 +192,16 @@ def reduce_counts(plan: list[PlannedSite], mine: dict[str, UnitCounts | None], s
     of ``counts.pack`` (int64 sums, with the sample count first; float64 sums; float64 maxima,
     the minima negated), whatever the sites. ``all_reduce(buffer, "sum" | "max")`` returns the
     reduced buffer. Returns (samples of all ranks, merged counts per planned site)."""
-    observed = [site for site in plan if site.units is not None]
-    buffers = pack([mine.get(site.spec.name) or UnitCounts.empty(site.units, site.bounded)
-                    for site in observed])
+    observed = [site for site in plan if site.layout is not None]
+    buffers = pack([mine.get(site.spec.name) or UnitCounts.empty(*site.layout) for site in observed])
     first = CHANNELS[0]  # int64 sums: always reduced, it carries the sample count
     buffers[first] = np.concatenate([np.array([samples], np.int64), buffers[first]])
     reduced = {channel: all_reduce(buffer, channel[0]) for channel, buffer in buffers.items()
                if channel == first or buffer.size}
     total = int(reduced[first][0])
     reduced[first] = reduced[first][1:]
-    states = iter(unpack(reduced, [(site.units, site.bounded) for site in observed]))
-    return total, [None if site.units is None else next(states) for site in plan]
+    states = iter(unpack(reduced, [site.layout for site in observed]))
+    return total, [None if site.layout is None else next(states) for site in plan]
 
 
 # ----------------------------------------------------------------------------- joining

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from reludoctor.core.counts import HIST_EDGES, UnitCounts
-from reludoctor.errors import ObserverFailure
+from reludoctor.errors import ObserverFailure, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -74,6 +74,12 @@ class TorchUnitObserver:
         self._below = None
         self._hist_values = 0
         self._edges = None
+        # per-sample state (BatchContext.points / .slices): dead points; per slice: samples,
+        # positions, positive count per unit
+        self._dead_points = None
+        self._slice_samples = None
+        self._slice_positions = None
+        self._slice_positive = None
 
     def __call__(self, x: torch.Tensor) -> None:
         import torch
@@ -85,6 +91,8 @@ class TorchUnitObserver:
                         self._update(x.detach())
                 else:
                     self._update(x.detach())
+        except UsageError:  # an option this activation cannot serve: the user's to change
+            raise
         except Exception as exc:
             raise ObserverFailure(f"observing an activation failed: {exc}") from exc
 
@@ -106,6 +114,55 @@ class TorchUnitObserver:
         self._histogram(batch.x, batch.keep)
         self._positions += batch.positions
         self._samples += batch.samples
+        if self.batch.points:
+            self._per_sample(x)
+
+    def _per_sample(self, x: torch.Tensor) -> None:
+        """Dead points and per-slice counts: per sample and unit, the positions that fired
+        (padding positions excluded), then summed by slice with index_add (no host sync).
+        A pass of its own over x: only scans that ask for it pay for it."""
+        import torch
+
+        x = self._real_rows(x)
+        axis = resolve_unit_axis(x.ndim, self.unit_axis)
+        units = x.shape[axis]
+        fired = x > self.lower
+        mask = self.batch.positions_of(x, axis)
+        if mask is not None:
+            fired &= mask.view(*mask.shape, *([1] * (x.ndim - mask.ndim)))
+        inner = tuple(d for d in range(1, x.ndim) if d != axis)
+        counts = fired.sum(dim=inner, dtype=torch.int32) if inner else fired.to(torch.int32)
+        samples = self.batch.rows
+        rows = counts.shape[0]
+        if rows != samples:  # [N*T, F]: the rows of flattened sequences, sample-major
+            if samples == 0 or rows % samples:
+                raise UsageError(f"an activation with {rows} rows in a batch of {samples} samples: its "
+                                 "samples cannot be told apart (--slices, --dead-points)",
+                                 "scan without --slices and --dead-points")
+            counts = counts.view(samples, rows // samples, units).sum(1, dtype=torch.int32)
+        if self._dead_points is None:
+            self._dead_points = torch.zeros((), dtype=torch.int64, device=x.device)
+        self._dead_points += (counts.amax(1) == 0).sum()
+        slices = self.batch.slices
+        if slices is None:
+            return
+        index = self.batch.slice_index
+        if index.device != x.device:
+            index = index.to(x.device, non_blocking=True)
+        if self._slice_positive is None:
+            self._slice_samples = torch.zeros(slices.count, dtype=torch.int64, device=x.device)
+            self._slice_positions = torch.zeros(slices.count, dtype=torch.int64, device=x.device)
+            self._slice_positive = torch.zeros((slices.count, units), dtype=torch.int64, device=x.device)
+        # observed positions per unit of each sample: its real positions (mask) x the inner axes
+        if mask is None:
+            positions = torch.full((samples,), x.numel() // (units * samples), dtype=torch.int64,
+                                   device=x.device)
+        else:
+            inner_positions = x.numel() // (units * mask.numel())
+            positions = mask.reshape(samples, -1).sum(1, dtype=torch.int64) * inner_positions
+        self._slice_samples.index_add_(0, index, torch.ones_like(index))
+        self._slice_positions.index_add_(0, index, positions)
+        self._slice_positive.index_add_(0, index, counts.to(torch.int64))
 
     def reduce_batch(self, x: torch.Tensor) -> Reduced | None:
         """One batch's per-unit statistics, not yet accumulated, or None for an empty batch.
@@ -117,13 +174,9 @@ class TorchUnitObserver:
         dependent), so x keeps its shape and the reductions ignore the padding through
         ``where`` (``_reduce(keep=...)``); the positions count comes from the host's mask sum.
         """
-        valid = self.batch.valid
-        if valid is not None and x.ndim > 0 and valid < x.shape[0]:
-            x = x[:valid]
+        x = self._real_rows(x)
         if x.numel() == 0:
             return None
-        if x.ndim == 1:  # [N]: one unit
-            x = x.unsqueeze(1)
         axis = resolve_unit_axis(x.ndim, self.unit_axis)
         units = x.shape[axis]
         if self.shape is None:
@@ -150,6 +203,13 @@ class TorchUnitObserver:
         if keep is None and x.device.type == "cpu" and x.is_floating_point():
             reduced = self._reduce_cpu(x, axis, units)
         return Reduced(x, reduced or self._reduce(x, axis, keep), positions, samples, keep)
+
+    def _real_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """x without the padding rows of a fixed-size batch; [N] (one unit) as [N, 1]."""
+        valid = self.batch.valid
+        if valid is not None and x.ndim > 0 and valid < x.shape[0]:
+            x = x[:valid]
+        return x.unsqueeze(1) if x.ndim == 1 else x
 
     def _reduce(self, x: torch.Tensor, axis: int, keep: torch.Tensor | None = None) -> tuple:
         """Per unit: max, min (bounded only), positive count (int64), output sum (float32).
@@ -360,7 +420,7 @@ class TorchUnitObserver:
         below = self._below.cpu().numpy().astype(np.int64)
         # bucketize(right=True) bins: bin i holds the values below edge i and not below i-1
         hist = np.diff(below, prepend=0, append=int(self._hist_values))
-        return UnitCounts(
+        return UnitCounts(**self._sample_state(),
             positions=self._positions,
             samples=self._samples,
             positive=self._positive.cpu().numpy(),
@@ -369,6 +429,18 @@ class TorchUnitObserver:
             abs_output_sum=self._abs_sum.cpu().numpy(),
             hist=hist,
         )
+
+    def _sample_state(self) -> dict[str, Any]:
+        """The per-sample fields for ``state()`` (read back to the host), those tracked only."""
+        slices = self.batch.slices
+        out: dict[str, Any] = {}
+        if self.batch.points:
+            out["dead_points"] = 0 if self._dead_points is None else int(self._dead_points)
+        if slices is not None:
+            out.update(slice_samples=self._slice_samples.cpu().numpy(),
+                       slice_positions=self._slice_positions.cpu().numpy(),
+                       slice_positive=self._slice_positive.cpu().numpy())
+        return out
 
 
 @dataclass
@@ -385,6 +457,31 @@ class BatchContext:
     mask: Any = None
     mask_positions: int = 0
     where_masks: bool = False  # the device route on the CPU too (tests compare the two)
+    # Per-sample observation (--dead-points, --slices; the scan's runner sets them): ``rows``
+    # real samples in the current batch; ``slices`` (data.slices.SampleSlices) and the current
+    # batch's slice positions ``slice_index`` ([rows] int64 on the model's device).
+    points: bool = False
+    slices: Any = None
+    rows: int = 0
+    slice_index: Any = None
+
+    def begin(self, step: Any, device: Any = None) -> None:
+        """The runner's state of one batch (a ``core.batches.Step``) for the observers; the
+        slice index as a tensor on ``device``, or (None) a numpy array (ONNX)."""
+        self.valid = step.valid
+        self.mask, self.mask_positions = step.mask, step.mask_positions
+        self.rows = step.rows
+        if self.slices is not None:
+            index = self.slices.of(step.start, step.rows)
+            if device is None:
+                self.slice_index = index
+                return
+            import torch
+
+            index = torch.from_numpy(index)
+            if device.type == "cuda":  # a queued copy from pinned memory: no wait for the GPU
+                index = index.pin_memory()
+            self.slice_index = index.to(device, non_blocking=True)
 
     def site_shape(self, shape: tuple) -> tuple:
         """An activation's shape (batch excluded) as it identifies a site: the sequence axis

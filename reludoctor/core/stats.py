@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
+from reludoctor.core import slices
 from reludoctor.core.counts import HIST_EDGES, UnitCounts
 from reludoctor.errors import DataError
 from reludoctor.report.model import Histogram, SiteAccumulators, SiteStats, Summary
@@ -43,6 +46,7 @@ def site_stats(
     near_dead: float,
     dormant_tau: float,
     unit_axis_reason: str | None = None,
+    slice_ids: Sequence[int] | None = None,
 ) -> SiteStats:
     positions = max(counts.positions, 1)
     layer_mean = float((counts.abs_output_sum / positions).mean()) if counts.units else 0.0
@@ -82,6 +86,8 @@ def site_stats(
         accumulators=SiteAccumulators(raw["accumulators.positive_count"],
                                       raw["accumulators.abs_output_sum"]),
         unit_axis_reason=unit_axis_reason,
+        slices=None if slice_ids is None else slices.site_slices(counts, slice_ids),
+        dead_points=slices.dead_points(counts),
     )
 
 

@@ -67,11 +67,11 @@ def _opened(path: Path, option: str, what: str = "") -> Iterator[tuple[BinaryIO,
         yield handle, head
 
 
-def load_file(path: Path, specs: Sequence[InputSpec]) -> dict[str, Any] | list[Any]:
+def load_file(path: Path, specs: Sequence[InputSpec], option: str = "--data") -> dict[str, Any] | list[Any]:
     """Read a data file: a regular file only (a FIFO never blocks, a symlink loop or a device is
     an input error), noted in the input ledger; every malformed file is a DataError. Returns the
     arrays by name (.npz, a dict in a .pt; None for those no input needs, left unread) or in order."""
-    with _opened(path, "--data") as (handle, head):
+    with _opened(path, option) as (handle, head):
         if head.startswith(b"\x93NUMPY"):
             return [_load_npy(handle, path)]
         if head.startswith(b"PK\x03\x04"):

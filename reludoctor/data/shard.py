@@ -21,6 +21,13 @@ def shard_batches(total: int, batch_size: int, rank: int, size: int) -> np.ndarr
     return rows[rows < total]
 
 
+def global_positions(local: np.ndarray, batch_size: int, rank: int, size: int) -> np.ndarray:
+    """Positions in the single-process order of this rank's samples at ``local`` positions of
+    its shard (``shard_batches`` as a formula, so it needs no sample count)."""
+    batch, row = np.divmod(np.asarray(local, np.int64), batch_size)
+    return (batch * size + rank) * batch_size + row
+
+
 def shard(calibration: Any, batch_size: int, rank: int, size: int) -> Shard:
     """This rank's part of a calibration set (see ``shard_batches``).
 

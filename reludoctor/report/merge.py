@@ -11,7 +11,9 @@ different models (sha256, format, inputs) or of an in-memory model (no digest), 
 different methods, unit axes or precisions (``--dtype``), sites that disagree (op, units, shape,
 bounds) or that a report neither observed nor listed as unobserved (TorchDispatchMode scans list
 only the sites they saw: there a missing site is accepted), a mix of synthetic and real
-calibration data, and reports written before the accumulators existed. Taken from the first report, with a warning:
+calibration data, reports written before the accumulators existed, and a mix of reports with
+and without ``--slices`` or ``--dead-points`` (per-slice counts of parts with different slice ids
+are laid over the union of the ids first). Taken from the first report, with a warning:
 the near-dead and dormant thresholds (derived statistics are recomputed with them) and the
 batch size. Dropped, with a warning: gradient statistics (they cannot be merged exactly; re-run
 ``scan --gradients`` over the union), baseline comparisons and gate outcomes.
@@ -67,7 +69,7 @@ def merge_files(paths: Sequence[str | Path], warn: Callable[[str], None] | None 
 def merge_reports(reports: Sequence[Report], names: Sequence[str] | None = None,
                   warn: Callable[[str], None] | None = None) -> Report:
     """The report of one scan over the union of the reports' (disjoint) calibration data."""
-    from reludoctor.core import profile
+    from reludoctor.core import profile, slices
     from reludoctor.core.rules import evaluate
     from reludoctor.core.stats import site_stats, summarise, unit_counts
 
@@ -86,16 +88,21 @@ def merge_reports(reports: Sequence[Report], names: Sequence[str] | None = None,
     _check_compatible(reports, names, note)
     sites, unobserved = _sites(reports, names)
     near_dead, dormant_tau = first.thresholds.near_dead, first.thresholds.dormant_tau
+    # slice ids: the union of the parts' (a slice a part did not see counts zero there)
+    ids = None if first.slices is None else sorted({i for r in reports for i in r.slices.ids})
     stats = []
     for entry in sites:
-        counts = unit_counts(entry.parts[0])
-        for part in entry.parts[1:]:
-            counts = counts.merge(unit_counts(part))
+        parts = [unit_counts(part) if ids is None else slices.aligned(unit_counts(part), part.slices.ids, ids)
+                 for part in entry.parts]
+        counts = parts[0]
+        for part in parts[1:]:
+            counts = counts.merge(part)
         site = entry.first
         stats.append(site_stats(
             name=site.name, op=site.op, module=site.module, unit_axis=site.unit_axis,
             shape=site.shape, lower=site.lower_bound, upper=site.upper_bound, counts=counts,
-            near_dead=near_dead, dormant_tau=dormant_tau, unit_axis_reason=site.unit_axis_reason))
+            near_dead=near_dead, dormant_tau=dormant_tau, unit_axis_reason=site.unit_axis_reason,
+            slice_ids=ids))
     samples = sum(r.calibration.samples for r in reports)
     calibration = CalibrationInfo(
         " + ".join(_unique(r.calibration.source for r in reports)), samples,
@@ -127,6 +134,8 @@ def merge_reports(reports: Sequence[Report], names: Sequence[str] | None = None,
         gradients=gradients,
         ignored_ops=tuple(_unique(op for r in reports for op in r.ignored_ops)),
         profile=profile.build(stats, samples),
+        slices=None if ids is None else slices.summary(
+            stats, " + ".join(_unique(r.slices.source for r in reports))),
     )
 
 
@@ -167,6 +176,11 @@ def _check_compatible(reports: Sequence[Report], names: Sequence[str],
             if mine != theirs:
                 raise MergeError(f"reports {where} and {name} were scanned with different {label} "
                                  f"({mine} and {theirs})", "scan every part with the same options")
+        for label, mine, theirs in (("--slices", first.slices is not None, report.slices is not None),
+                                    ("--dead-points", _points(first), _points(report))):
+            if mine != theirs:
+                raise MergeError(f"reports {where} and {name}: one was scanned with {label}, the other "
+                                 "not", f"scan every part with {label}, or none")
         if report.calibration.synthetic != first.calibration.synthetic:
             synthetic = where if first.calibration.synthetic else name
             raise MergeError(f"report {synthetic} used synthetic data and the other parts real data",
@@ -183,6 +197,10 @@ def _check_compatible(reports: Sequence[Report], names: Sequence[str],
     if first.calibration.synthetic:
         note("every part used synthetic data: parts scanned with the same --seed saw the same "
              "samples, so the merged counts are not those of disjoint data")
+
+
+def _points(report: Report) -> bool:
+    return any(site.dead_points is not None for site in report.sites)
 
 
 def _sites(reports: Sequence[Report], names: Sequence[str]) -> tuple[list[_Site], list[UnobservedSite]]:

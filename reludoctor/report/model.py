@@ -18,10 +18,10 @@ NOT_REQUESTED = "not requested (scan with gradients=True, --gradients)"
 # Keys written only where they apply, so other reports stay byte-identical to what they were:
 # a scan with an input range (Report.certification, SiteStats.certified_dead_units), a model
 # with language-model FFN sites (Report.profile), a scan with definitions=True (Report.definitions,
-# SiteStats.definitions).
-CONDITIONAL_KEYS = frozenset({"certification", "certified_dead_units", "profile", "definitions"})
-# A scan with ablate=True (--ablate): Report.ablation, absent from the JSON otherwise.
-CONDITIONAL_KEYS = CONDITIONAL_KEYS | {"ablation"}
+# SiteStats.definitions), a scan with slices (Report.slices, SiteStats.slices), a scan with dead
+# points (SiteStats.dead_points: --dead-points, --slices), a scan with ablate=True (Report.ablation).
+CONDITIONAL_KEYS = frozenset({"certification", "certified_dead_units", "profile", "definitions", "slices",
+                              "dead_points", "ablation"})
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,50 @@ class Definitions:
 
 
 @dataclass(frozen=True)
+class SpecialisedUnit:
+    """A unit alive on some slices only (``--slices``): not dead, so not to be pruned."""
+
+    unit: int
+    alive_on: tuple[int, ...]  # the slice ids where it fired
+
+
+@dataclass(frozen=True)
+class SiteSlices:
+    """One site's liveness per slice (``--slices``); per-slice tuples follow ``ids``."""
+
+    ids: tuple[int, ...]  # the scan's slice ids, sorted
+    samples: tuple[int, ...]  # samples of each slice the site saw
+    positions: tuple[int, ...]  # observed positions per unit on each slice
+    dead_units: tuple[int, ...]  # per slice: units that never fired on it
+    dead_ratio: tuple[float | None, ...]  # per slice: dead_units / units; null: no sample of it here
+    dead_on_every_slice: tuple[int, ...]  # units dead on every slice the site saw (= dead_units)
+    specialised_units: tuple[SpecialisedUnit, ...]  # alive on some slices, dead on others
+    positive_count: tuple[tuple[int, ...], ...]  # [slice][unit] positions that fired (for merging)
+
+
+@dataclass(frozen=True)
+class DeadPoints:
+    """Samples whose whole activation at the site is zero (no unit fired at any position)."""
+
+    count: int
+    samples: int
+    fraction: float  # count / samples
+
+
+@dataclass(frozen=True)
+class SlicesSummary:
+    """Per-slice liveness over every site (``--slices``); per-slice tuples follow ``ids``."""
+
+    source: str  # the slice ids' file
+    ids: tuple[int, ...]
+    samples: tuple[int, ...]  # samples of each slice (the most any site saw)
+    dead_units: tuple[int, ...]  # per slice: dead units summed over the sites that saw it
+    dead_ratio: tuple[float, ...]  # per slice: dead_units / the units of those sites
+    dead_on_every_slice: int  # units, over every site
+    specialised_units: int  # units alive on some slices only, over every site
+
+
+@dataclass(frozen=True)
 class GradientInfo:
     """How gradient statistics were computed for this report, or why not."""
 
@@ -148,6 +192,9 @@ class SiteStats:
     certified_dead_units: tuple[int, ...] | None = None
     # Definitions from the literature (scan(definitions=True)); the key is in the JSON only then.
     definitions: SiteDefinitions | None = None
+    # Per-slice liveness (--slices) and dead points (--dead-points, --slices): keys only then.
+    slices: SiteSlices | None = None
+    dead_points: DeadPoints | None = None
 
 
 @dataclass(frozen=True)
@@ -422,6 +469,7 @@ class Report:
     certification: Certification | None = None  # with --input-range only (absent from the JSON otherwise)
     definitions: Definitions | None = None  # with --definitions only (absent from the JSON otherwise)
     ablation: Ablation | None = None  # with --ablate only (absent from the JSON otherwise)
+    slices: SlicesSummary | None = None  # with --slices only (absent from the JSON otherwise)
 
     def site(self, name: str) -> SiteStats:
         for site in self.sites:
@@ -443,6 +491,13 @@ class Report:
                 del site["definitions"]
         if data["ablation"] is None:  # CONDITIONAL_KEYS
             del data["ablation"]
+        if data["slices"] is None:  # CONDITIONAL_KEYS
+            del data["slices"]
+            for site in data["sites"]:
+                del site["slices"]
+        if all(site["dead_points"] is None for site in data["sites"]):  # CONDITIONAL_KEYS
+            for site in data["sites"]:
+                del site["dead_points"]
         for site in data["sites"]:  # per-unit gradients live on in definitions.grama only
             if site["gradient"] is not None:
                 del site["gradient"]["unit_abs_output"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, Sequence, TypeVar
 
 from reludoctor.errors import printable
 from reludoctor.report.gates import preview  # noqa: F401 - shared: unit lists in every format
@@ -215,3 +215,70 @@ def definition_table(report: Report) -> DefinitionTable | None:
     if totals.grama_reason:
         rules.append(f"GraMa: {totals.grama_reason}")
     return DefinitionTable(list(DEFINITION_LABELS.values()), rows, total, "; ".join(rules))
+
+
+@dataclass(frozen=True)
+class SliceTable:
+    """Site x (per-slice liveness, dead points) (``--slices``, ``--dead-points``), as every
+    format shows it."""
+
+    title: str
+    headers: list[str]
+    rows: list[tuple[str, list[str]]]  # (site name, cells)
+    total: list[str] | None  # over every site (with slices only)
+    legend: str
+
+
+def slice_table(report: Report) -> SliceTable | None:
+    """The slices / dead points table, or None when the scan asked for neither."""
+    summary = report.slices
+    points = any(site.dead_points is not None for site in report.sites)
+    if summary is None and not points:
+        return None
+    headers: list[str] = []
+    rules: list[str] = []
+    if summary is not None:
+        headers += ["dead all", "special.", "slice dead", "worst slice"]
+        rules += ["dead all: dead on every slice (dead)",
+                  "special.: alive on some slices only (specialised: keep them, pruning hurts those slices)",
+                  "slice dead: lowest-highest dead ratio over the slices",
+                  "worst slice: the slice with the highest (first of equals)"]
+    if points:
+        headers.append("dead points")
+        rules.append("dead points: samples on which no unit of the site fires at any position")
+    rows = []
+    for site in report.sites:
+        cells = _slice_cells(site.slices) if summary is not None else []
+        if points:
+            found = site.dead_points
+            cells.append("-" if found is None else f"{human(found.count)} ({percent(found.fraction)})")
+        rows.append((site.name, cells))
+    total = None
+    if summary is not None:
+        total = [human(summary.dead_on_every_slice), human(summary.specialised_units),
+                 _ratio_range(summary.dead_ratio), _worst(zip(summary.dead_ratio, summary.ids))]
+        total += ["-"] if points else []
+    title = (f"dead on which data: {len(summary.ids)} slices ({summary.source})" if summary is not None
+             else "dead points")
+    return SliceTable(title, headers, rows, total, "; ".join(rules))
+
+
+def _slice_cells(slices: Any) -> list[str]:
+    if slices is None:
+        return ["-"] * 4
+    seen = [(ratio, id_) for ratio, id_ in zip(slices.dead_ratio, slices.ids) if ratio is not None]
+    return [human(len(slices.dead_on_every_slice)), human(len(slices.specialised_units)),
+            _ratio_range([ratio for ratio, _ in seen]), _worst(seen)]
+
+
+def _worst(pairs: Any) -> str:
+    """The slice with the highest dead ratio, "id (ratio)"; '-' when none has a dead unit."""
+    ratio, id_ = max(pairs, default=(0.0, None), key=lambda pair: pair[0])
+    return "-" if not ratio else f"{id_} ({percent(ratio)})"
+
+
+def _ratio_range(ratios: Sequence[float]) -> str:
+    if not ratios:
+        return "-"
+    low, high = min(ratios), max(ratios)
+    return percent(low) if low == high else f"{percent(low)}-{percent(high)}"

@@ -30,6 +30,7 @@ from reludoctor.reporters.common import (
     percent,
     preview,
     rank_worst,
+    slice_table,
     xml_safe,
 )
 
@@ -114,6 +115,7 @@ def render(report: Report, options: RenderOptions | None = None) -> str:
     parts += _site_table(report)
     parts += _definitions(report)
     parts += _ablation(report)
+    parts += _slices(report)
     if report.baseline is not None:
         parts += _baseline(report)
     if report.gates is not None and report.gates.failures:
@@ -170,6 +172,10 @@ def _figures(report: Report) -> list[tuple[str, str, str]]:
         ("plot-frequency", "Each FFN layer's neuron activation frequencies (fired tokens / tokens), "
                            "sorted high to low: the steeper the head, the fewer hot neurons carry "
                            "the activations.", profile_plots.frequencies(report)),
+        ("plot-slices", "Per slice (--slices; rows) and site (columns, in execution order): the "
+                        "share of the site's units that never fired on a sample of the slice (the colour "
+                        "scale ends at the highest ratio, at least 5%); blank where the site saw no "
+                        "sample of it.", plots.slice_heatmap(report)),
     ]
     return [(fid, caption, scoped(svg, fid, caption)) for fid, caption, svg in made if svg]
 
@@ -320,6 +326,21 @@ def _ablation(report: Report) -> list[str]:
         out.append("</tbody></table></div>")
     if view.legend:
         out.append(f"<p>{esc(view.legend)}</p>")
+def _slices(report: Report) -> list[str]:
+    """--slices / --dead-points: per site, liveness over the slices and the dead points."""
+    found = slice_table(report)
+    if found is None:
+        return []
+    out = [f'<h2 id="slices">{esc(found.title[0].upper() + found.title[1:])}</h2>',
+           '<div class="scroll"><table>', "<thead><tr><th>site</th>"
+           + "".join(f'<th class="n">{esc(h)}</th>' for h in found.headers) + "</tr></thead>", "<tbody>"]
+    for name, cells in found.rows:
+        out.append(f'<tr><td class="name">{esc(name)}</td>'
+                   + "".join(f'<td class="n">{esc(c)}</td>' for c in cells) + "</tr>")
+    if found.total is not None:
+        out.append("<tr><td><b>all sites</b></td>" + "".join(f'<td class="n">{esc(c)}</td>' for c in found.total)
+                   + "</tr>")
+    out += ["</tbody></table></div>", f"<p>{esc(found.legend)}</p>"]
     return out
 
 

@@ -22,6 +22,7 @@ from reludoctor.reporters.common import (
     percent,
     preview,
     rank_worst,
+    slice_table,
 )
 
 DEFAULT_TOP = 10
@@ -82,6 +83,7 @@ def render(report: Report, options: RenderOptions | None = None) -> str:
     out.extend(_profile(report))
     out.extend(_definitions(report))
     out.extend(_ablation(report))
+    out.extend(_slices(report))
     if report.gates is not None and not report.gates.passed:
         out.extend(_gates(report))
     if report.baseline is not None:
@@ -144,6 +146,19 @@ def _ablation(report: Report) -> list[str]:
         out.append("")
     if view.legend:
         out += [md_escape(view.legend), ""]
+def _slices(report: Report) -> list[str]:
+    """--slices / --dead-points: per site, liveness over the slices and the dead points."""
+    found = slice_table(report)
+    if found is None:
+        return []
+    out = [f"### {md_escape(found.title[0].upper() + found.title[1:])}", "",
+           "| site | " + " | ".join(md_escape(h) for h in found.headers) + " |",
+           "|---|" + "--:|" * len(found.headers)]
+    for name, cells in found.rows:
+        out.append(f"| {md_code(name, table=True)} | " + " | ".join(md_escape(c) for c in cells) + " |")
+    if found.total is not None:
+        out.append("| **all sites** | " + " | ".join(md_escape(c) for c in found.total) + " |")
+    out += ["", md_escape(found.legend), ""]
     return out
 
 

@@ -107,6 +107,32 @@ def dead_ratio(report: Report) -> str:
         return _svg(figure)
 
 
+def slice_heatmap(report: Report) -> str | None:
+    """--slices: the dead ratio of every (slice, site) as a heatmap (slices down, sites across);
+    blank where the site saw no sample of the slice. None without slices."""
+    if report.slices is None:
+        return None
+    sites = report.sites
+    ids = report.slices.ids
+    grid = [[math.nan if s.slices is None or s.slices.dead_ratio[row] is None else s.slices.dead_ratio[row]
+             for s in sites] for row in range(len(ids))]
+    with _rc():
+        figure = _figure(10, min(8.0, 1.8 + 0.22 * len(ids)))
+        ax = figure.add_subplot()
+        known = [v for row in grid for v in row if not math.isnan(v)]
+        top = min(1.0, max(0.05, max(known, default=0.0)))  # small ratios stay readable
+        image = ax.imshow(grid, aspect="auto", cmap="Reds", vmin=0.0, vmax=top, interpolation="nearest")
+        ax.grid(visible=False)
+        _site_axis(ax, sites)
+        step = max(1, math.ceil(len(ids) / 30))
+        ax.set_yticks(range(0, len(ids), step), [label(str(ids[i])) for i in range(0, len(ids), step)],
+                      fontsize=7.5)
+        ax.set_ylabel("slice id")
+        ax.set_title("Dead ratio per slice and site")
+        figure.colorbar(image, ax=ax, format=_percent_formatter(), fraction=0.03, pad=0.01)
+        return _svg(figure)
+
+
 def activation_rates(report: Report) -> str:
     """Per site, the distribution of its units' activation rates (box: quartiles, whiskers:
     5th-95th percentile, dots: the rest)."""

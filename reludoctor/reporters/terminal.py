@@ -29,6 +29,7 @@ from reludoctor.reporters.common import (
     percent,
     preview,
     printable_copy,
+    slice_table,
     top_sites,
 )
 
@@ -272,6 +273,27 @@ def ablation_parts(report: Report, console: Console | None = None) -> list:
     if view.legend:
         parts.append(Text(view.legend, style="dim"))
     return parts
+def slices_table(report: Report, console: Console | None = None) -> Table | None:
+    """--slices / --dead-points: per site, liveness over the slices and the dead points."""
+    found = slice_table(report)
+    if found is None:
+        return None
+
+    def build(name_width: int, with_bar: bool) -> Table:
+        table = Table(title=found.title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                      caption=found.legend, caption_justify="left")
+        table.add_column("site", no_wrap=True, overflow="ellipsis", min_width=NAME_MIN,
+                         max_width=max(NAME_MIN, name_width))
+        for header in found.headers:
+            table.add_column(header, justify="right", no_wrap=True)
+        names = shorten_names([name for name, _ in found.rows], [max(NAME_MIN, name_width)] * len(found.rows))
+        for name, (_, cells) in zip(names, found.rows):
+            table.add_row(name, *cells)
+        if found.total is not None:
+            table.add_row(Text("all sites", style="bold"), *found.total)
+        return table
+
+    return fitted(build, console)
 
 
 def _summary_lines(report: Report) -> list[Text]:
@@ -382,6 +404,9 @@ def print_report(report: Report, console: Console, options: RenderOptions | None
         console.print(definitions)
     for part in ablation_parts(report, console):
         console.print(part)
+    sliced = slices_table(report, console)
+    if sliced is not None:
+        console.print(sliced)
     if report.baseline is not None:
         for indent, line in baseline_lines(report.baseline):
             console.print(Padding(line, (0, 0, 0, indent), expand=False))

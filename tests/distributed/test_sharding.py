@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from reludoctor.core import distributed
-from reludoctor.core.counts import HIST_EDGES, UnitCounts
+from reludoctor.core.counts import HIST_EDGES, Layout, UnitCounts
 from reludoctor.core.sites import SiteSpec
 from reludoctor.data import shard as sharding
 from reludoctor.data.binding import InputSpec
@@ -136,13 +136,13 @@ def test_reduce_counts_equals_merging_the_ranks_counts():
 
 def test_the_plan_keeps_rank_0s_order_and_places_late_sites_after_their_predecessor():
     a, b, c, d = (_spec(n) for n in "abcd")
-    rank0 = [(a, True, 4, False, (4,)), (c, True, 2, False, (2,)), (d, False, None, None, None)]
-    rank1 = [(a, True, 4, False, (4,)), (b, True, 3, False, (3,)), (c, True, 2, False, (2,))]
+    rank0 = [(a, True, Layout(4), (4,)), (c, True, Layout(2), (2,)), (d, False, None, None)]
+    rank1 = [(a, True, Layout(4), (4,)), (b, True, Layout(3), (3,)), (c, True, Layout(2), (2,))]
     plan = distributed._plan([rank0, rank1])
     assert [p.spec.name for p in plan] == ["a", "b", "c", "d"]
     assert [p.units for p in plan] == [4, 3, 2, None]
     with pytest.raises(UsageError, match="units on one rank"):
-        distributed._plan([rank0, [(a, True, 5, False, (5,))]])
+        distributed._plan([rank0, [(a, True, Layout(5), (5,))]])
 
 
 def test_rank_and_writer_come_from_the_environment(monkeypatch):

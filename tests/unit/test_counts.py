@@ -106,7 +106,7 @@ def test_every_field_declares_its_reduction():
         spec = field.metadata.get("spec")
         assert isinstance(spec, Spec), field.name
         assert spec.reduce in ("sum", "max", "min"), field.name
-        assert spec.extent in ("site", "unit", "bins"), field.name
+        assert spec.extent in ("site", "unit", "bins", "slice", "slice_unit"), field.name
         assert spec.dtype in ("int64", "float64"), field.name
         assert spec.channel in CHANNELS, field.name
 

@@ -69,7 +69,8 @@ class OnnxBackend(Backend):
         ignored: list = []
         sites, samples, unobserved, scanned = observe_onnx(
             loaded, calibration, device=run.device, batch_size=run.batch_size,
-            unit_axis=run.options.unit_axis, progress=run.progress, warn=run.warn, ignored=ignored)
+            unit_axis=run.options.unit_axis, progress=run.progress, warn=run.warn, ignored=ignored,
+            context=run.context)
         return Observation("onnxruntime", sites, samples, unobserved, ignored, {"scanned": scanned})
 
     def evidence(self, loaded: LoadedModel, observation: Observation, calibration: Any,

@@ -37,10 +37,10 @@ from reludoctor.backends.onnx.session import (
 )
 from reludoctor.backends.onnx.shapes import _unit_axis
 from reludoctor.core.counts import HIST_EDGES, UnitCounts
-from reludoctor.core.observers import HIST_SAMPLE
+from reludoctor.core.observers import HIST_SAMPLE, BatchContext
 from reludoctor.core.sites import SiteSpec
 from reludoctor.core.timings import phase
-from reludoctor.errors import DataError, NoSitesError, ObserverFailure
+from reludoctor.errors import DataError, NoSitesError, ObserverFailure, UsageError
 from reludoctor.report.model import UnobservedSite
 
 Progress = Callable[[int, "int | None"], None]
@@ -49,9 +49,10 @@ Progress = Callable[[int, "int | None"], None]
 class OnnxSiteObserver:
     """Folds one site's per-sample, per-unit session outputs into ``UnitCounts`` (numpy)."""
 
-    def __init__(self, site: _Found, plan: _Plan):
+    def __init__(self, site: _Found, plan: _Plan, context: BatchContext | None = None):
         self.site = site
         self.plan = plan
+        self.context = context or BatchContext()  # per-sample observation (--dead-points, --slices)
         self.lower = site.lower
         self.upper = site.upper
         self.shape: tuple[int, ...] | None = None
@@ -64,6 +65,10 @@ class OnnxSiteObserver:
         self._abs_sum: np.ndarray | None = None
         self._hist = np.zeros(len(HIST_EDGES) + 1, np.int64)
         self._edges = HIST_EDGES.astype(np.float32)
+        self._dead_points = 0
+        self._slice_samples: np.ndarray | None = None
+        self._slice_positions: np.ndarray | None = None
+        self._slice_positive: np.ndarray | None = None
 
     @property
     def observed(self) -> bool:
@@ -75,7 +80,7 @@ class OnnxSiteObserver:
     def update(self, results: dict[str, np.ndarray], rows: int, valid: int) -> None:
         try:
             self._update(results, rows, valid)
-        except ObserverFailure:
+        except (ObserverFailure, UsageError):
             raise
         except Exception as exc:
             raise ObserverFailure(f"observing ONNX site {self.site.name} failed: {exc}") from exc
@@ -139,6 +144,37 @@ class OnnxSiteObserver:
             self._hist += np.diff(below, prepend=0, append=values.size)
         self._positions += used * per_unit
         self._samples += valid
+        if self.context.points:
+            if lead.shape[0] != rows:
+                raise UsageError(f"site {self.site.name}: its first axis is not the batch, so its samples "
+                                 "cannot be told apart (--slices, --dead-points)",
+                                 "scan without --slices and --dead-points")
+            self._per_sample(self._fired(out, used, per_unit), per_unit)
+
+    def _fired(self, out: dict[str, np.ndarray], used: int, per_unit: int) -> np.ndarray:
+        """[samples, units] positions that fired, from the session's per-sample outputs. A unit
+        whose max is above the bound fired at least once (as ``state()`` says per unit)."""
+        if self.plan.mode == "raw":
+            return (out["x"][:used] > self.lower).astype(np.int64)
+        scale = per_unit if self.plan.mode == "pool" else 1  # pool: the fraction of positions
+        fired = np.nan_to_num(np.rint(out["count"][:used].astype(np.float64) * scale)).astype(np.int64)
+        fired[(fired == 0) & (out["max"][:used] > self.lower)] = 1
+        return fired
+
+    def _per_sample(self, fired: np.ndarray, per_unit: int) -> None:
+        """Dead points and per-slice counts from the per-sample, per-unit firing counts."""
+        self._dead_points += int((fired.max(1) == 0).sum()) if fired.shape[1] else fired.shape[0]
+        slices = self.context.slices
+        if slices is None:
+            return
+        if self._slice_positive is None:
+            self._slice_samples = np.zeros(slices.count, np.int64)
+            self._slice_positions = np.zeros(slices.count, np.int64)
+            self._slice_positive = np.zeros((slices.count, fired.shape[1]), np.int64)
+        index = self.context.slice_index
+        np.add.at(self._slice_samples, index, 1)
+        np.add.at(self._slice_positions, index, per_unit)
+        np.add.at(self._slice_positive, index, fired)
 
     def state(self) -> UnitCounts:
         if self._positive is None:
@@ -155,6 +191,10 @@ class OnnxSiteObserver:
             min=None if self._min is None else self._min.copy(),
             abs_output_sum=self._abs_sum.copy(),
             hist=self._hist.copy(),
+            dead_points=self._dead_points if self.context.points else None,
+            slice_samples=self._slice_samples,
+            slice_positions=self._slice_positions,
+            slice_positive=self._slice_positive,
         )
 
 
@@ -188,8 +228,10 @@ class OnnxInstrument:
     """An instrumented onnxruntime session and its observers (built once, run over batches)."""
 
     def __init__(self, loaded: LoadedModel, calibration: Any, *, device: Any, batch_size: int,
-                 unit_axis: int | None, warn: Warn, threads: int | None = None):
+                 unit_axis: int | None, warn: Warn, threads: int | None = None,
+                 context: BatchContext | None = None):
         self.loaded = loaded
+        self.context = context or BatchContext()
         self.where = loaded.path or "in-memory ONNX model"
         self.fixed = loaded.fixed_batch
         self.rows = self.fixed or batch_size
@@ -244,7 +286,7 @@ class OnnxInstrument:
         with phase("build the session"):
             self.session = _open_session(augmented, model, providers, self.where, threads)
         del augmented
-        self.observers = [OnnxSiteObserver(site, plan) for site, plan in zip(sites, plans)
+        self.observers = [OnnxSiteObserver(site, plan, self.context) for site, plan in zip(sites, plans)
                           if plan is not None]
         self.output_names = [name for observer in self.observers for name in observer.output_names()]
 
@@ -258,6 +300,7 @@ class OnnxInstrument:
             for step in steps:
                 if step.rows == 0:
                     continue
+                self.context.begin(step)
                 with step.guard(_ort_message):
                     feed, _ = _feed(self.loaded, step.inputs, calibration.source, step.start, None,
                                     step.binding)
@@ -282,12 +325,13 @@ def observe_onnx(
     progress: Progress | None,
     warn: Warn,
     ignored: list | None = None,
+    context: BatchContext | None = None,
 ) -> tuple[list[tuple[SiteSpec, OnnxSiteObserver]], int, list[UnobservedSite], Scanned]:
     """Instrument ``loaded`` (an ONNX model) in-graph and run the calibration data through it.
     ``ignored`` receives the ReLU-like nodes that are not activations (``report.IgnoredOp``);
     the discovery comes back last (``discover.site_nodes`` reuses it)."""
     instrument = OnnxInstrument(loaded, calibration, device=device, batch_size=batch_size,
-                                unit_axis=unit_axis, warn=warn)
+                                unit_axis=unit_axis, warn=warn, context=context)
     if ignored is not None:
         ignored.extend(instrument.ignored)
     with phase("data pass"):
