@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 
 from reludoctor import activations
-from reludoctor.report.model import CalibrationInfo, Finding, GradientInfo, SiteStats
+from reludoctor.report.model import Ablation, CalibrationInfo, Finding, GradientInfo, SiteAblation, SiteStats
 
 LEAKY = "nn.LeakyReLU(0.01)"
 RELU_LIKE_OPS = activations.ops_where("zero_below")  # output 0 below the bound
@@ -52,6 +52,13 @@ class Context:
     calibration: CalibrationInfo
     evidence: Mapping[str, Any] = field(default_factory=dict)  # site -> ProducerEvidence
     gradients: GradientInfo | None = None
+    ablation: Ablation | None = None  # scan(ablate=True): the measured cost of removing units
+
+    def ablated(self, site: SiteStats) -> SiteAblation | None:
+        """The site's measured joint ablation, when the scan ran one with candidates there."""
+        if self.ablation is None:
+            return None
+        return next((a for a in self.ablation.sites if a.site == site.name and a.joint is not None), None)
 
     def producer(self, site: SiteStats) -> Any:
         """The site's producer evidence when its units line up with the site's."""
@@ -425,18 +432,24 @@ def prunable_units(site: SiteStats, context: Context) -> Iterable[Finding]:
     rows = f"their rows of {layer}.weight and {layer}.bias" if layer else "their incoming weights"
     if producer is not None and producer.norm_layer:
         rows += f" (and their entries of {producer.norm_layer})"
-    yield Finding(
-        rule="prunable-units",
-        severity="info",
-        site=site.name,
-        message=(f"at {site.name}, {_dead(count, 'outputs', 'output')} exactly 0 on every calibration "
-                 "sample: removable without changing the outputs"),
-        evidence={"units": list(site.dead_units), "output": 0.0, "samples": site.samples,
-                  "firing_rate_bound_95": 3.0 / site.samples if site.samples else 1.0},
-        suggestion=(f"prune units {preview(site.dead_units)} at {site.name}: delete {rows} and the "
-                    f"matching input channels/columns of the layer that consumes {site.name} (if the "
-                    "output joins a residual sum, remove the channel along the whole residual path)"),
-    )
+    message = (f"at {site.name}, {_dead(count, 'outputs', 'output')} exactly 0 on every calibration "
+               "sample: removable without changing the outputs")
+    evidence = {"units": list(site.dead_units), "output": 0.0, "samples": site.samples,
+                "firing_rate_bound_95": 3.0 / site.samples if site.samples else 1.0}
+    suggestion = (f"prune units {preview(site.dead_units)} at {site.name}: delete {rows} and the "
+                  f"matching input channels/columns of the layer that consumes {site.name} (if the "
+                  "output joins a residual sum, remove the channel along the whole residual path)")
+    certified = site.certified_dead_units
+    if certified is not None:  # --input-range: which of them cannot fire anywhere in the domain
+        evidence["certified_dead_units"] = list(certified)
+        message += (f" on this data; {len(certified)} of them cannot fire for any input in the range "
+                    "(certified), the others only did not fire on it")
+        if len(certified) < count:
+            suggestion += (f"; only the {len(certified)} certified are removable for every input in the "
+                           "range (reludoctor fix --prune-dead --certified-only --input-range ...): prune "
+                           "the others only if the model's inputs look like the calibration data")
+    yield Finding(rule="prunable-units", severity="info", site=site.name, message=message, evidence=evidence,
+                  suggestion=suggestion)
 
 
 def dormant_units(site: SiteStats, context: Context) -> Iterable[Finding]:
@@ -447,16 +460,46 @@ def dormant_units(site: SiteStats, context: Context) -> Iterable[Finding]:
     layer = _layer_of(site, context)
     weights = f"rows {preview(dormant)} of {layer}.weight" if layer else \
         f"the incoming weights of units {preview(dormant)} at {site.name}"
-    yield Finding(
-        rule="dormant-units",
-        severity="info",
-        site=site.name,
-        message=f"{len(dormant)} alive units at {site.name} are tau-dormant (tiny mean output)",
-        evidence={"dormant_units": list(dormant),
-                  "dormant_score": [_r(site.dormant_score[u]) for u in dormant]},
-        suggestion=(f"ReDo (Sokar et al. 2023): re-initialise {weights} with {_he(layer) if layer else 'He init'} "
-                    f"and zero the outgoing weights of those units after {site.name}"),
-    )
+    message = f"{len(dormant)} alive units at {site.name} are tau-dormant (tiny mean output)"
+    evidence: dict[str, Any] = {"dormant_units": list(dormant),
+                                "dormant_score": [_r(site.dormant_score[u]) for u in dormant]}
+    suggestion = (f"ReDo (Sokar et al. 2023): re-initialise {weights} with {_he(layer) if layer else 'He init'} "
+                  f"and zero the outgoing weights of those units after {site.name}")
+    specialised = _specialised(site, dormant)
+    if specialised:  # --slices: alive on some slices only, which a reset would take from them
+        evidence["specialised"] = specialised
+        message += f"; {len(specialised)} of them fire on some slices only"
+        suggestion += f"; {_by_slices(specialised)}: a reset takes them from those slices"
+    ablated = context.ablated(site)
+    if ablated is not None:  # --ablate: what removing the candidates (dormant or near-dead) measured
+        change = ablated.joint
+        evidence["ablation_joint"] = {"units": list(ablated.candidates), "output_change": _r(change.output_change),
+                                      "argmax_flips": _r(change.argmax_flips), "loss_change": _r(change.loss_change)}
+        flips = "" if change.argmax_flips is None else f", {change.argmax_flips:.1%} of the predictions flipped"
+        suggestion += (f"; measured: zeroing the {len(ablated.candidates)} dormant or near-dead units together "
+                       f"changed the outputs by {change.output_change:.2%} (relative L2){flips}: "
+                       f"reludoctor fix --prune-near-dead --max-output-change EPS prunes them when that is "
+                       f"within EPS")
+    yield Finding(rule="dormant-units", severity="info", site=site.name, message=message, evidence=evidence,
+                  suggestion=suggestion)
+
+
+def _specialised(site: SiteStats, units: Iterable[int]) -> dict[str, list[int]]:
+    """Of ``units``, those alive on some slices only (--slices), each with its slices."""
+    if site.slices is None:
+        return {}
+    wanted = set(units)
+    return {str(u.unit): list(u.alive_on) for u in site.slices.specialised_units if u.unit in wanted}
+
+
+def _by_slices(specialised: dict[str, list[int]]) -> str:
+    """'units 1, 14 fire only on slice 1, units 18, 29 only on slices 0, 2', grouped by slices."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for unit, alive in specialised.items():
+        groups.setdefault(tuple(alive), []).append(int(unit))
+    parts = [f"units {preview(units)} {'fire ' if i == 0 else ''}only on slice{'s' if len(ids) > 1 else ''} "
+             f"{', '.join(map(str, ids))}" for i, (ids, units) in enumerate(sorted(groups.items()))]
+    return ", ".join(parts)
 
 
 def saturated_units(site: SiteStats, context: Context) -> Iterable[Finding]:
@@ -646,11 +689,12 @@ def rule(rule_id: str) -> Rule:
 
 def evaluate(sites: list[SiteStats] | tuple[SiteStats, ...], calibration: CalibrationInfo, *,
              evidence: Mapping[str, Any] | None = None, gradients: GradientInfo | None = None,
+             ablation: Ablation | None = None,
              suggest: Callable[[Finding, Context], Finding] | None = None) -> tuple[Finding, ...]:
     """Every rule on a scan: scan-wide input checks first, then per site in execution order
     (rules in registry order), then the depth rules. ``suggest``: the backend's rewording of
     a suggestion in its format's vocabulary (``Backend.suggestion``; ONNX names nodes and initializers)."""
-    context = Context(tuple(sites), calibration, evidence or {}, gradients)
+    context = Context(tuple(sites), calibration, evidence or {}, gradients, ablation)
     leading = [r for r in RULES if r.scope == "scan" and r.id in ("synthetic-data", "few-samples")]
     trailing = [r for r in RULES if r.scope == "scan" and r not in leading]
     findings: list[Finding] = []

@@ -114,8 +114,8 @@ def render(report: Report, options: RenderOptions | None = None) -> str:
         parts.append(figure(figure_id, caption, svg))
     parts += _site_table(report)
     parts += _definitions(report)
-    parts += _ablation(report)
     parts += _slices(report)
+    parts += _ablation(report)
     if report.baseline is not None:
         parts += _baseline(report)
     if report.gates is not None and report.gates.failures:
@@ -326,6 +326,9 @@ def _ablation(report: Report) -> list[str]:
         out.append("</tbody></table></div>")
     if view.legend:
         out.append(f"<p>{esc(view.legend)}</p>")
+    return out
+
+
 def _slices(report: Report) -> list[str]:
     """--slices / --dead-points: per site, liveness over the slices and the dead points."""
     found = slice_table(report)

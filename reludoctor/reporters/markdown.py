@@ -82,8 +82,8 @@ def render(report: Report, options: RenderOptions | None = None) -> str:
     out.extend(_sites(report, top))
     out.extend(_profile(report))
     out.extend(_definitions(report))
-    out.extend(_ablation(report))
     out.extend(_slices(report))
+    out.extend(_ablation(report))
     if report.gates is not None and not report.gates.passed:
         out.extend(_gates(report))
     if report.baseline is not None:
@@ -146,6 +146,9 @@ def _ablation(report: Report) -> list[str]:
         out.append("")
     if view.legend:
         out += [md_escape(view.legend), ""]
+    return out
+
+
 def _slices(report: Report) -> list[str]:
     """--slices / --dead-points: per site, liveness over the slices and the dead points."""
     found = slice_table(report)

@@ -273,6 +273,8 @@ def ablation_parts(report: Report, console: Console | None = None) -> list:
     if view.legend:
         parts.append(Text(view.legend, style="dim"))
     return parts
+
+
 def slices_table(report: Report, console: Console | None = None) -> Table | None:
     """--slices / --dead-points: per site, liveness over the slices and the dead points."""
     found = slice_table(report)
@@ -402,11 +404,14 @@ def print_report(report: Report, console: Console, options: RenderOptions | None
     definitions = definitions_table(report, console)
     if definitions is not None:
         console.print(definitions)
-    for part in ablation_parts(report, console):
-        console.print(part)
     sliced = slices_table(report, console)
     if sliced is not None:
+        console.print()
         console.print(sliced)
+    for index, part in enumerate(ablation_parts(report, console)):
+        if index == 0:
+            console.print()
+        console.print(part)
     if report.baseline is not None:
         for indent, line in baseline_lines(report.baseline):
             console.print(Padding(line, (0, 0, 0, indent), expand=False))
