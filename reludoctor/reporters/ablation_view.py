@@ -6,17 +6,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from reludoctor.report.model import AblationChange, Report
-from reludoctor.reporters.common import human, percent
+from reludoctor.reporters.common import SiteRows, human, percent
 
-SITE_HEADERS = ["site", "candidates", "output change", "max abs", "loss change", "argmax flips"]
-UNIT_HEADERS = ["site", "unit", "score", "output change", "loss change", "argmax flips"]
+SITE_HEADERS = ["candidates", "output change", "max abs", "loss change", "argmax flips"]
+UNIT_HEADERS = ["unit", "score", "output change", "loss change", "argmax flips"]
 
 
 @dataclass(frozen=True)
 class AblationView:
     headline: str  # what was measured, on how much data, at what cost; or why not
-    sites: list[list[str]]  # SITE_HEADERS, sites with candidates only
-    units: list[list[str]]  # UNIT_HEADERS
+    tables: list[SiteRows]  # the sites with candidates zeroed together, then the top-k units alone
     legend: str  # the output-change and score formulas
 
 
@@ -35,7 +34,7 @@ def ablation_view(report: Report) -> AblationView | None:
     if a is None:
         return None
     if not a.computed or not a.sites_ablated:
-        return AblationView(f"ablation: {a.note}", [], [], "")
+        return AblationView(f"ablation: {a.note}", [], "")
     headline = (f"ablation ({a.method}, {human(a.samples)} samples, loss {a.loss}): "
                 f"{a.sites_ablated} site(s) with dormant or near-dead units, zeroed together and the "
                 f"top {a.top_k} by score one at a time ({a.forwards_per_batch} forward passes per batch)")
@@ -43,11 +42,13 @@ def ablation_view(report: Report) -> AblationView | None:
     for site in a.sites:
         if site.joint is None:
             continue
-        sites.append([site.site, human(len(site.candidates)),
-                      *_change(site.joint)])
+        sites.append((site.site, [human(len(site.candidates)), *_change(site.joint)]))
         for unit in site.units:
-            units.append([site.site, str(unit.unit), number(unit.score), number(unit.output_change),
-                          number(unit.loss_change), "-" if unit.argmax_flips is None else percent(unit.argmax_flips)])
+            units.append((site.site, [str(unit.unit), number(unit.score), number(unit.output_change),
+                                      number(unit.loss_change),
+                                      "-" if unit.argmax_flips is None else percent(unit.argmax_flips)]))
     legend = ("output change: ||y' - y|| / ||y|| over all outputs; score: mean |sum of activation x "
               "gradient| (first-order estimate); loss change: per sample")
-    return AblationView(headline, sites, units, legend)
+    tables = [SiteRows("zeroed together", SITE_HEADERS, sites),
+              SiteRows("zeroed one at a time (top by score)", UNIT_HEADERS, units)]
+    return AblationView(headline, [table for table in tables if table.rows], legend)

@@ -182,16 +182,19 @@ _DEFINITION_RULES = {"redo_tau_dormant": "score <= {:g}", "dohare_rarely_active"
 
 
 @dataclass(frozen=True)
-class DefinitionTable:
-    """Site x definition counts (``--definitions``), as every format shows them."""
+class SiteRows:
+    """A per-site table of an optional section (definitions, slices, ablation), as every format
+    shows it: the first column names the site, the others are right-aligned values."""
 
-    headers: list[str]  # one short label per definition (narrow enough for an 80-column terminal)
-    rows: list[tuple[str, list[str]]]  # (site name, flagged units per definition; '-': not computed)
-    total: list[str]  # over every site: "count (ratio)"
-    legend: str  # each definition's rule, e.g. "APoZ: zeros > 0.9"; and why GraMa is missing
+    title: str
+    headers: list[str]  # the value columns (the first column is ``first``)
+    rows: list[tuple[str, list[str]]]  # (site name, cells)
+    total: list[str] | None = None  # an "all sites" row
+    legend: str = ""
+    first: str = "site"
 
 
-def definition_table(report: Report) -> DefinitionTable | None:
+def definition_table(report: Report) -> SiteRows | None:
     """The definitions table, or None when the scan was not asked for definitions."""
     totals = report.definitions
     if totals is None:
@@ -214,22 +217,11 @@ def definition_table(report: Report) -> DefinitionTable | None:
              for key, label in DEFINITION_LABELS.items() if key in thresholds]
     if totals.grama_reason:
         rules.append(f"GraMa: {totals.grama_reason}")
-    return DefinitionTable(list(DEFINITION_LABELS.values()), rows, total, "; ".join(rules))
+    return SiteRows("definitions from the literature (units flagged)", list(DEFINITION_LABELS.values()),
+                    rows, total, "; ".join(rules))
 
 
-@dataclass(frozen=True)
-class SliceTable:
-    """Site x (per-slice liveness, dead points) (``--slices``, ``--dead-points``), as every
-    format shows it."""
-
-    title: str
-    headers: list[str]
-    rows: list[tuple[str, list[str]]]  # (site name, cells)
-    total: list[str] | None  # over every site (with slices only)
-    legend: str
-
-
-def slice_table(report: Report) -> SliceTable | None:
+def slice_table(report: Report) -> SiteRows | None:
     """The slices / dead points table, or None when the scan asked for neither."""
     summary = report.slices
     points = any(site.dead_points is not None for site in report.sites)
@@ -260,7 +252,7 @@ def slice_table(report: Report) -> SliceTable | None:
         total += ["-"] if points else []
     title = (f"dead on which data: {len(summary.ids)} slices ({summary.source})" if summary is not None
              else "dead points")
-    return SliceTable(title, headers, rows, total, "; ".join(rules))
+    return SiteRows(title, headers, rows, total, "; ".join(rules))
 
 
 def _slice_cells(slices: Any) -> list[str]:

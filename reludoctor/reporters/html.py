@@ -23,6 +23,7 @@ from reludoctor.reporters import plots, profile_plots
 from reludoctor.reporters.common import (
     SEVERITIES,
     RenderOptions,
+    SiteRows,
     certification_text,
     certified_cell,
     definition_table,
@@ -290,60 +291,48 @@ def _site_table(report: Report) -> list[str]:
     return out
 
 
-def _definitions(report: Report) -> list[str]:
-    """--definitions: flagged units per site under each definition from the literature."""
-    found = definition_table(report)
-    if found is None:
-        return []
-    out = ['<h2 id="definitions">Definitions from the literature (units flagged)</h2>',
-           '<div class="scroll"><table>', "<thead><tr><th>site</th>"
-           + "".join(f'<th class="n">{esc(h)}</th>' for h in found.headers) + "</tr></thead>", "<tbody>"]
-    for name, cells in found.rows:
-        out.append(f'<tr><td class="name">{esc(name)}</td>'
-                   + "".join(f'<td class="n">{esc(c)}</td>' for c in cells) + "</tr>")
-    out.append("<tr><td><b>all sites</b></td>" + "".join(f'<td class="n">{esc(c)}</td>' for c in found.total)
-               + "</tr>")
-    out += ["</tbody></table></div>"]
-    out.append(f"<p>{esc(found.legend)}</p>")
-    return out
-
-
-def _ablation(report: Report) -> list[str]:
-    """--ablate: the measured cost of zeroing each site's dormant and near-dead units."""
-    from reludoctor.reporters.ablation_view import SITE_HEADERS, UNIT_HEADERS, ablation_view
-
-    view = ablation_view(report)
-    if view is None:
-        return []
-    out = ['<h2 id="ablation">Measured ablation</h2>', f"<p>{esc(view.headline)}</p>"]
-    for headers, rows in ((SITE_HEADERS, view.sites), (UNIT_HEADERS, view.units)):
-        if not rows:
-            continue
-        out += ['<div class="scroll"><table>', "<thead><tr><th>site</th>"
-                + "".join(f'<th class="n">{esc(h)}</th>' for h in headers[1:]) + "</tr></thead>", "<tbody>"]
-        out += [f'<tr><td class="name">{esc(row[0])}</td>' + "".join(f'<td class="n">{esc(c)}</td>' for c in row[1:])
-                + "</tr>" for row in rows]
-        out.append("</tbody></table></div>")
-    if view.legend:
-        out.append(f"<p>{esc(view.legend)}</p>")
-    return out
-
-
-def _slices(report: Report) -> list[str]:
-    """--slices / --dead-points: per site, liveness over the slices and the dead points."""
-    found = slice_table(report)
-    if found is None:
-        return []
-    out = [f'<h2 id="slices">{esc(found.title[0].upper() + found.title[1:])}</h2>',
-           '<div class="scroll"><table>', "<thead><tr><th>site</th>"
-           + "".join(f'<th class="n">{esc(h)}</th>' for h in found.headers) + "</tr></thead>", "<tbody>"]
+def _site_rows(found: SiteRows, anchor: str | None = None) -> list[str]:
+    """A per-site table of an optional section (``common.SiteRows``), under its title when
+    ``anchor`` is given, then its legend."""
+    out = [] if anchor is None else [f'<h2 id="{anchor}">{esc(found.title[0].upper() + found.title[1:])}</h2>']
+    out += ['<div class="scroll"><table>', f"<thead><tr><th>{esc(found.first)}</th>"
+            + "".join(f'<th class="n">{esc(h)}</th>' for h in found.headers) + "</tr></thead>", "<tbody>"]
     for name, cells in found.rows:
         out.append(f'<tr><td class="name">{esc(name)}</td>'
                    + "".join(f'<td class="n">{esc(c)}</td>' for c in cells) + "</tr>")
     if found.total is not None:
         out.append("<tr><td><b>all sites</b></td>" + "".join(f'<td class="n">{esc(c)}</td>' for c in found.total)
                    + "</tr>")
-    out += ["</tbody></table></div>", f"<p>{esc(found.legend)}</p>"]
+    out.append("</tbody></table></div>")
+    if found.legend:
+        out.append(f"<p>{esc(found.legend)}</p>")
+    return out
+
+
+def _definitions(report: Report) -> list[str]:
+    """--definitions: flagged units per site under each definition from the literature."""
+    found = definition_table(report)
+    return [] if found is None else _site_rows(found, "definitions")
+
+
+def _slices(report: Report) -> list[str]:
+    """--slices / --dead-points: per site, liveness over the slices and the dead points."""
+    found = slice_table(report)
+    return [] if found is None else _site_rows(found, "slices")
+
+
+def _ablation(report: Report) -> list[str]:
+    """--ablate: the measured cost of zeroing each site's dormant and near-dead units."""
+    from reludoctor.reporters.ablation_view import ablation_view
+
+    view = ablation_view(report)
+    if view is None:
+        return []
+    out = ['<h2 id="ablation">Measured ablation</h2>', f"<p>{esc(view.headline)}</p>"]
+    for table in view.tables:
+        out += _site_rows(table)
+    if view.legend:
+        out.append(f"<p>{esc(view.legend)}</p>")
     return out
 
 

@@ -13,6 +13,7 @@ from reludoctor.report.model import Report
 from reludoctor.reporters.common import (
     SEVERITIES,
     RenderOptions,
+    SiteRows,
     certification_text,
     certified_cell,
     definition_table,
@@ -113,55 +114,46 @@ def _profile(report: Report) -> list[str]:
     return out
 
 
+def _site_rows(found: SiteRows, titled: bool = True) -> list[str]:
+    """A per-site table of an optional section (``common.SiteRows``), under its title and with
+    its legend when ``titled``."""
+    out = [f"### {md_escape(found.title[0].upper() + found.title[1:])}", ""] if titled else []
+    out += [f"| {md_escape(found.first)} | " + " | ".join(md_escape(h) for h in found.headers) + " |",
+            "|---|" + "--:|" * len(found.headers)]
+    for name, cells in found.rows:
+        out.append(f"| {md_code(name, table=True)} | " + " | ".join(md_escape(c) for c in cells) + " |")
+    if found.total is not None:
+        out.append("| **all sites** | " + " | ".join(md_escape(c) for c in found.total) + " |")
+    out.append("")
+    if titled and found.legend:
+        out += [md_escape(found.legend), ""]
+    return out
+
+
 def _definitions(report: Report) -> list[str]:
     """--definitions: flagged units per site under each definition from the literature."""
     found = definition_table(report)
-    if found is None:
-        return []
-    out = ["### Definitions from the literature (units flagged)", "",
-           "| site | " + " | ".join(md_escape(h) for h in found.headers) + " |",
-           "|---|" + "--:|" * len(found.headers)]
-    for name, cells in found.rows:
-        out.append(f"| {md_code(name, table=True)} | " + " | ".join(cells) + " |")
-    out.append("| **all sites** | " + " | ".join(md_escape(c) for c in found.total) + " |")
-    out += ["", md_escape(found.legend)]
-    out.append("")
-    return out
-
-
-def _ablation(report: Report) -> list[str]:
-    """--ablate: the measured cost of zeroing each site's dormant and near-dead units."""
-    from reludoctor.reporters.ablation_view import SITE_HEADERS, UNIT_HEADERS, ablation_view
-
-    view = ablation_view(report)
-    if view is None:
-        return []
-    out = ["### Measured ablation", "", md_escape(view.headline), ""]
-    for headers, rows in ((SITE_HEADERS, view.sites), (UNIT_HEADERS, view.units)):
-        if not rows:
-            continue
-        out += ["| " + " | ".join(headers) + " |", "|---|" + "--:|" * (len(headers) - 1)]
-        out += [f"| {md_code(row[0], table=True)} | " + " | ".join(md_escape(c) for c in row[1:]) + " |"
-                for row in rows]
-        out.append("")
-    if view.legend:
-        out += [md_escape(view.legend), ""]
-    return out
+    return [] if found is None else _site_rows(found)
 
 
 def _slices(report: Report) -> list[str]:
     """--slices / --dead-points: per site, liveness over the slices and the dead points."""
     found = slice_table(report)
-    if found is None:
+    return [] if found is None else _site_rows(found)
+
+
+def _ablation(report: Report) -> list[str]:
+    """--ablate: the measured cost of zeroing each site's dormant and near-dead units."""
+    from reludoctor.reporters.ablation_view import ablation_view
+
+    view = ablation_view(report)
+    if view is None:
         return []
-    out = [f"### {md_escape(found.title[0].upper() + found.title[1:])}", "",
-           "| site | " + " | ".join(md_escape(h) for h in found.headers) + " |",
-           "|---|" + "--:|" * len(found.headers)]
-    for name, cells in found.rows:
-        out.append(f"| {md_code(name, table=True)} | " + " | ".join(md_escape(c) for c in cells) + " |")
-    if found.total is not None:
-        out.append("| **all sites** | " + " | ".join(md_escape(c) for c in found.total) + " |")
-    out += ["", md_escape(found.legend), ""]
+    out = ["### Measured ablation", "", md_escape(view.headline), ""]
+    for table in view.tables:
+        out += _site_rows(table, titled=False)
+    if view.legend:
+        out += [md_escape(view.legend), ""]
     return out
 
 

@@ -22,6 +22,7 @@ from rich.text import Text
 from reludoctor.report.model import NOT_REQUESTED, BaselineComparison, GateOutcome, Report
 from reludoctor.reporters.common import (
     RenderOptions,
+    SiteRows,
     certification_text,
     certified_cell,
     definition_table,
@@ -223,68 +224,13 @@ def profile_table(report: Report, console: Console | None = None) -> Table | Non
     return fitted(build, console)
 
 
-def definitions_table(report: Report, console: Console | None = None) -> Table | None:
-    """--definitions: flagged units per site under each definition from the literature."""
-    found = definition_table(report)
-    if found is None:
-        return None
-
-    def build(name_width: int, with_bar: bool) -> Table:
-        table = Table(title="definitions from the literature (units flagged)", title_justify="left",
-                      box=box.SIMPLE_HEAD, pad_edge=False, caption=found.legend, caption_justify="left")
-        table.add_column("site", no_wrap=True, overflow="ellipsis", min_width=NAME_MIN,
-                         max_width=max(NAME_MIN, name_width))
-        for header in found.headers:
-            table.add_column(header, justify="right", no_wrap=True)
-        names = shorten_names([name for name, _ in found.rows], [max(NAME_MIN, name_width)] * len(found.rows))
-        for name, (_, cells) in zip(names, found.rows):
-            table.add_row(name, *cells)
-        table.add_row(Text("all sites", style="bold"), *found.total)
-        return table
-
-    return fitted(build, console)
-
-
-def ablation_parts(report: Report, console: Console | None = None) -> list:
-    """--ablate: a headline, then the site and unit tables (the measured cost of zeroing)."""
-    from reludoctor.reporters.ablation_view import SITE_HEADERS, UNIT_HEADERS, ablation_view
-
-    view = ablation_view(report)
-    if view is None:
-        return []
-    parts: list = [Text(view.headline, style="bold")]
-    for title, headers, rows in (("zeroed together", SITE_HEADERS, view.sites),
-                                 ("zeroed one at a time (top by score)", UNIT_HEADERS, view.units)):
-        if not rows:
-            continue
-
-        def build(name_width: int, with_bar: bool, _h: list = headers, _r: list = rows, _t: str = title) -> Table:
-            table = Table(title=_t, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-            table.add_column(_h[0], no_wrap=True, overflow="ellipsis", min_width=NAME_MIN,
-                             max_width=max(NAME_MIN, name_width))
-            for header in _h[1:]:
-                table.add_column(header, justify="right", no_wrap=True)
-            names = shorten_names([row[0] for row in _r], [max(NAME_MIN, name_width)] * len(_r))
-            for name, row in zip(names, _r):
-                table.add_row(name, *row[1:])
-            return table
-
-        parts.append(fitted(build, console))
-    if view.legend:
-        parts.append(Text(view.legend, style="dim"))
-    return parts
-
-
-def slices_table(report: Report, console: Console | None = None) -> Table | None:
-    """--slices / --dead-points: per site, liveness over the slices and the dead points."""
-    found = slice_table(report)
-    if found is None:
-        return None
+def site_rows_table(found: SiteRows, console: Console | None = None) -> Table:
+    """A per-site table of an optional section (``common.SiteRows``), fitted to the console."""
 
     def build(name_width: int, with_bar: bool) -> Table:
         table = Table(title=found.title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
-                      caption=found.legend, caption_justify="left")
-        table.add_column("site", no_wrap=True, overflow="ellipsis", min_width=NAME_MIN,
+                      caption=found.legend or None, caption_justify="left")
+        table.add_column(found.first, no_wrap=True, overflow="ellipsis", min_width=NAME_MIN,
                          max_width=max(NAME_MIN, name_width))
         for header in found.headers:
             table.add_column(header, justify="right", no_wrap=True)
@@ -296,6 +242,32 @@ def slices_table(report: Report, console: Console | None = None) -> Table | None
         return table
 
     return fitted(build, console)
+
+
+def definitions_table(report: Report, console: Console | None = None) -> Table | None:
+    """--definitions: flagged units per site under each definition from the literature."""
+    found = definition_table(report)
+    return None if found is None else site_rows_table(found, console)
+
+
+def slices_table(report: Report, console: Console | None = None) -> Table | None:
+    """--slices / --dead-points: per site, liveness over the slices and the dead points."""
+    found = slice_table(report)
+    return None if found is None else site_rows_table(found, console)
+
+
+def ablation_parts(report: Report, console: Console | None = None) -> list:
+    """--ablate: a headline, then the site and unit tables (the measured cost of zeroing)."""
+    from reludoctor.reporters.ablation_view import ablation_view
+
+    view = ablation_view(report)
+    if view is None:
+        return []
+    parts: list = [Text(view.headline, style="bold")]
+    parts += [site_rows_table(table, console) for table in view.tables]
+    if view.legend:
+        parts.append(Text(view.legend, style="dim"))
+    return parts
 
 
 def _summary_lines(report: Report) -> list[Text]:

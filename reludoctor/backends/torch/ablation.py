@@ -56,13 +56,30 @@ class _State:
         return y.index_fill_(resolve_unit_axis(y.ndim, self.axes.get(name, 1)), self.index, 0.0)
 
 
-class GraphAblator:
+class _Ablator:
+    """What both routes share: the sites' state, set and read through the ``Ablator`` protocol
+    (``core.ablation``)."""
+
+    def __init__(self, axes: dict[str, int]) -> None:
+        self.state = _State(axes)
+
+    def select(self, site: str | None, units: Sequence[int]) -> None:
+        self.state.select(site, units)
+
+    def record(self, on: bool) -> None:
+        self.state.record(on)
+
+    def take_outputs(self) -> dict[str, Any]:
+        return self.state.take_outputs()
+
+
+class GraphAblator(_Ablator):
     """An exported program's fresh graph module with a zeroing call after each activation."""
 
     method = "export"
 
     def __init__(self, graph_module: Any, axes: dict[str, int]) -> None:
-        self.state = _State(axes)
+        super().__init__(axes)
         graph = graph_module.graph
         for index, (node, _, _, name) in enumerate(activation_nodes(graph_module)):
             def zero(y: Any, _name: str = name) -> Any:
@@ -77,15 +94,6 @@ class GraphAblator:
 
     def start(self, step: Any) -> None:
         pass
-
-    def select(self, site: str | None, units: Sequence[int]) -> None:
-        self.state.select(site, units)
-
-    def record(self, on: bool) -> None:
-        self.state.record(on)
-
-    def take_outputs(self) -> dict[str, Any]:
-        return self.state.take_outputs()
 
 
 class _AblationHook(DispatchHook):
@@ -103,13 +111,13 @@ class _AblationHook(DispatchHook):
             self.state.apply(site, out)
 
 
-class DispatchAblator:
+class DispatchAblator(_Ablator):
     """A model run under the dispatch instrumenter, the selected site's output zeroed."""
 
     method = "dispatch"
 
     def __init__(self, module: Any, axes: dict[str, int], static: Any) -> None:
-        self.state = _State(axes)
+        super().__init__(axes)
         self.static = static
         # the batch context names a text site once for every sequence length, as the scan does
         self.context = BatchContext()
@@ -135,12 +143,3 @@ class DispatchAblator:
     def start(self, step: Any) -> None:
         self.context.mask = step.mask
         self.probe.start_forward()
-
-    def select(self, site: str | None, units: Sequence[int]) -> None:
-        self.state.select(site, units)
-
-    def record(self, on: bool) -> None:
-        self.state.record(on)
-
-    def take_outputs(self) -> dict[str, Any]:
-        return self.state.take_outputs()

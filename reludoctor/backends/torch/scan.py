@@ -185,18 +185,25 @@ def evidence(loaded: LoadedModel, observation: Observation, calibration: Any, ru
                          calibration.binding)
 
 
+def fresh_graph(observation: Observation, run: ScanRun, missing: Exception) -> Any:
+    """A fresh copy of the scan's exported graph on the scan's device, for a pass that inserts
+    its own calls (the observed copy keeps its observers); ``missing`` is raised without one."""
+    program = observation.artifacts.get("program")
+    if program is None:
+        raise missing
+    graph_module = program.module()
+    graph_module.to(run.device)
+    return graph_module
+
+
 def gradient_plan(loaded: LoadedModel, observation: Observation, evidence: dict, run: ScanRun) -> Any:
     """Probes in a fresh copy of the exported graph, or autograd hooks under dispatch."""
     from reludoctor.backends.torch.gradients import _finish_dispatch, dispatch_plan, graph_plan
     from reludoctor.core.gradients import GradientsUnavailable
 
     if observation.method == "export":
-        program = observation.artifacts.get("program")
-        if program is None:
-            raise GradientsUnavailable("no exported program to differentiate")
-        graph_module = program.module()
-        graph_module.to(run.device)
-        plan = graph_plan(graph_module, evidence)
+        plan = graph_plan(fresh_graph(observation, run, GradientsUnavailable("no exported program to differentiate")),
+                          evidence)
         plan.method = "export"
         return plan
     plan = dispatch_plan(loaded.module, run.options.unit_axis, observation.artifacts.get("static"), evidence)
@@ -210,10 +217,5 @@ def ablator(loaded: LoadedModel, observation: Observation, axes: dict[str, int],
     from reludoctor.core.ablation import AblationUnavailable
 
     if observation.method == "export":
-        program = observation.artifacts.get("program")
-        if program is None:
-            raise AblationUnavailable("no exported program to ablate")
-        graph_module = program.module()
-        graph_module.to(run.device)
-        return GraphAblator(graph_module, axes)
+        return GraphAblator(fresh_graph(observation, run, AblationUnavailable("no exported program to ablate")), axes)
     return DispatchAblator(loaded.module, axes, observation.artifacts.get("static"))
