@@ -10,7 +10,8 @@ rows only, over all the calibration data):
 
 - output_change = ||y' - y||_2 / ||y||_2 (relative L2; 0 when y' == y, inf when ||y|| = 0 only)
 - max_abs_change = max |y' - y|
-- argmax_flips = fraction of samples whose argmax over the first output changes ([N, C>1] only)
+- argmax_flips = fraction of predictions whose argmax over the first output changes: per sample
+  for class scores [N, C>1], per real position for a language model's [N, T, V]; else none
 - loss_change = (sum_n L_n(y') - sum_n L_n(y)) / N, L the gradient pass's loss
   (``core.gradients.choose_loss``); cross-entropy targets stay the baseline's argmax.
 
@@ -39,7 +40,8 @@ from reludoctor.report.model import AblatedUnit, Ablation, AblationChange, SiteA
 METRICS = {
     "output_change": "||y' - y||_2 / ||y||_2 over every floating-point output element of the calibration data",
     "max_abs_change": "max |y' - y| over every output element",
-    "argmax_flips": "fraction of samples whose argmax over the first output changes (outputs [N, C>1] only)",
+    "argmax_flips": "fraction of predictions whose argmax over the first output changes: per sample for "
+                    "[N, C>1], per real position for [N, T, V>1] (other outputs: null)",
     "loss_change": "(sum_n L_n(y') - sum_n L_n(y)) / N, cross-entropy targets the baseline's argmax (or --labels)",
     "score": "(1/N) sum_n |sum_positions a * dL_n/da| (first-order estimate of zeroing the unit)",
 }
@@ -107,11 +109,14 @@ class Change:
         self.sq_base: Any = 0.0
         self.max_abs: Any = 0.0
         self.flips: Any = 0
+        self.predictions: Any = 0  # where argmax is compared: samples, or real sequence positions
         self.loss: Any = 0.0
         self.samples = 0
         self.classifier = False
 
-    def add(self, base: list[Any], ablated: list[Any], rows: int, loss: Any) -> None:
+    def add(self, base: list[Any], ablated: list[Any], rows: int, loss: Any, mask: Any = None) -> None:
+        """One batch: the baseline's and the variant's outputs (real rows), the variant's summed
+        loss; ``mask`` ([rows, T] bool): a text batch's real positions."""
         import torch
 
         if len(base) != len(ablated):
@@ -124,9 +129,19 @@ class Change:
                 self.max_abs = torch.maximum(torch.as_tensor(self.max_abs, dtype=torch.float64,
                                                              device=diff.device), diff.abs().max())
         first, other = base[0], ablated[0]
-        if first.ndim == 2 and first.shape[1] > 1:
+        if first.ndim == 2 and first.shape[1] > 1:  # class scores [N, C]: one prediction per sample
             self.classifier = True
             self.flips = self.flips + (first.argmax(1) != other.argmax(1)).sum()
+            self.predictions = self.predictions + first.shape[0]
+        elif first.ndim == 3 and first.shape[2] > 1:  # a language model's [N, T, V]: one per real position
+            self.classifier = True
+            flipped = first.argmax(2) != other.argmax(2)
+            if mask is not None and tuple(mask.shape) == tuple(flipped.shape):
+                flipped = flipped & mask
+                self.predictions = self.predictions + mask.sum()
+            else:
+                self.predictions = self.predictions + flipped.numel()
+            self.flips = self.flips + flipped.sum()
         self.loss = self.loss + loss
         self.samples += rows
 
@@ -136,7 +151,8 @@ class Change:
         n = max(self.samples, 1)
         return AblationChange(loss_change=(float(self.loss) - baseline_loss) / n, output_change=relative,
                               max_abs_change=float(self.max_abs),
-                              argmax_flips=float(self.flips) / n if self.classifier else None)
+                              argmax_flips=float(self.flips) / max(float(self.predictions), 1.0)
+                              if self.classifier else None)
 
 
 class _Loss:
@@ -280,7 +296,7 @@ class _Passes:
                     for name, units in targets.items():
                         ablator.select(name, units)
                         ablated = outputs_of(self._call(step), rows, padded, mask)
-                        joint[name].add(ys, ablated, rows, loss(ablated[0], wanted).double())
+                        joint[name].add(ys, ablated, rows, loss(ablated[0], wanted).double(), mask)
                     ablator.select(None, ())
         return joint, scores, float(baseline_loss), samples
 
@@ -302,7 +318,7 @@ class _Passes:
                 for (name, unit), change in singles.items():
                     ablator.select(name, (unit,))
                     ablated = outputs_of(self._call(step), rows, padded, mask)
-                    change.add(ys, ablated, rows, loss(ablated[0], wanted).double())
+                    change.add(ys, ablated, rows, loss(ablated[0], wanted).double(), mask)
                 ablator.select(None, ())
         return singles
 
@@ -376,6 +392,6 @@ def measure(original: Callable[..., Any], changed: Callable[..., Any], calibrati
             if not ys:
                 raise AblationUnavailable("the model has no floating-point output")
             wanted = loss.targets(ys[0], step.start, rows)
-            baseline.add(ys, ys, rows, loss(ys[0], wanted).double())
-            change.add(ys, ys2, rows, loss(ys2[0], wanted).double())
+            baseline.add(ys, ys, rows, loss(ys[0], wanted).double(), mask)
+            change.add(ys, ys2, rows, loss(ys2[0], wanted).double(), mask)
     return change.result(float(baseline.loss))

@@ -34,6 +34,7 @@ def checkpoint(tmp_path_factory):  # noqa: ANN201
     with torch.no_grad():
         for layer in model.model.decoder.layers:
             layer.fc1.bias[:6] -= 0.3  # rarely firing FFN neurons
+            layer.fc2.weight[:, :6] *= 40  # that move the next-token predictions when they fire
     model.save_pretrained(root)
     data = root / "texts.jsonl"
     data.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
@@ -66,7 +67,7 @@ def test_joint_change_leaves_padding_out(checkpoint):
                 handle.remove()
 
     y = logits()
-    checked = 0
+    checked, flips = 0, []
     for site in ablation.sites:
         if site.joint is None:
             continue
@@ -76,5 +77,10 @@ def test_joint_change_leaves_padding_out(checkpoint):
             assert measured.max_abs_change == pytest.approx(float((z - y).abs().max()), rel=1e-4, abs=1e-6)
             assert measured.loss_change == pytest.approx(
                 float(0.5 * (z.pow(2).sum() - y.pow(2).sum()) / len(TEXTS)), rel=1e-3, abs=1e-5)
+            # next-token predictions that changed, over the real positions only
+            flipped = (z.argmax(-1) != y.argmax(-1)) & batch["attention_mask"].bool()
+            assert measured.argmax_flips == pytest.approx(float(flipped.sum() / batch["attention_mask"].sum()))
+            flips.append(measured.argmax_flips)
             checked += 1
     assert checked >= 2
+    assert max(flips) > 0  # some removal moves a next-token prediction: the count is not trivially 0
