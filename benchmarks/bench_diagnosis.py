@@ -110,12 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
     results = [_case(name, args) for name in args.models.split(",")]
-    header = f"{'model':<20}{'plain s':>9}" + "".join(f"{v:>20}" for v in VARIANTS)
+    header = f"{'model':<20}{'plain s':>9}" + "".join(f"{v:>21}" for v in VARIANTS)
     print(f"whole scan / plain inference, {args.samples} samples, batch 32, {args.threads} threads, "
           f"median of {args.repeats} (range)")
     print(header)
     for result in results:
-        cells = "".join(f"{r['median']:.2f}x ({r['min']:.2f}-{r['max']:.2f})".rjust(20)
+        cells = "".join(f"{r['median']:.2f}x ({r['min']:.2f}-{r['max']:.2f})".rjust(21)
                         for r in (result["ratio"][v] for v in VARIANTS))
         print(f"{result['model']:<20}{result['seconds']['plain']:>9.2f}{cells}")
         print(f"{'':<29}seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in result["seconds"].items()))
