@@ -54,7 +54,7 @@ class AblationUnavailable(Exception):
 class Ablator(Protocol):
     """A backend's handle on a model whose activation outputs can be zeroed (``Backend.ablator``)."""
 
-    method: str  # export | dispatch
+    method: str  # export | dispatch | onnx2torch
 
     def forward(self, *args: Any, **kwargs: Any) -> Any: ...
 

@@ -8,9 +8,10 @@ import warnings
 
 import numpy as np
 import pytest
-from ablation_models import MLP, export_to, mlp_data
+from ablation_models import CNN, MLP, change, cnn_data, export_to, mlp_data, scores
 
 import reludoctor
+from reludoctor.core.ablation import candidates
 from reludoctor.report.model import Report
 from reludoctor.report.schema import ReportValidationError, validate
 
@@ -101,20 +102,55 @@ def test_cli_refuses_bad_ablation_options(files, args, contains):
     assert result.exit_code == 2 and contains in result.output and "Traceback" not in result.output
 
 
-def test_onnx_gets_a_note(tmp_path):
-    pytest.importorskip("onnxruntime")
+def _onnx(model, x, path):
     import torch
 
-    path = tmp_path / "mlp.onnx"
-    x = mlp_data()
     with warnings.catch_warnings():  # the TorchScript-based exporter's deprecation notices
         warnings.simplefilter("ignore")
-        torch.onnx.export(MLP(), (torch.from_numpy(x[:2]),), str(path), dynamo=False, input_names=["x"],
-                          dynamic_axes={"x": {0: "n"}})
-    report = reludoctor.scan(str(path), x, ablate=True, near_dead=0.1)
+        torch.onnx.export(model, (torch.from_numpy(x[:2]),), str(path), dynamo=False, input_names=["x"],
+                          dynamic_axes={"x": {0: "n"}}, opset_version=17)  # onnx2torch converts up to 17
+    return str(path)
+
+
+@pytest.mark.parametrize("make, data", [(MLP, mlp_data), (CNN, cnn_data)])
+def test_onnx_models_are_ablated_through_onnx2torch(tmp_path, make, data):
+    """The ONNX export of a model: the same changes as zeroing the torch model's units by hand."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx2torch")
+    model, x = make(), data()
+    report = reludoctor.scan(_onnx(model, x, tmp_path / "m.onnx"), x, ablate=True, ablate_top=2, near_dead=0.1,
+                             batch_size=8)
+    ablation = report.ablation
+    assert ablation.computed and ablation.method == "onnx2torch" and ablation.samples == len(x)
+    checked = 0
+    for site, module, measured in zip(report.sites, ("act1", "act2"), ablation.sites):
+        assert measured.site == site.name and measured.candidates == candidates(site)
+        if measured.joint is None:
+            continue
+        expected = change(model, x, module, list(measured.candidates))
+        assert measured.joint.output_change == pytest.approx(expected["output_change"], rel=1e-4, abs=1e-7)
+        assert measured.joint.argmax_flips == pytest.approx(expected["argmax_flips"])
+        oracle = scores(model, x, module)
+        for unit in measured.units:
+            assert unit.score == pytest.approx(oracle[unit.unit], rel=1e-3, abs=1e-8)
+            single = change(model, x, module, [unit.unit])
+            assert unit.output_change == pytest.approx(single["output_change"], rel=1e-4, abs=1e-7)
+            checked += 1
+    assert checked >= 2
+    validate(report.to_dict())
+
+
+def test_onnx_without_onnx2torch_gets_a_note(tmp_path, monkeypatch):
+    import sys
+
+    pytest.importorskip("onnxruntime")
+    x = mlp_data()
+    path = _onnx(MLP(), x, tmp_path / "mlp.onnx")
+    monkeypatch.setitem(sys.modules, "onnx2torch", None)  # as if not installed
+    report = reludoctor.scan(path, x, ablate=True, near_dead=0.1)
     assert report.ablation.computed is False
-    assert "not supported for onnx models" in report.ablation.note
+    assert "onnx2torch is not installed" in report.ablation.note
     validate(report.to_dict())
     from reludoctor.reporters import terminal
 
-    assert "not supported for onnx models" in terminal.render(report)
+    assert "onnx2torch is not installed" in terminal.render(report)

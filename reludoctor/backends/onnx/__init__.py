@@ -50,13 +50,15 @@ class OnnxBackend(Backend):
 
     def device(self, loaded: LoadedModel, options: Any) -> Any:
         """CPU without importing torch (about 1.3 s) when nothing needs it: a CPU-only
-        onnxruntime, or --device cpu, without the gradient pass (onnx2torch runs on torch)."""
+        onnxruntime, or --device cpu, without the gradient pass or the ablation (onnx2torch runs
+        on torch)."""
         from reludoctor.backends.onnx.session import cuda_provider_available
         from reludoctor.core.batches import CPU, resolve_device
 
         with phase("import onnxruntime"):
             cuda_runtime = cuda_provider_available()
-        if not options.gradients and (options.device == "cpu" or (options.device == "auto" and not cuda_runtime)):
+        torch_passes = options.gradients or options.ablate
+        if not torch_passes and (options.device == "cpu" or (options.device == "auto" and not cuda_runtime)):
             return CPU
         target = resolve_device(options.device)
         if options.device == "auto" and target.type == "cuda" and not cuda_runtime:
@@ -89,6 +91,21 @@ class OnnxBackend(Backend):
         plan.method = "onnx2torch"
         return plan
 
+    def ablator(self, loaded: LoadedModel, observation: Observation, axes: dict[str, int], run: ScanRun) -> Any:
+        """The model converted with onnx2torch (as the gradient pass converts it), a zeroing call
+        after each site's activation; outputs compared within the converted model."""
+        from reludoctor.backends.onnx.gradients import converted
+        from reludoctor.backends.torch.ablation import GraphAblator
+        from reludoctor.core.ablation import AblationUnavailable
+
+        graph_module, by_name, _ = converted(loaded.module, axes, observation.artifacts.get("scanned"),
+                                             AblationUnavailable)
+        graph_module.to(run.device)
+        graph_module.eval()
+        ablator = GraphAblator(graph_module, axes, [(fx_node, name) for name, (_, fx_node) in by_name.items()])
+        ablator.method = "onnx2torch"
+        return ablator
+
     def suggestion(self, finding: Any, context: Any) -> Any:
         from reludoctor.backends.onnx.suggestions import onnx_suggestion
 
@@ -105,5 +122,9 @@ class OnnxBackend(Backend):
     def fix_prepare(self, loaded: LoadedModel, model: Any, data: Any, limit: int | None,
                     strategy: Any) -> tuple[Any, Any, Any]:
         from reludoctor.backends.onnx import fix
+        from reludoctor.fix.plan import Strategy
 
+        if strategy is Strategy.PRUNE_NEAR_DEAD:  # before the scan: its ablation would run for nothing
+            raise UsageError("--prune-near-dead is not supported for onnx models: the ONNX fixer prunes dead "
+                             "units only", "use --prune-dead, or fix the PyTorch model and export it again")
         return fix, fix.prepare(loaded), model

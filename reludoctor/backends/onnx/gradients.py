@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 from reludoctor.backends.onnx.discover import Scanned, site_nodes
 from reludoctor.backends.torch.gradients import insert_probes
@@ -17,13 +17,15 @@ from reludoctor.errors import first_line
 from reludoctor.report.model import SiteStats
 
 
-def onnx_plan(model: Any, sites: list[SiteStats], scanned: Scanned | None = None) -> GradientPass:
-    """Convert with onnx2torch; probes around the converted module of each ONNX site."""
+def converted(model: Any, names: Iterable[str], scanned: Scanned | None,
+              unavailable: type[Exception]) -> tuple[Any, dict[str, tuple[Any, Any]], dict[Any, str]]:
+    """The model converted with onnx2torch: (graph module, site name -> (ONNX site, the fx node
+    of its activation) for the sites ``names`` that map, fx node -> ONNX node name). Raises
+    ``unavailable`` with the reason when onnx2torch is missing or cannot convert it."""
     try:
         from onnx2torch import convert
     except ImportError as exc:
-        raise GradientsUnavailable(
-            "onnx2torch is not installed (pip install 'reludoctor[gradients-onnx]')") from exc
+        raise unavailable("onnx2torch is not installed (pip install 'reludoctor[gradients-onnx]')") from exc
     import onnx
 
     copy = onnx.ModelProto()
@@ -31,20 +33,28 @@ def onnx_plan(model: Any, sites: list[SiteStats], scanned: Scanned | None = None
     try:
         graph_module = convert(copy)
     except Exception as exc:  # noqa: BLE001 - onnx2torch raises many kinds
-        raise GradientsUnavailable(f"onnx2torch cannot convert this model: {type(exc).__name__}: "
-                                   f"{first_line(exc)}") from exc
+        raise unavailable(f"onnx2torch cannot convert this model: {type(exc).__name__}: "
+                          f"{first_line(exc)}") from exc
     nodes = list(model.graph.node)
     modules = [n for n in graph_module.graph.nodes if n.op == "call_module"]
     if len(modules) != len(nodes):
-        raise GradientsUnavailable("onnx2torch's module does not map one to one onto the ONNX nodes")
+        raise unavailable("onnx2torch's module does not map one to one onto the ONNX nodes")
     fx_of = {onnx_node.output[0]: fx for onnx_node, fx in zip(nodes, modules) if onnx_node.output}
-    stats = {site.name: site for site in sites}
+    wanted = set(names)
     onnx_names = {fx: onnx_node.name or onnx_node.output[0] for onnx_node, fx in zip(nodes, modules)}
     by_name = {}
     for name, (site, _) in site_nodes(model, scanned).items():
         fx_node = fx_of.get(site.y)
-        if name in stats and fx_node is not None and fx_node.args and hasattr(fx_node.args[0], "op"):
+        if name in wanted and fx_node is not None and fx_node.args and hasattr(fx_node.args[0], "op"):
             by_name[name] = (site, fx_node)
+    return graph_module, by_name, onnx_names
+
+
+def onnx_plan(model: Any, sites: list[SiteStats], scanned: Scanned | None = None) -> GradientPass:
+    """Convert with onnx2torch; probes around the converted module of each ONNX site."""
+    graph_module, by_name, onnx_names = converted(model, [site.name for site in sites], scanned,
+                                                  GradientsUnavailable)
+    stats = {site.name: site for site in sites}
     context = BatchContext()
     accumulators = []
     graph = graph_module.graph

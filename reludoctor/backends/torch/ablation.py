@@ -78,10 +78,14 @@ class GraphAblator(_Ablator):
 
     method = "export"
 
-    def __init__(self, graph_module: Any, axes: dict[str, int]) -> None:
+    def __init__(self, graph_module: Any, axes: dict[str, int], nodes: Any = None) -> None:
+        """``nodes``: (fx node, site name) of each activation; default: the exported graph's, as
+        the scan names them (``export.activation_nodes``)."""
         super().__init__(axes)
         graph = graph_module.graph
-        for index, (node, _, _, name) in enumerate(activation_nodes(graph_module)):
+        if nodes is None:
+            nodes = [(node, name) for node, _, _, name in activation_nodes(graph_module)]
+        for index, (node, name) in enumerate(nodes):
             def zero(y: Any, _name: str = name) -> Any:
                 return self.state.apply(_name, y)
 
