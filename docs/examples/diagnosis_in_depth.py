@@ -7,7 +7,7 @@ quotes:
 
     python docs/examples/diagnosis_in_depth.py [FOLDER]
 
-Deterministic on one thread (seeded); about 20 s on a laptop CPU.
+Deterministic on one thread (seeded); about 10 s on a 2-core machine.
 """
 
 from __future__ import annotations
