@@ -132,15 +132,12 @@ class World:
 @dataclass
 class PlannedSite:
     spec: Any  # SiteSpec
-    units: int | None  # None: no rank executed the site
-    bounded: bool
+    layout: Layout | None  # the state's units and tracked fields; None: no rank executed the site
     shape: tuple[int, ...] | None  # from the first rank that executed it
-    slices: int = 0  # the Layout's other flags (--slices, --dead-points)
-    points: bool = False
 
     @property
-    def layout(self) -> Layout | None:
-        return None if self.units is None else Layout(self.units, self.bounded, self.slices, self.points)
+    def units(self) -> int | None:
+        return None if self.layout is None else self.layout.units
 
 
 @dataclass
@@ -171,12 +168,11 @@ def _plan(per_rank: list[list[tuple]]) -> list[PlannedSite]:
         for spec, observed, layout, shape in entries:
             site = found.get(spec.name)
             if site is None:
-                site = found[spec.name] = PlannedSite(spec, None, spec.upper is not None, None)
+                site = found[spec.name] = PlannedSite(spec, None, None)
                 order.insert(order.index(previous) + 1 if previous is not None else 0, spec.name)
             if observed:
                 if site.layout is None:
-                    site.units, site.bounded, site.slices, site.points = layout
-                    site.shape = shape
+                    site.layout, site.shape = layout, shape
                 elif site.layout != layout:
                     raise UsageError(f"site {spec.name} has {site.layout.units} units on one rank and "
                                      f"{layout.units} on another (or other options)",

@@ -83,7 +83,7 @@ def aligned(counts: UnitCounts, ids: Sequence[int], union: Sequence[int]) -> Uni
         return counts
     rows = np.searchsorted(np.asarray(union), np.asarray(ids))
     values = {}
-    for name in ("slice_samples", "slice_positions", "slice_positive"):
+    for name in (name for name, spec in UnitCounts.fields() if spec.needs == "slices"):
         value = getattr(counts, name)
         wide = np.zeros((len(union), *value.shape[1:]), value.dtype)
         wide[rows] = value

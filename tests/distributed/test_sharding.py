@@ -91,10 +91,10 @@ def test_reduce_counts_equals_merging_the_ranks_counts():
     """Three simulated ranks, three collectives: the same as UnitCounts.merge, also for a site
     one rank never executed and a bounded site (its minimum travels negated in the max)."""
     rng = np.random.default_rng(0)
-    plan = [distributed.PlannedSite(_spec("a"), 4, False, (4,)),
-            distributed.PlannedSite(_spec("b", 6.0), 3, True, (3, 2)),
-            distributed.PlannedSite(_spec("c"), 2, False, (2,)),
-            distributed.PlannedSite(_spec("never"), None, False, None)]
+    plan = [distributed.PlannedSite(_spec("a"), Layout(4), (4,)),
+            distributed.PlannedSite(_spec("b", 6.0), Layout(3, bounded=True), (3, 2)),
+            distributed.PlannedSite(_spec("c"), Layout(2), (2,)),
+            distributed.PlannedSite(_spec("never"), None, None)]
     ranks = [{"a": _random_counts(rng, 4, False), "b": _random_counts(rng, 3, True),
               "c": _random_counts(rng, 2, False)} for _ in range(3)]
     del ranks[1]["c"]  # rank 1 never executed site c
