@@ -92,8 +92,8 @@ def scan(model: Any, data: Any = None, options: ScanOptions | None = None, *,
     near-dead units (alive) changes: the loss, the outputs (relative L2, max abs) and the argmax,
     all of a site's together and the ``ablate_top`` (default 5) with the largest first-order
     score one at a time (``Report.ablation``; ``ablate_sites``: glob patterns on site names; the
-    loss is the gradient pass's, ``labels`` included). PyTorch models only: ONNX gets a note.
-    Formulas and cost: docs/diagnosis.md.
+    loss is the gradient pass's, ``labels`` included). ONNX models go through onnx2torch, as the
+    gradient pass does. Formulas and cost: docs/diagnosis.md.
 
     ``input_range`` ("0,1", "imagenet", or (low, high) with numbers or per-channel sequences):
     the domain of the model's one floating-point input, in the units the model sees; dead units

@@ -31,9 +31,8 @@ import fnmatch
 import math
 from typing import Any, Callable, Protocol, Sequence
 
-from reludoctor.core.gradients import LOSS_ARGMAX, LOSS_LABELS, _output_tensors, choose_loss, loss_of
+from reludoctor.core.gradients import LOSS_ARGMAX, LOSS_LABELS, _output_tensors, batch_labels, choose_loss, loss_of
 from reludoctor.core.observers import resolve_unit_axis
-from reludoctor.errors import DataError
 from reludoctor.report.model import AblatedUnit, Ablation, AblationChange, SiteAblation, SiteStats
 
 # The metrics as the report states them (Ablation.metrics).
@@ -166,10 +165,7 @@ class _Loss:
         if self.kind is None:
             self.kind = choose_loss(first, self.labels)
         if self.kind == LOSS_LABELS:
-            if self.labels.shape[0] < start + rows:
-                raise DataError(f"labels: {self.labels.shape[0]} labels for at least {start + rows} samples",
-                                "pass one label per calibration sample, in order")
-            return self.labels[start:start + rows]
+            return batch_labels(self.labels, start, rows)
         if self.kind == LOSS_ARGMAX:
             return first.detach().argmax(1)
         return None
@@ -380,7 +376,7 @@ def measure(original: Callable[..., Any], changed: Callable[..., Any], calibrati
     import torch
 
     device = device or torch.device("cpu")
-    loss, change, baseline = _Loss(None), Change(), Change()
+    loss, change, baseline_loss = _Loss(None), Change(), 0.0
     passes = _Passes(None, calibration, batch_size, fixed_batch, device, loss)
     with torch.inference_mode(), passes._steps() as steps:
         for step in steps:
@@ -392,6 +388,6 @@ def measure(original: Callable[..., Any], changed: Callable[..., Any], calibrati
             if not ys:
                 raise AblationUnavailable("the model has no floating-point output")
             wanted = loss.targets(ys[0], step.start, rows)
-            baseline.add(ys, ys, rows, loss(ys[0], wanted).double(), mask)
+            baseline_loss = baseline_loss + loss(ys[0], wanted).double()  # read back once, at the end
             change.add(ys, ys2, rows, loss(ys2[0], wanted).double(), mask)
-    return change.result(float(baseline.loss))
+    return change.result(float(baseline_loss))

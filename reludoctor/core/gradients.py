@@ -213,6 +213,14 @@ def load_labels(labels: Any) -> Any:
     return tensor
 
 
+def batch_labels(labels: Any, start: int, rows: int) -> Any:
+    """The labels of samples ``start .. start + rows - 1``; DataError when there are too few."""
+    if labels.shape[0] < start + rows:
+        raise DataError(f"labels: {labels.shape[0]} labels for at least {start + rows} samples",
+                        "pass one label per calibration sample, in order")
+    return labels[start:start + rows]
+
+
 def choose_loss(output: Any, labels: Any) -> str:
     if labels is not None:
         return LOSS_LABELS
@@ -332,12 +340,7 @@ def _run(plan: GradientPass, calibration: Any, *, device: Any, batch_size: int, 
                 leaves = [t.detach().clone().requires_grad_() if t.is_floating_point() else t
                           for t in tensors]
                 inputs = [leaf.clone() if leaf.requires_grad else leaf for leaf in leaves]
-                batch_labels = None
-                if labels is not None:
-                    if labels.shape[0] < seen + rows:
-                        raise DataError(f"labels: {labels.shape[0]} labels for at least {seen + rows} "
-                                        "samples", "pass one label per calibration sample, in order")
-                    batch_labels = labels[seen:seen + rows]
+                wanted = None if labels is None else batch_labels(labels, seen, rows)
                 if plan.before_forward is not None:
                     plan.before_forward()
                 try:
@@ -354,9 +357,9 @@ def _run(plan: GradientPass, calibration: Any, *, device: Any, batch_size: int, 
                 elif context.valid is not None:
                     raise GradientsUnavailable("the output has no batch axis to drop the padding from")
                 if loss_kind is None:
-                    loss_kind = choose_loss(output, batch_labels)
+                    loss_kind = choose_loss(output, wanted)
                 try:
-                    loss = loss_of(loss_kind, output, batch_labels)
+                    loss = loss_of(loss_kind, output, wanted)
                 except (IndexError, RuntimeError, ValueError) as exc:
                     if loss_kind == LOSS_LABELS:
                         raise DataError(f"labels do not fit the model's output {tuple(output.shape)}: "

@@ -56,9 +56,7 @@ class Context:
 
     def ablated(self, site: SiteStats) -> SiteAblation | None:
         """The site's measured joint ablation, when the scan ran one with candidates there."""
-        if self.ablation is None:
-            return None
-        return next((a for a in self.ablation.sites if a.site == site.name and a.joint is not None), None)
+        return None if self.ablation is None else self.ablation.joint(site.name)
 
     def producer(self, site: SiteStats) -> Any:
         """The site's producer evidence when its units line up with the site's."""

@@ -73,10 +73,9 @@ def _targets(site: SiteStats, strategy: Strategy, certified_only: bool) -> tuple
 def _near_dead(site: SiteStats, report: Report, limit: float | None) -> tuple[tuple[int, ...], str | None]:
     """--prune-near-dead: the dead units plus the ablation candidates (alive dormant or near-dead
     units) when zeroing those together changed the outputs by at most ``limit``; and a remark."""
-    measured = {a.site: a for a in report.ablation.sites} if report.ablation is not None else {}
-    found = measured.get(site.name)
+    found = None if report.ablation is None else report.ablation.joint(site.name)
     dead = tuple(site.dead_units)
-    if found is None or found.joint is None:
+    if found is None:
         return dead, None
     change = found.joint.output_change
     if limit is not None and change <= limit:

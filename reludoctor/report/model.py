@@ -436,13 +436,17 @@ class Ablation:
     computed: bool
     top_k: int
     forwards_per_batch: int  # 1 + S + (1 + sum over the S sites of min(k, candidates)) when k > 0
-    method: str | None = None  # export | dispatch
+    method: str | None = None  # export | dispatch | onnx2torch
     loss: str | None = None  # the loss of loss_change (core/gradients.py)
     samples: int = 0
     sites_ablated: int = 0
     metrics: dict[str, str] = field(default_factory=dict)  # each metric's formula
     sites: tuple[SiteAblation, ...] = ()
     note: str | None = None
+
+    def joint(self, site: str) -> SiteAblation | None:
+        """The site's ablation when it had candidates (zeroed together), else None."""
+        return next((a for a in self.sites if a.site == site and a.joint is not None), None)
 
 
 @dataclass(frozen=True)

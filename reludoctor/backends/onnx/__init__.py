@@ -102,9 +102,8 @@ class OnnxBackend(Backend):
                                              AblationUnavailable)
         graph_module.to(run.device)
         graph_module.eval()
-        ablator = GraphAblator(graph_module, axes, [(fx_node, name) for name, (_, fx_node) in by_name.items()])
-        ablator.method = "onnx2torch"
-        return ablator
+        return GraphAblator(graph_module, axes, [(fx_node, name) for name, (_, fx_node) in by_name.items()],
+                            method="onnx2torch")
 
     def suggestion(self, finding: Any, context: Any) -> Any:
         from reludoctor.backends.onnx.suggestions import onnx_suggestion

@@ -74,14 +74,15 @@ class _Ablator:
 
 
 class GraphAblator(_Ablator):
-    """An exported program's fresh graph module with a zeroing call after each activation."""
+    """A graph module (a fresh copy of the exported program's, or onnx2torch's conversion) with a
+    zeroing call after each activation."""
 
-    method = "export"
-
-    def __init__(self, graph_module: Any, axes: dict[str, int], nodes: Any = None) -> None:
+    def __init__(self, graph_module: Any, axes: dict[str, int], nodes: Any = None, method: str = "export") -> None:
         """``nodes``: (fx node, site name) of each activation; default: the exported graph's, as
-        the scan names them (``export.activation_nodes``)."""
+        the scan names them (``export.activation_nodes``). ``method``: the report's name for how
+        the graph was made."""
         super().__init__(axes)
+        self.method = method
         graph = graph_module.graph
         if nodes is None:
             nodes = [(node, name) for node, _, _, name in activation_nodes(graph_module)]
